@@ -1,0 +1,98 @@
+"""Typed run configuration: YAML file + ``--set key=value`` overrides, validated at start-up.
+
+An invalid value fails before any work starts, with a message naming the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from roadwork.data.views import VIEW_PLANS
+from roadwork.losses import LossConfig
+from roadwork.model.config import HeadConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    backbone: str = "efficientnet-lite0"
+    backbone_weights: str | None = None   # local folder/file instead of the default download
+    views: Literal[VIEW_PLANS] = "auto"   # type: ignore[valid-type]
+    input_size: int | None = Field(default=None, ge=32, le=2048)
+    val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
+    num_workers: int = Field(default=1, ge=0, le=64)
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(default=40, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    lr: float = Field(default=3e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(default=0.05, ge=0.0, le=10.0)
+    warmup_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    accumulate_grad_batches: int = Field(default=1, ge=1, le=1024)
+    gradient_clip: float | None = Field(default=1.0, gt=0.0)
+    patience: int = Field(default=10, ge=1)   # epochs without a better validation MCC before stopping
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: HeadConfig = HeadConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read configuration: {error}") from error
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = loaded or {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} must look like key=value (e.g. optim.lr=1e-3)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format(error)) from None

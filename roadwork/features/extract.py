@@ -1,0 +1,137 @@
+"""Fill the feature store: decode, build views, run the frozen backbone, write shards.
+
+Extraction streams: a DataLoader worker decodes the next images while the backbone runs, and at
+most one shard of features is held in memory, so memory stays flat however large the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from roadwork.data.decode import ImageDecodeError
+from roadwork.data.records import DatasetError, Sample
+from roadwork.data.views import image_views
+from roadwork.features.store import FeatureStore
+from roadwork.progress import progress_bar
+from roadwork.storage import sha256_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractionResult:
+    keys: list[str | None]                                  # content key per sample; None where it failed
+    failures: dict[str, str] = field(default_factory=dict)  # file_name -> reason
+    extracted: int = 0
+    cached: int = 0
+    views: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.extracted / self.seconds if self.seconds else 0.0
+
+    @property
+    def views_per_second(self) -> float:
+        return self.views / self.seconds if self.seconds else 0.0
+
+
+def content_keys(samples: Sequence[Sample]) -> tuple[list[str | None], dict[str, str]]:
+    """SHA-256 of each image's bytes: the cache key shared by every run, fold and plan user."""
+    keys: list[str | None] = []
+    failures: dict[str, str] = {}
+    for sample in samples:
+        try:
+            keys.append(sha256_bytes(sample.read_bytes()))
+        except DatasetError as error:
+            keys.append(None)
+            failures[sample.file_name] = str(error)
+    return keys, failures
+
+
+class _ViewsDataset(Dataset):
+    def __init__(self, samples: Sequence[Sample], plan: str, input_size: int) -> None:
+        self.samples, self.plan, self.input_size = samples, plan, input_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        sample = self.samples[index]
+        try:
+            return index, image_views(sample.read_bytes(), self.plan, self.input_size, source=sample.file_name), None
+        except (ImageDecodeError, DatasetError) as error:
+            return index, None, str(error)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def extract_features(
+    samples: Sequence[Sample],
+    backbone: torch.nn.Module,
+    plan: str,
+    store: FeatureStore,
+    *,
+    images_per_batch: int = 16,
+    num_workers: int = 1,
+    shard_size: int = 256,
+    progress: bool | None = None,
+) -> ExtractionResult:
+    """Extract what the store lacks; undecodable images are reported in ``failures``, not fatal."""
+    keys, failures = content_keys(samples)
+    todo_keys = set(store.missing(k for k in keys if k is not None))
+    first_sample = {}
+    for sample, key in zip(samples, keys):
+        if key in todo_keys:
+            first_sample.setdefault(key, sample)
+    order_keys = list(first_sample)
+    todo = list(first_sample.values())
+    result = ExtractionResult(keys=keys, failures=failures, cached=sum(k is not None and k not in todo_keys for k in keys))
+    if not todo:
+        return result
+    loader = DataLoader(
+        _ViewsDataset(todo, plan, backbone.input_size),
+        batch_size=images_per_batch,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        prefetch_factor=2 if num_workers else None,
+    )
+    pending: dict[str, torch.Tensor] = {}
+    bad_keys: set[str] = set()
+    start = time.perf_counter()
+    with progress_bar(len(todo), f"extract {backbone.name}", enabled=progress) as advance:
+        for batch in loader:
+            good = [(i, views) for i, views, _ in batch if views is not None]
+            for i, _, error in batch:
+                if error is not None:
+                    failures[todo[i].file_name] = error
+                    bad_keys.add(order_keys[i])
+            if good:
+                counts = [views.shape[0] for _, views in good]
+                pooled = backbone.features(torch.cat([views for _, views in good]))
+                for (i, _), chunk in zip(good, pooled.split(counts)):
+                    pending[order_keys[i]] = chunk
+                result.views += sum(counts)
+                result.extracted += len(good)
+            if len(pending) >= shard_size:
+                store.write_shard(pending)
+                pending = {}
+            advance(len(batch))
+        if pending:
+            store.write_shard(pending)
+    result.seconds = time.perf_counter() - start
+    result.keys = [None if k in bad_keys else k for k in keys]
+    for sample, key in zip(samples, keys):
+        if key in bad_keys and sample.file_name not in failures:
+            failures[sample.file_name] = "undecodable image (same bytes as another failed file)"
+    if failures:
+        log.warning("%d image(s) could not be used: %s", len(failures), "; ".join(list(failures.values())[:3]))
+    return result
