@@ -12,12 +12,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from roadwork.data.views import VIEW_PLANS
+from roadwork.errors import RoadworkError
 from roadwork.losses import LossConfig
 from roadwork.model.config import HeadConfig
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(RoadworkError):
+    """An invalid configuration file, key or value."""
 
 
 class _Strict(BaseModel):

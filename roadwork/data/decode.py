@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from roadwork.errors import RoadworkError
+
 DEFAULT_MAX_PIXELS = 80_000_000
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(RoadworkError):
     """The bytes are not a usable image (corrupt, truncated, unsupported or too large)."""
 
 

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roadwork.errors import RoadworkError
+
 CATEGORY_FIELDS = ("weather", "daytime", "scene")
 METADATA_FIELDS = ("latitude", "longitude", *CATEGORY_FIELDS, "description")
 NULL_TOKENS = frozenset({"", "null", "none", "nan"})
 
 
-class DatasetError(ValueError):
+class DatasetError(RoadworkError):
     """A dataset that cannot be used as given; the message names the file and row."""
 
 

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from roadwork.data.decode import ImageDecodeError
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.views import image_views
-from roadwork.features.store import FeatureStore
+from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
 from roadwork.progress import progress_bar
 from roadwork.storage import sha256_bytes
 
@@ -135,3 +136,9 @@ def extract_features(
     if failures:
         log.warning("%d image(s) could not be used: %s", len(failures), "; ".join(list(failures.values())[:3]))
     return result
+
+
+def open_store(cache_dir: str | Path | None, backbone: torch.nn.Module, plan: str, weights: str | None = None) -> FeatureStore:
+    """The store for this backbone, weights, input size and view plan under ``cache_dir``."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return FeatureStore(root, namespace_for(backbone.name, backbone.input_size, plan, weights))

@@ -1,0 +1,116 @@
+"""The ``roadwork`` command line (Typer + rich)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from roadwork.progress import console
+
+app = typer.Typer(
+    help="Train, evaluate and serve binary roadwork classifiers for street-level photos.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DataOpt = Annotated[str, typer.Option("--data", help="Dataset: a folder with metadata.csv/.jsonl, a parquet file or folder, or hf:<id>[:split].")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="ROADWORK_CACHE", help="Feature cache folder (default: $ROADWORK_CACHE or ~/.cache/roadwork).")]
+BackboneOpt = Annotated[str, typer.Option("--backbone", help="Backbone name (see `roadwork backbones`) or hf:<model id or path>.")]
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local weights (folder saved with save_pretrained, or a checkpoint file) instead of the default download.")]
+ViewsOpt = Annotated[str, typer.Option("--views", help="View plan: auto (tiles only for large photos), seed12 (the plan's 12 views) or global.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")]
+
+
+def _friendly(func: F) -> F:
+    """Turn input errors into a one-line message and exit code 2 instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from roadwork.errors import RoadworkError
+
+        try:
+            return func(*args, **kwargs)
+        except (RoadworkError, FileNotFoundError) as error:
+            console.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+@_friendly
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write (images/ and metadata.csv).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images (half of them roadwork).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes identical files.")] = 0,
+    width: Annotated[int, typer.Option("--width", min=64, max=8192, help="Image width in pixels.")] = 640,
+    height: Annotated[int, typer.Option("--height", min=64, max=8192, help="Image height in pixels.")] = 480,
+) -> None:
+    """Render a synthetic street-scene dataset (procedural; no assets, no network)."""
+    from roadwork.data.synth import write_synthetic_dataset
+    from roadwork.progress import progress_bar
+
+    with progress_bar(n, "synth") as advance:
+        done = [0]
+
+        def report(count: int) -> None:
+            advance(count - done[0])
+            done[0] = count
+
+        write_synthetic_dataset(out, n=n, seed=seed, width=width, height=height, progress=report)
+    console.print(f"wrote {n} images to {out}")
+
+
+@app.command()
+@_friendly
+def extract(
+    data: DataOpt,
+    backbone: BackboneOpt = "efficientnet-lite0",
+    weights: WeightsOpt = None,
+    views: ViewsOpt = "auto",
+    input_size: Annotated[int | None, typer.Option("--input-size", help="View side in pixels (default: the backbone's own).")] = None,
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding worker processes.")] = 1,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per backbone batch.")] = 16,
+) -> None:
+    """Fill the feature cache for DATA (already cached images are skipped)."""
+    from roadwork.backbones.base import create_backbone
+    from roadwork.data.sources import load_samples
+    from roadwork.features.extract import extract_features, open_store
+
+    samples = load_samples(data, require_labels=False)
+    model = create_backbone(backbone, weights=weights, device=_device(device), input_size=input_size)
+    store = open_store(cache_dir, model, views, weights)
+    result = extract_features(samples, model, views, store, images_per_batch=batch, num_workers=workers)
+    summary = {
+        "images": len(samples), "extracted": result.extracted, "cached": result.cached,
+        "failed": len(result.failures), "views": result.views, "seconds": round(result.seconds, 2),
+        "images_per_s": round(result.images_per_second, 2), "views_per_s": round(result.views_per_second, 2),
+        "store": str(store.root),
+    }
+    for name, reason in list(result.failures.items())[:20]:
+        console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
+    typer.echo(json.dumps(summary))

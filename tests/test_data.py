@@ -1,0 +1,190 @@
+"""Datasets, NULL normalisation, splits and their errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import jpeg_bytes, write_folder
+from roadwork.data.records import DatasetError, normalize_coordinates, normalize_text
+from roadwork.data.sources import load_samples
+from roadwork.data.splits import kfold_splits, train_val_split
+
+
+@pytest.mark.parametrize("value", [None, "", "  ", "null", "NULL", "None", "none", "nan", "NaN", float("nan")])
+def test_every_null_spelling_becomes_none(value):
+    assert normalize_text(value) is None
+
+
+@pytest.mark.parametrize(
+    ("lat", "lon", "expected"),
+    [
+        (52.5, 13.4, (52.5, 13.4)),
+        ("52.5", "13.4", (52.5, 13.4)),
+        (float("nan"), 13.4, (None, None)),
+        (91.0, 13.4, (None, None)),
+        (52.5, -181.0, (None, None)),
+        (52.5, None, (None, None)),
+        ("inf", 0.0, (None, None)),
+        ("north", 1.0, (None, None)),
+    ],
+)
+def test_coordinates_nan_or_out_of_range_are_null(lat, lon, expected):
+    assert normalize_coordinates(lat, lon) == expected
+
+
+def test_folder_reads_metadata_and_normalises(tmp_path):
+    rows = [
+        {"file_name": "a.jpg", "label": "1", "latitude": "48.1", "longitude": "11.5", "weather": " Rain ",
+         "daytime": "null", "scene": "", "description": "cones on the right", "camera": "x1"},
+        {"file_name": "b.jpg", "label": "0", "latitude": "nan", "longitude": "11.5", "weather": "NONE",
+         "daytime": "Night", "scene": "urban", "description": "", "camera": ""},
+    ]
+    samples = load_samples(write_folder(tmp_path, rows))
+    a, b = samples
+    assert (a.label, a.latitude, a.longitude, a.weather, a.daytime, a.scene) == (1, 48.1, 11.5, "rain", None, None)
+    assert a.description == "cones on the right" and a.extra == {"camera": "x1"}
+    assert (b.label, b.latitude, b.longitude, b.weather, b.daytime, b.scene) == (0, None, None, None, "night", "urban")
+    assert b.description is None and b.extra == {"camera": None}
+    assert a.read_bytes() == (tmp_path / "a.jpg").read_bytes()
+
+
+def test_missing_metadata_columns_are_null(tmp_path):
+    (sample,) = load_samples(write_folder(tmp_path, [{"file_name": "a.jpg", "label": 0}]))
+    assert (sample.latitude, sample.weather, sample.daytime, sample.scene, sample.description) == (None,) * 5
+
+
+def test_jsonl_and_aliases(tmp_path):
+    (tmp_path / "x.jpg").write_bytes(jpeg_bytes())
+    line = {"file_name": "x.jpg", "label": 1, "scene_description": "a work zone", "lat": 10.0, "lon": 20.0}
+    (tmp_path / "metadata.jsonl").write_text(json.dumps(line) + "\n\n")
+    (sample,) = load_samples(tmp_path)
+    assert (sample.description, sample.latitude, sample.longitude) == ("a work zone", 10.0, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"name": "a.jpg", "label": 0}], "missing required column 'file_name'"),
+        ([{"file_name": "a.jpg", "label": 2}], "metadata.csv:2: label must be 0 or 1"),
+        ([{"file_name": "a.jpg", "label": "yes"}], "label must be 0 or 1"),
+        ([{"file_name": "a.jpg", "label": ""}], "label must be 0 or 1"),
+        ([{"file_name": "../outside.jpg", "label": 0}], "escapes the dataset folder"),
+        ([{"file_name": "/etc/passwd", "label": 0}], "must be relative"),
+        ([{"file_name": "a.jpg", "label": 0}, {"file_name": "gone.jpg", "label": 1}], "metadata.csv:3: image 'gone.jpg' not found"),
+        ([], "dataset is empty"),
+    ],
+)
+def test_bad_datasets_name_file_and_row(tmp_path, rows, message):
+    images = {"gone.jpg": None}
+    root = write_folder(tmp_path / "ds", rows or [{"file_name": "a.jpg", "label": 0}], images)
+    if not rows:
+        (root / "metadata.csv").write_text("file_name,label\n")
+    with pytest.raises(DatasetError, match=message):
+        load_samples(root)
+
+
+def test_symlink_escaping_the_folder_is_rejected(tmp_path):
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(jpeg_bytes())
+    root = write_folder(tmp_path / "ds", [{"file_name": "link.jpg", "label": 0}], {"link.jpg": None})
+    (root / "link.jpg").symlink_to(outside)
+    with pytest.raises(DatasetError, match="escapes"):
+        load_samples(root)
+
+
+def test_unlabelled_data_allowed_only_when_labels_are_not_required(tmp_path):
+    root = write_folder(tmp_path, [{"file_name": "a.jpg"}])
+    assert load_samples(root, require_labels=False)[0].label is None
+    with pytest.raises(DatasetError, match="label"):
+        load_samples(root)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_samples(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="not a dataset"):
+        load_samples(tmp_path)
+
+
+def _parquet_table(tmp_path: Path) -> pa.Table:
+    (tmp_path / "p.jpg").write_bytes(jpeg_bytes(seed=7))
+    return pa.table({
+        "image": [{"bytes": jpeg_bytes(seed=1), "path": "one.jpg"}, {"bytes": None, "path": "p.jpg"}, {"bytes": jpeg_bytes(seed=3), "path": None}],
+        "label": [1, 0, 1],
+        "weather": ["fog", None, "null"],
+        "latitude": [1.0, float("nan"), 2.0],
+        "longitude": [1.0, 1.0, 2.0],
+    })
+
+
+def test_parquet_with_bytes_and_paths(tmp_path):
+    pq.write_table(_parquet_table(tmp_path), tmp_path / "data.parquet")
+    samples = load_samples(tmp_path / "data.parquet")
+    assert [s.label for s in samples] == [1, 0, 1]
+    assert samples[0].read_bytes() == jpeg_bytes(seed=1)
+    assert samples[1].read_bytes() == (tmp_path / "p.jpg").read_bytes()
+    assert [s.weather for s in samples] == ["fog", None, None]
+    assert samples[1].latitude is None and samples[2].latitude == 2.0
+    assert samples[0].file_name == "one.jpg" and samples[2].file_name == "row-000002"
+
+
+def test_hf_source_loads_a_local_dataset_offline(tmp_path):
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"),
+                                  "scene_description": datasets.Value("string")})
+    data = {"image": [{"bytes": jpeg_bytes(seed=i), "path": None} for i in range(4)], "label": [0, 1, 0, 1],
+            "scene_description": ["road", None, "cones", ""]}
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict(data, features=features).save_to_disk(str(saved))
+    samples = load_samples(f"hf:{saved}")
+    assert [s.label for s in samples] == [0, 1, 0, 1]
+    assert [s.description for s in samples] == ["road", None, "cones", None]
+    assert samples[2].read_bytes() == jpeg_bytes(seed=2)
+
+    parquet_dir = tmp_path / "hub_like" / "data"
+    parquet_dir.mkdir(parents=True)
+    pq.write_table(pa.table({"image": [{"bytes": jpeg_bytes(seed=9), "path": None}], "label": [1]}),
+                   parquet_dir / "train-00000.parquet")
+    (sample,) = load_samples(f"hf:{tmp_path / 'hub_like'}:train")
+    assert sample.label == 1 and sample.read_bytes() == jpeg_bytes(seed=9)
+
+
+def _labelled(n: int, positives: int):
+    from roadwork.data.records import Sample
+
+    return [Sample(file_name=f"{i}", label=int(i < positives), scene=["a", "b", "c", "d", "e"][i % 5]) for i in range(n)]
+
+
+def test_train_val_split_is_stratified_and_reproducible():
+    samples = _labelled(200, 60)
+    train, val = train_val_split(samples, 0.15, seed=3)
+    assert len(val) == 30 and len(train) == 170 and not set(train) & set(val)
+    assert sum(samples[i].label for i in val) == 9  # 30% positives, as in the whole
+    again = train_val_split(samples, 0.15, seed=3)
+    assert np.array_equal(val, again[1])
+    assert not np.array_equal(val, train_val_split(samples, 0.15, seed=4)[1])
+
+
+def test_split_errors():
+    with pytest.raises(DatasetError, match="at least 4"):
+        train_val_split(_labelled(3, 1), 0.3, seed=0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        train_val_split(_labelled(10, 5), 1.5, seed=0)
+
+
+def test_kfold_covers_everything_once_and_respects_groups():
+    samples = _labelled(100, 40)
+    folds = kfold_splits(samples, 5, seed=0)
+    assert sorted(np.concatenate([val for _, val in folds]).tolist()) == list(range(100))
+    assert all(sum(samples[i].label for i in val) == 8 for _, val in folds)
+    grouped = kfold_splits(samples, 5, seed=0, group_by="scene")
+    for train, val in grouped:
+        assert not {samples[i].scene for i in train} & {samples[i].scene for i in val}
