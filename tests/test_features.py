@@ -92,7 +92,8 @@ def test_corrupt_shard_is_detected_and_recomputed(dataset, tmp_path):
     assert reopened.dropped_shards == [shard.name] and len(reopened) == 10 - lost
     result = _run(dataset, reopened)
     assert (result.cached, result.extracted) == (10 - lost, lost)
-    assert all(torch.allclose(good[k].float(), v.float(), atol=1e-3) for k, v in reopened.load(keys).items())
+    diffs = {k: (good[k].float() - v.float()).abs().max().item() for k, v in reopened.load(keys).items()}
+    assert max(diffs.values()) < 1e-3, diffs
 
 
 def test_truncated_unlisted_shard_is_dropped_and_missing_index_is_rebuilt(dataset, tmp_path):

@@ -118,8 +118,10 @@ class FeatureStore:
             by_shard.setdefault(self._key_to_shard[key], []).append(key)
         out: dict[str, torch.Tensor] = {}
         for shard, shard_keys in by_shard.items():
+            # Copies, not views of the memory-mapped file: a shard truncated by another process
+            # must not crash this one with SIGBUS.
             tensors = load_file(self.root / shard)
-            out.update({key: tensors[key] for key in shard_keys})
+            out.update({key: tensors[key].clone() for key in shard_keys})
         return out
 
     def write_shard(self, features: dict[str, torch.Tensor]) -> str:

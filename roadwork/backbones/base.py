@@ -1,0 +1,171 @@
+"""The frozen-backbone contract and the name registry.
+
+Every family (one module each) registers factories here with `register_backbone`; `create_backbone`
+imports the family modules on first use, so importing this module stays cheap (no timm or
+transformers import until a backbone is actually built).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_FAMILY_MODULES = (
+    "roadwork.backbones.efficientnet",
+    "roadwork.backbones.timm_models",
+    "roadwork.backbones.transformers_vit",
+)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Weights are neither on disk nor downloadable here; the message says how to provide them."""
+
+
+def weights_unavailable(name: str, repo: str, local: str, err: Exception) -> WeightsUnavailableError:
+    """One wording for every family: what to download, and how to pass a local copy instead."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return WeightsUnavailableError(
+        f"backbone {name!r} needs the Hugging Face repository {repo!r}, which is not in the local cache "
+        f"and cannot be downloaded here ({reason}). On a machine with internet access run "
+        f"`hf download {repo}` and copy the Hugging Face cache over (gated models such as DINOv3 first need "
+        f"their license accepted on huggingface.co and `hf auth login`), or pass {local} as `weights=`."
+    )
+
+
+class Backbone(torch.nn.Module):
+    """A frozen image encoder that turns square views into one pooled vector per view.
+
+    Subclasses implement `encode` on already-normalised input. Everything callers must not get wrong
+    (device placement, normalisation, inference mode, bf16 autocast on CUDA, float32 outputs that
+    autograd can use downstream) happens once here.
+    """
+
+    channels_last: bool = False  # convnets set this: their CUDA kernels are faster in NHWC
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        feature_dim: int,
+        input_size: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.feature_dim = feature_dim
+        self.input_size = input_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, x: Tensor, return_tokens: bool) -> tuple[Tensor, ...]:
+        """(pooled,) or (pooled, tokens) for normalised input `x` on the backbone's device."""
+        raise NotImplementedError
+
+    def features(self, views: Tensor, return_tokens: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Pooled [N, feature_dim] float32 features (and [N, T, hidden] tokens if asked) of 0..1 views."""
+        outputs = self.run(views, lambda x: self.encode(x, return_tokens))
+        return outputs if return_tokens else outputs[0]
+
+    def run(self, views: Tensor, fn: Callable[[Tensor], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        """Apply `fn` to the normalised views under inference mode (and bf16 autocast on CUDA).
+
+        Outputs are copied out of inference mode as float32 so that a trainable head can take them
+        as input; inference tensors cannot be saved for backward.
+        """
+        size = self.input_size
+        if views.ndim != 4 or tuple(views.shape[1:]) != (3, size, size):
+            raise ValueError(f"{self.name} expects views of shape [N, 3, {size}, {size}], got {list(views.shape)}")
+        device = self.device
+        x = views.to(device=device, dtype=torch.float32, non_blocking=True)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        ):
+            outputs = fn(x)
+        return tuple(out.to(torch.float32, copy=True) for out in outputs)
+
+    def freeze(self, device: str | torch.device) -> Backbone:
+        """Eval mode, no gradients, on `device` (channels-last weights for convnets)."""
+        self.eval().requires_grad_(False).to(device)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
+
+
+class BackboneFactory(Protocol):
+    def __call__(
+        self, name: str, *, weights: str | Path | None, device: str | torch.device, input_size: int | None
+    ) -> Backbone: ...
+
+
+_REGISTRY: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(*names: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Register a factory under `names`.
+
+    A name with a `<placeholder>` part registers a prefix: "hf:<model id or local path>" makes every
+    name that starts with "hf:" go to that factory, which receives the full name.
+    """
+
+    def decorator(factory: BackboneFactory) -> BackboneFactory:
+        for name in names:
+            if name in _REGISTRY:
+                raise ValueError(f"backbone {name!r} is registered twice")
+            _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def _load_families() -> None:
+    for module in _FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def list_backbones() -> list[str]:
+    """Registered names, sorted; prefix patterns are listed as written (e.g. "hf:<model id or local path>")."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def create_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    input_size: int | None = None,
+) -> Backbone:
+    """Build a frozen backbone by registry name.
+
+    `weights` replaces the default weight source (a folder saved with `save_pretrained` for
+    transformers models, a checkpoint file for timm models) and goes through the same loading code
+    as a download. `input_size` overrides the family's default view side.
+    """
+    _load_families()
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        factory = next((f for key, f in _REGISTRY.items() if "<" in key and name.startswith(key.split("<")[0])), None)
+    if factory is None:
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
+    if weights is not None and not Path(weights).exists():
+        raise FileNotFoundError(f"weights for {name!r} not found: {weights}")
+    return factory(name, weights=weights, device=device, input_size=input_size).freeze(device)

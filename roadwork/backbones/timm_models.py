@@ -1,0 +1,69 @@
+"""timm convnets: ConvNeXt V2, and the wrapper the EfficientNet default shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from roadwork.backbones.base import Backbone, register_backbone, weights_unavailable
+
+# ImageNet-22k pretraining then 1k fine-tuning gives the best frozen features where timm has it;
+# atto was only fine-tuned on 1k. The plain `.fcmae` tags are masked-autoencoder weights that need
+# fine-tuning before their features are linearly separable, so they are not used.
+_CONVNEXTV2 = {
+    "convnextv2-atto": "convnextv2_atto.fcmae_ft_in1k",
+    "convnextv2-nano": "convnextv2_nano.fcmae_ft_in22k_in1k",
+    "convnextv2-tiny": "convnextv2_tiny.fcmae_ft_in22k_in1k",
+    "convnextv2-base": "convnextv2_base.fcmae_ft_in22k_in1k",
+    "convnextv2-large": "convnextv2_large.fcmae_ft_in22k_in1k",
+}
+
+
+class TimmBackbone(Backbone):
+    """A timm classifier used as a feature extractor: pooled pre-logits features, spatial map as tokens."""
+
+    channels_last = True
+
+    def __init__(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        *,
+        input_size: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ) -> None:
+        super().__init__(name, feature_dim=model.head_hidden_size, input_size=input_size, mean=mean, std=std)
+        self.model = model
+
+    def encode(self, x: Tensor, return_tokens: bool) -> tuple[Tensor, ...]:
+        feature_map = self.model.forward_features(x)
+        pooled = self.model.forward_head(feature_map, pre_logits=True)
+        return (pooled, feature_map.flatten(2).transpose(1, 2)) if return_tokens else (pooled,)
+
+    def logits(self, views: Tensor) -> Tensor:
+        """Class logits of the pretrained head: the check that weights were loaded correctly."""
+        return self.run(views, lambda x: (self.model(x),))[0]
+
+
+@register_backbone(*_CONVNEXTV2)
+def convnextv2(
+    name: str, *, weights: str | Path | None, device: str | torch.device, input_size: int | None
+) -> TimmBackbone:
+    """ConvNeXt V2 through timm; `weights` is a .safetensors/.pth state dict loaded by timm's own loader."""
+    import timm
+
+    arch = _CONVNEXTV2[name]
+    # A file overlay sends a local checkpoint through the same loader (and key filter) as a download.
+    overlay = {"file": str(weights)} if weights is not None else None
+    try:
+        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay)
+    except OSError as err:
+        if weights is not None:
+            raise
+        repo = timm.models.get_pretrained_cfg(arch).hf_hub_id
+        raise weights_unavailable(name, repo, "a checkpoint file (.safetensors or .pth)", err) from None
+    cfg = model.pretrained_cfg
+    return TimmBackbone(name, model, input_size=input_size or cfg["input_size"][-1], mean=cfg["mean"], std=cfg["std"])

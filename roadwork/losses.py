@@ -1,0 +1,87 @@
+"""Training loss: focal classification loss, multi-view consistency and auxiliary weather prediction."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from roadwork.model.head import HeadOutput
+from roadwork.model.metadata import NULL_INDEX
+
+
+class LossConfig(BaseModel):
+    """Weights and shape parameters of ``RoadworkLoss``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
+    focal_alpha: float | None = Field(None, gt=0.0, lt=1.0, description="weight of class 1 (1 - alpha for class 0); None = unweighted")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    focal_weight: float = Field(0.5, ge=0.0)
+    consistency_weight: float = Field(0.3, ge=0.0)
+    weather_weight: float = Field(0.2, ge=0.0)
+    dice_weight: float = Field(0.0, ge=0.0, description="segmentation loss; no head has a segmentation output yet")
+
+
+def focal_loss(logits: Tensor, labels: Tensor, gamma: float, alpha: float | None, smoothing: float) -> Tensor:
+    """Mean of ``-alpha_y * sum_c q_c (1 - p_c)^gamma log p_c`` with label-smoothed targets ``q``.
+
+    The focal factor is applied per class rather than once with the true-class probability: with
+    the per-sample form ``(1 - p_y)^gamma`` vanishes on confident samples and cancels the penalty
+    label smoothing puts on over-confidence; per class, the smoothed wrong-class term survives.
+    With ``gamma = 0`` this is exactly ``F.cross_entropy(..., label_smoothing=smoothing)``.
+    """
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    target = F.one_hot(labels, logits.shape[-1]).to(log_p.dtype) * (1.0 - smoothing) + smoothing / logits.shape[-1]
+    per_sample = -(target * (1.0 - log_p.exp()).pow(gamma) * log_p).sum(dim=-1)
+    if alpha is not None:
+        per_sample = per_sample * torch.where(labels == 1, alpha, 1.0 - alpha)
+    return per_sample.mean()
+
+
+def consistency_loss(view_logits: Tensor, view_mask: Tensor) -> Tensor:
+    """Mean over valid views of ``KL(p_view || p_mean)``, averaged per sample then over the batch.
+
+    ``p_mean`` (masked mean of the view probabilities) is not detached: the loss is then exactly
+    the generalised Jensen-Shannon divergence of the views and we follow its true gradient, which
+    pulls all views toward each other symmetrically (bounded by log 2, no moving target).
+    A sample with one valid view contributes 0.
+
+    Caveat: the per-view classifier is trained by this loss alone, so it can reach 0 by shrinking
+    its weights to a constant output; the loss regularises only as long as it does not.
+    """
+    logits = view_logits.float().masked_fill(~view_mask.unsqueeze(-1), 0.0)
+    log_p = F.log_softmax(logits, dim=-1)
+    count = view_mask.sum(dim=1).clamp_min(1)
+    log_mean = torch.logsumexp(log_p.masked_fill(~view_mask.unsqueeze(-1), float("-inf")), dim=1) - count.log().unsqueeze(-1)
+    kl = (log_p.exp() * (log_p - log_mean.unsqueeze(1))).sum(dim=-1).masked_fill(~view_mask, 0.0)
+    return (kl.sum(dim=1) / count).mean()
+
+
+def weather_loss(weather_logits: Tensor, weather: Tensor) -> Tensor:
+    """Cross-entropy over rows whose weather is known; 0 (not NaN) when none is."""
+    known = weather != NULL_INDEX
+    target = (weather - NULL_INDEX - 1).clamp_min(0)  # vocabulary index -> weather class
+    per_row = F.cross_entropy(weather_logits.float(), target, reduction="none")
+    return (per_row * known).sum() / known.sum().clamp_min(1)
+
+
+class RoadworkLoss(nn.Module):
+    """Weighted sum of the focal, consistency and weather parts; returns every part for logging."""
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or LossConfig()
+        if self.config.dice_weight > 0:
+            raise ValueError("dice_weight > 0 needs a segmentation output, and no head produces one yet; set dice_weight=0")
+
+    def forward(self, out: HeadOutput, labels: Tensor, weather: Tensor) -> dict[str, Tensor]:
+        c = self.config
+        focal = focal_loss(out.logits, labels, c.focal_gamma, c.focal_alpha, c.label_smoothing)
+        zero = focal.new_zeros(())
+        consistency = consistency_loss(out.view_logits, out.view_mask) if out.view_logits is not None else zero
+        weather_part = weather_loss(out.weather_logits, weather) if out.weather_logits is not None else zero
+        total = c.focal_weight * focal + c.consistency_weight * consistency + c.weather_weight * weather_part
+        return {"loss": total, "focal": focal, "consistency": consistency, "weather": weather_part}

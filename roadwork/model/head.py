@@ -1,0 +1,109 @@
+"""The assembled multi-view head, the linear-probe baseline, and ``build_head``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from roadwork.model.attention import GatedAttentionStack
+from roadwork.model.config import HeadConfig
+from roadwork.model.gafm import GatedAttentionFusion, MeanFusion
+from roadwork.model.metadata import MetadataBatch, MetadataEncoder, MetadataVocab
+from roadwork.model.pruning import ViewPruner
+from roadwork.model.pyramid import InputProjection, MultiScalePyramid
+
+
+@dataclass
+class HeadOutput:
+    """Logits ``[B,2]`` plus the auxiliary outputs the losses and inspection use (None if absent)."""
+
+    logits: Tensor
+    view_logits: Tensor | None = None  # [B,V',2] per kept view, before fusion
+    view_mask: Tensor | None = None  # [B,V'] True = real view
+    weather_logits: Tensor | None = None  # [B,n_weather]; class = vocabulary index - 1
+    view_scores: Tensor | None = None  # [B,V] pruning scores, -inf for padded views
+
+
+def _check_inputs(features: Tensor, view_mask: Tensor, feature_dim: int) -> None:
+    if features.dim() != 3 or features.shape[-1] != feature_dim:
+        raise ValueError(f"features must be [B,V,{feature_dim}], got {tuple(features.shape)}")
+    if view_mask.shape != features.shape[:2] or view_mask.dtype != torch.bool:
+        raise ValueError(f"view_mask must be a bool [B,V] = {tuple(features.shape[:2])}, got {view_mask.dtype} {tuple(view_mask.shape)}")
+
+
+class LinearHead(nn.Module):
+    """Linear probe on the global view (view 0): the baseline every other head must beat."""
+
+    def __init__(self, feature_dim: int) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.classifier = nn.Linear(feature_dim, 2)
+
+    def forward(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
+        _check_inputs(features, view_mask, self.feature_dim)
+        return HeadOutput(logits=self.classifier(features[:, 0]))
+
+
+class MultiViewHead(nn.Module):
+    """Prune -> project -> pyramid -> gated attention -> fusion (+ metadata) -> classifier.
+
+    Auxiliary outputs: per-view logits from the attention stack's tokens (for the consistency
+    loss) and weather logits from the fused vision vector before metadata is mixed in, so the
+    weather task cannot be solved by reading the weather field. The weather head exists only when
+    the vocabulary has at least two weather values: with one class cross-entropy is constantly 0.
+    """
+
+    def __init__(self, config: HeadConfig, feature_dim: int, vocab: MetadataVocab) -> None:
+        super().__init__()
+        d = config.d_model
+        self.feature_dim = feature_dim
+        self.pruner = ViewPruner(feature_dim, config.prune_k) if config.prune_k is not None else None
+        self.project = InputProjection(feature_dim, d)
+        self.pyramid = MultiScalePyramid(d, config.dropout) if config.pyramid else nn.Identity()
+        self.attention = GatedAttentionStack(d, config.heads, config.attention_layers, config.dropout)
+        self.view_classifier = nn.Linear(d, 2)
+        self.fusion = GatedAttentionFusion(d, config.heads, config.dropout) if config.fusion == "gafm" else MeanFusion()
+        n_weather = vocab.sizes["weather"] - 1
+        self.weather_head = (
+            nn.Sequential(nn.Linear(d, d // 2), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d // 2, n_weather))
+            if n_weather >= 2
+            else None
+        )
+        self.metadata = MetadataEncoder(vocab, config.gps_dim, config.category_dim, config.text) if config.metadata else None
+        self.fuse = (
+            nn.Sequential(nn.Linear(d + self.metadata.out_dim, d), nn.GELU(), nn.Dropout(config.dropout))
+            if self.metadata is not None
+            else None
+        )
+        self.classifier = nn.Sequential(nn.Linear(d, d // 2), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d // 2, 2))
+
+    def forward(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
+        _check_inputs(features, view_mask, self.feature_dim)
+        # Zero padded views once, so no garbage (inf, NaN) can leak through 0-weights downstream.
+        features = features.masked_fill(~view_mask.unsqueeze(-1), 0.0)
+        scores = None
+        if self.pruner is not None:
+            features, view_mask, scores = self.pruner(features, view_mask)
+        tokens = self.attention(self.pyramid(self.project(features)), view_mask)
+        vision = self.fusion(tokens, view_mask)
+        fused = vision
+        if self.metadata is not None:
+            if meta is None or len(meta) != features.shape[0]:
+                raise ValueError("this head uses metadata: pass a MetadataBatch with one row per sample")
+            fused = self.fuse(torch.cat([vision, self.metadata(meta)], dim=-1))
+        return HeadOutput(
+            logits=self.classifier(fused),
+            view_logits=self.view_classifier(tokens),
+            view_mask=view_mask,
+            weather_logits=self.weather_head(vision) if self.weather_head is not None else None,
+            view_scores=scores,
+        )
+
+
+def build_head(config: HeadConfig, feature_dim: int, vocab: MetadataVocab) -> nn.Module:
+    """The head ``config`` describes, for backbone features of ``feature_dim``."""
+    if config.type == "linear":
+        return LinearHead(feature_dim)
+    return MultiViewHead(config, feature_dim, vocab)
