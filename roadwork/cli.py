@@ -114,3 +114,79 @@ def extract(
     for name, reason in list(result.failures.items())[:20]:
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
     typer.echo(json.dumps(summary))
+
+
+@app.command()
+@_friendly
+def train(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: bundle/, metrics.json, checkpoints/, logs/.")],
+    val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation dataset (default: a stratified split of DATA).")] = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Fraction of DATA held out for validation (default 0.15).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file (see configs/).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a configuration value, e.g. --set model.d_model=256 (repeatable).")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (overrides data.backbone).")] = None,
+    cache_dir: CacheOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (overrides optim.epochs).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (overrides seed).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.ckpt after an interruption.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train a multi-view head on cached backbone features and write a bundle."""
+    from roadwork.config import load_config
+    from roadwork.train.run import train as run_training
+
+    extra = list(overrides or [])
+    for key, value in (("data.backbone", backbone), ("optim.epochs", epochs), ("seed", seed),
+                       ("data.val_fraction", val_fraction)):
+        if value is not None:
+            extra.append(f"{key}={value}")
+    cfg = load_config(config, extra)
+    metrics = run_training(data, out, cfg, val_data=val_data, cache_dir=cache_dir, device=_device(device), resume=resume)
+    val = metrics["validation"]
+    console.print(f"validation MCC {val['mcc']:.3f}  accuracy {val['accuracy']:.3f}  AUROC {val['auroc']:.3f}  "
+                  f"(n={val['n']}, {metrics['epochs_run']} epochs, {metrics['timing_s']['total']:.0f} s)")
+    console.print(f"bundle written to {out / 'bundle'}")
+
+
+@app.command()
+@_friendly
+def evaluate(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Report folder: metrics.json, predictions.csv, report.html.")],
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Score a bundle on a labelled dataset."""
+    from roadwork.evaluate.run import evaluate as run_evaluation
+
+    metrics = run_evaluation(bundle, data, out, cache_dir=cache_dir, device=_device(device))
+    console.print(f"test MCC {metrics['mcc']:.3f}  accuracy {metrics['accuracy']:.3f}  AUROC {metrics['auroc']:.3f}  n={metrics['n']}")
+    typer.echo(json.dumps({k: metrics[k] for k in ("mcc", "accuracy", "auroc", "threshold", "n")}))
+
+
+@app.command()
+@_friendly
+def predict(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files.")],
+    cache_dir: CacheOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Print one JSON line per image: {"file", "probability", "roadwork"} (or "error")."""
+    from roadwork.data.records import Sample
+    from roadwork.serve.predictor import Predictor
+
+    predictor = Predictor.from_bundle(bundle, _device(device))
+    samples = [Sample(file_name=str(p), label=None, path=p) for p in paths]
+    probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, use_cache=not no_cache)
+    for sample, prob in zip(samples, probs):
+        if prob is None:
+            line = {"file": sample.file_name, "error": failures.get(sample.file_name, "failed")}
+        else:
+            line = {"file": sample.file_name, "probability": round(prob, 6), "roadwork": prob > 0.5}
+        typer.echo(json.dumps(line))
+    if failures:
+        raise typer.Exit(1)

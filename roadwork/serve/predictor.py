@@ -1,0 +1,91 @@
+"""Bundle -> calibrated roadwork probabilities, for images on disk, in memory or already cached."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from roadwork.backbones.base import create_backbone
+from roadwork.data.records import Sample
+from roadwork.data.views import image_views
+from roadwork.features.extract import extract_features, open_store
+from roadwork.model.metadata import MetadataBatch
+from roadwork.model.text import TextEncoder
+from roadwork.serve.bundle import Bundle, load_bundle
+from roadwork.train.data import pad_views
+from roadwork.train.module import margins
+
+
+class Predictor:
+    """Holds the head, and loads the backbone and text encoder only when first needed."""
+
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", batch_size: int = 256) -> None:
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.head = bundle.head.to(self.device).eval()
+        self._backbone: torch.nn.Module | None = None
+        self._text: TextEncoder | None = None
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        return cls(load_bundle(path, device), device)
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        if self._backbone is None:
+            spec = self.bundle.backbone
+            self._backbone = create_backbone(spec.name, weights=spec.weights, device=self.device, input_size=spec.input_size)
+        return self._backbone
+
+    def _text_embeddings(self, samples: Sequence[Sample]) -> dict[str, Tensor] | None:
+        model = self.bundle.config.model
+        if not (model.metadata and model.text):
+            return None
+        if self._text is None:
+            self._text = TextEncoder()
+        return self._text.embed(s.description for s in samples if s.description is not None)
+
+    @torch.inference_mode()
+    def probabilities_from_features(self, features: Sequence[Tensor], samples: Sequence[Sample]) -> Tensor:
+        """Calibrated P(roadwork) per sample from its cached ``[n_views, dim]`` features."""
+        meta = MetadataBatch.from_samples(samples, self.bundle.vocab, self._text_embeddings(samples))
+        out = []
+        for start in range(0, len(samples), self.batch_size):
+            stop = start + self.batch_size
+            padded, mask = pad_views(features[start:stop])
+            head_out = self.head(padded.to(self.device).float(), mask.to(self.device), meta[start:stop].to(self.device))
+            out.append(self.bundle.calibration(margins(head_out).float().cpu()))
+        return torch.cat(out)
+
+    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                        use_cache: bool = True) -> tuple[list[float | None], dict[str, str]]:
+        """Probabilities (None where an image failed) and the failures by file name."""
+        spec = self.bundle.backbone
+        if use_cache:
+            store = open_store(cache_dir, self.backbone, spec.views, spec.weights)
+            result = extract_features(samples, self.backbone, spec.views, store, progress=False, num_workers=0)
+            good = [i for i, key in enumerate(result.keys) if key is not None]
+            loaded = store.load(result.keys[i] for i in good)
+            features = [loaded[result.keys[i]] for i in good]
+            failures = result.failures
+        else:
+            good, features, failures = [], [], {}
+            for i, sample in enumerate(samples):
+                try:
+                    views = image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
+                                        source=sample.file_name)
+                except ValueError as error:
+                    failures[sample.file_name] = str(error)
+                    continue
+                good.append(i)
+                features.append(self.backbone.features(views).cpu())
+        probs: list[float | None] = [None] * len(samples)
+        if good:
+            values = self.probabilities_from_features(features, [samples[i] for i in good])
+            for i, value in zip(good, values.tolist()):
+                probs[i] = value
+        return probs, failures
