@@ -15,6 +15,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from roadwork.errors import RoadworkError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -25,7 +27,7 @@ _FAMILY_MODULES = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(RoadworkError):
     """Weights are neither on disk nor downloadable here; the message says how to provide them."""
 
 
@@ -165,7 +167,7 @@ def create_backbone(
     if factory is None:
         factory = next((f for key, f in _REGISTRY.items() if "<" in key and name.startswith(key.split("<")[0])), None)
     if factory is None:
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
+        raise RoadworkError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
     if weights is not None and not Path(weights).exists():
         raise FileNotFoundError(f"weights for {name!r} not found: {weights}")
     return factory(name, weights=weights, device=device, input_size=input_size).freeze(device)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from roadwork.backbones.base import register_backbone
 from roadwork.backbones.timm_models import TimmBackbone
+from roadwork.errors import RoadworkError
 
 # The original TF preprocessing is (x - 127) / 128 on 0..255 pixels.
 _MEAN = (127 / 255,) * 3
@@ -47,7 +48,7 @@ def _timm_state_dict(state: dict[str, Tensor], model: torch.nn.Module) -> dict[s
             else:
                 module = _TOP[module]
         except (IndexError, KeyError):
-            raise ValueError(f"{key!r} is not an EfficientNet-Lite0 (efficientnet_pytorch) weight") from None
+            raise RoadworkError(f"{key!r} is not an EfficientNet-Lite0 (efficientnet_pytorch) weight") from None
         renamed[f"{module}.{param}"] = value
     return renamed
 

@@ -14,10 +14,13 @@ import torch
 from torch import Tensor
 
 from roadwork.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, register_backbone, weights_unavailable
+from roadwork.errors import RoadworkError
 
+_DINOV3 = ("vits16", "vitb16", "vitl16", "vith16plus", "vit7b16")
+_DINOV2 = ("small", "base", "large", "giant")
 _HUB_IDS = {
-    **{f"dinov3-{v}": f"facebook/dinov3-{v}-pretrain-lvd1689m" for v in ("vits16", "vitb16", "vitl16", "vith16plus", "vit7b16")},
-    **{f"dinov2-{v}": f"facebook/dinov2-{v}" for v in ("small", "base", "large", "giant")},
+    **{f"dinov3-{v}": f"facebook/dinov3-{v}-pretrain-lvd1689m" for v in _DINOV3},
+    **{f"dinov2-{v}": f"facebook/dinov2-{v}" for v in _DINOV2},
 }
 # The view side used when the caller gives none. DINOv3 has patch 16, so 512 (518 is DINOv2's patch-14
 # size); DINOv2 is run at its classic 224 rather than its 518 pretraining size to keep extraction cheap.
@@ -47,7 +50,7 @@ class TransformersViT(Backbone):
         patches = hidden[:, self.num_prefix_tokens :]
         expected = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
         if patches.shape[1] != expected:
-            raise ValueError(
+            raise RoadworkError(
                 f"{self.name}: expected {expected} patch tokens after CLS and "
                 f"{self.num_prefix_tokens - 1} registers, got {patches.shape[1]}; this model's token layout "
                 "is not [CLS, registers, patches]"
@@ -90,7 +93,7 @@ def transformers_vit(
     repo = _HUB_IDS.get(name) or name.removeprefix("hf:")
     source = str(weights) if weights is not None else repo
     if not source:
-        raise ValueError("an hf: backbone needs a model id or a local path, e.g. hf:facebook/dinov2-small")
+        raise RoadworkError("an hf: backbone needs a model id or a local path, e.g. hf:facebook/dinov2-small")
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     try:
         model = AutoModel.from_pretrained(source, dtype=dtype)
