@@ -17,7 +17,9 @@ class LossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
-    focal_alpha: float | None = Field(None, gt=0.0, lt=1.0, description="weight of class 1 (1 - alpha for class 0); None = unweighted")
+    focal_alpha: float | None = Field(
+        None, gt=0.0, lt=1.0, description="weight of class 1 (1 - alpha for class 0); None = unweighted"
+    )
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     focal_weight: float = Field(0.5, ge=0.0)
     consistency_weight: float = Field(0.3, ge=0.0)
@@ -55,7 +57,8 @@ def consistency_loss(view_logits: Tensor, view_mask: Tensor) -> Tensor:
     logits = view_logits.float().masked_fill(~view_mask.unsqueeze(-1), 0.0)
     log_p = F.log_softmax(logits, dim=-1)
     count = view_mask.sum(dim=1).clamp_min(1)
-    log_mean = torch.logsumexp(log_p.masked_fill(~view_mask.unsqueeze(-1), float("-inf")), dim=1) - count.log().unsqueeze(-1)
+    valid_log_p = log_p.masked_fill(~view_mask.unsqueeze(-1), float("-inf"))
+    log_mean = torch.logsumexp(valid_log_p, dim=1) - count.log().unsqueeze(-1)  # log of the masked mean, stably
     kl = (log_p.exp() * (log_p - log_mean.unsqueeze(1))).sum(dim=-1).masked_fill(~view_mask, 0.0)
     return (kl.sum(dim=1) / count).mean()
 
@@ -75,7 +78,7 @@ class RoadworkLoss(nn.Module):
         super().__init__()
         self.config = config or LossConfig()
         if self.config.dice_weight > 0:
-            raise ValueError("dice_weight > 0 needs a segmentation output, and no head produces one yet; set dice_weight=0")
+            raise ValueError("dice_weight > 0 needs a segmentation output and no head produces one yet; set it to 0")
 
     def forward(self, out: HeadOutput, labels: Tensor, weather: Tensor) -> dict[str, Tensor]:
         c = self.config

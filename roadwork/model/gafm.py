@@ -18,9 +18,7 @@ class GatedAttentionFusion(nn.Module):
 
     def __init__(self, d_model: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.importance = nn.Sequential(
-            nn.Linear(d_model, max(1, d_model // 4)), nn.GELU(), nn.Linear(max(1, d_model // 4), 1)
-        )
+        self.importance = nn.Sequential(nn.Linear(d_model, d_model // 4), nn.GELU(), nn.Linear(d_model // 4, 1))
         self.cross = MultiHeadAttention(d_model, heads, dropout)
         self.cross_norm = nn.LayerNorm(d_model)
         self.refine = MultiHeadAttention(d_model, heads, dropout)

@@ -30,7 +30,10 @@ def _check_inputs(features: Tensor, view_mask: Tensor, feature_dim: int) -> None
     if features.dim() != 3 or features.shape[-1] != feature_dim:
         raise ValueError(f"features must be [B,V,{feature_dim}], got {tuple(features.shape)}")
     if view_mask.shape != features.shape[:2] or view_mask.dtype != torch.bool:
-        raise ValueError(f"view_mask must be a bool [B,V] = {tuple(features.shape[:2])}, got {view_mask.dtype} {tuple(view_mask.shape)}")
+        raise ValueError(
+            f"view_mask must be a bool [B,V] = {tuple(features.shape[:2])}, "
+            f"got {view_mask.dtype} {tuple(view_mask.shape)}"
+        )
 
 
 class LinearHead(nn.Module):
@@ -64,20 +67,26 @@ class MultiViewHead(nn.Module):
         self.pyramid = MultiScalePyramid(d, config.dropout) if config.pyramid else nn.Identity()
         self.attention = GatedAttentionStack(d, config.heads, config.attention_layers, config.dropout)
         self.view_classifier = nn.Linear(d, 2)
-        self.fusion = GatedAttentionFusion(d, config.heads, config.dropout) if config.fusion == "gafm" else MeanFusion()
+        self.fusion: nn.Module = (
+            GatedAttentionFusion(d, config.heads, config.dropout) if config.fusion == "gafm" else MeanFusion()
+        )
         n_weather = vocab.sizes["weather"] - 1
         self.weather_head = (
             nn.Sequential(nn.Linear(d, d // 2), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d // 2, n_weather))
             if n_weather >= 2
             else None
         )
-        self.metadata = MetadataEncoder(vocab, config.gps_dim, config.category_dim, config.text) if config.metadata else None
+        self.metadata = (
+            MetadataEncoder(vocab, config.gps_dim, config.category_dim, config.text) if config.metadata else None
+        )
         self.fuse = (
             nn.Sequential(nn.Linear(d + self.metadata.out_dim, d), nn.GELU(), nn.Dropout(config.dropout))
             if self.metadata is not None
             else None
         )
-        self.classifier = nn.Sequential(nn.Linear(d, d // 2), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d // 2, 2))
+        self.classifier = nn.Sequential(
+            nn.Linear(d, d // 2), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d // 2, 2)
+        )
 
     def forward(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
         _check_inputs(features, view_mask, self.feature_dim)

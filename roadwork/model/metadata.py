@@ -32,12 +32,17 @@ class MetadataVocab:
             if any(normalize_category(v) != v for v in items) or len(set(items)) != len(items):
                 raise ValueError(f"vocabulary '{name}' must hold distinct, lowercased, non-NULL values: {items}")
             self.values[name] = items
-        self._lookup = {name: {v: i + 1 + NULL_INDEX for i, v in enumerate(items)} for name, items in self.values.items()}
+        # NULL is row NULL_INDEX; the values follow it.
+        self._lookup = {
+            name: {v: NULL_INDEX + 1 + i for i, v in enumerate(items)} for name, items in self.values.items()
+        }
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sample]) -> MetadataVocab:
         """Sorted distinct values per field, so the same data always gives the same indices."""
-        return cls({name: sorted({normalize_category(getattr(s, name)) for s in samples} - {None}) for name in CATEGORY_FIELDS})
+        return cls(
+            {name: sorted({normalize_category(getattr(s, name)) for s in samples} - {None}) for name in CATEGORY_FIELDS}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"null_index": NULL_INDEX, "fields": {name: list(items) for name, items in self.values.items()}}
@@ -45,7 +50,7 @@ class MetadataVocab:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MetadataVocab:
         if d.get("null_index") != NULL_INDEX:
-            raise ValueError(f"vocabulary was saved with null_index={d.get('null_index')!r}, this code uses {NULL_INDEX}")
+            raise ValueError(f"vocabulary saved with null_index={d.get('null_index')!r}; this code uses {NULL_INDEX}")
         return cls(d["fields"])
 
     @property
@@ -81,7 +86,9 @@ class MetadataBatch:
         if len(set(rows.values())) != 1:
             raise ValueError(f"metadata fields disagree on the number of rows: {rows}")
         if self.gps.shape[1:] != (2,) or self.text.shape[1:] != (TEXT_DIM,):
-            raise ValueError(f"expected gps [B,2] and text [B,{TEXT_DIM}], got {tuple(self.gps.shape)}, {tuple(self.text.shape)}")
+            raise ValueError(
+                f"expected gps [B,2] and text [B,{TEXT_DIM}], got {tuple(self.gps.shape)} and {tuple(self.text.shape)}"
+            )
 
     @classmethod
     def from_samples(
@@ -120,29 +127,32 @@ class MetadataBatch:
         return self.gps.shape[0]
 
     def to(self, device: torch.device | str) -> MetadataBatch:
-        return type(self)(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 class GpsEncoding(nn.Module):
     """Multi-frequency sin/cos of latitude and longitude; a learned vector when GPS is NULL.
 
-    Frequencies are log-spaced from one period over the whole range (continents) to 1/10000 of it
-    (about 2 km of latitude). Angles are computed in float64: at the top frequency they reach ~1e4
-    rad, where float32 would lose the fine scales.
+    Both coordinates are mapped onto one turn (lat * pi/90, lon * pi/180) and multiplied by
+    integer frequencies, roughly log-spaced from 1 (continents) to 10000 (about 2 km of
+    latitude). Integers make longitude +180 and -180 encode the same place. Angles are computed in
+    float64: at the top frequency they reach ~3e4 rad, where float32 would lose the fine scales.
     """
 
-    MAX_FREQUENCY = 1e4
+    MAX_FREQUENCY = 10_000
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.register_buffer(
-            "frequencies", torch.logspace(0.0, math.log10(self.MAX_FREQUENCY), dim // 4, dtype=torch.float64), persistent=False
-        )
+        frequencies: list[int] = []
+        for target in torch.logspace(0.0, math.log10(self.MAX_FREQUENCY), dim // 4, dtype=torch.float64).tolist():
+            frequencies.append(max(round(target), frequencies[-1] + 1 if frequencies else 1))
+        self.frequencies = tuple(frequencies)  # not a buffer: Module.to(dtype) must not round them
         self.null = nn.Parameter(torch.randn(dim) * 0.02)
 
     def forward(self, gps: Tensor, present: Tensor) -> Tensor:
         scale = torch.tensor([math.pi / 90.0, math.pi / 180.0], dtype=torch.float64, device=gps.device)
-        angles = (gps.double() * scale).unsqueeze(-1) * self.frequencies  # [B,2,F]
+        frequencies = torch.tensor(self.frequencies, dtype=torch.float64, device=gps.device)
+        angles = (gps.double() * scale).unsqueeze(-1) * frequencies  # [B,2,F]
         encoded = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1).to(self.null.dtype)
         return torch.where(present.unsqueeze(-1), encoded, self.null)
 

@@ -47,7 +47,9 @@ class TextEncoder:
         wanted = list(dict.fromkeys(texts))
         missing = [t for t in wanted if t not in self._cache]
         if missing:
-            encoded = self._load().encode(missing, batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False)
+            encoded = self._load().encode(
+                missing, batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False
+            )
             # clone() outside inference mode: inference tensors cannot be saved for backward later.
             encoded = encoded.detach().to("cpu", torch.float32).clone()
             self._cache.update(zip(missing, encoded.unbind(0)))

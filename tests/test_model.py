@@ -1,0 +1,301 @@
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from roadwork.data.records import Sample
+from roadwork.losses import LossConfig, RoadworkLoss
+from roadwork.model.attention import GatedAttentionStack, attention_mask
+from roadwork.model.config import HeadConfig
+from roadwork.model.gafm import GatedAttentionFusion, MeanFusion
+from roadwork.model.head import LinearHead, MultiViewHead, build_head
+from roadwork.model.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch, MetadataEncoder, MetadataVocab
+from roadwork.model.pruning import ViewPruner
+from roadwork.model.pyramid import InputProjection, MultiScalePyramid
+
+D = 48  # feature_dim of the fake backbone
+SMALL = dict(d_model=32, heads=4, attention_layers=2, gps_dim=16, category_dim=8, prune_k=4)
+
+
+def _samples() -> list[Sample]:
+    return [
+        Sample("a.jpg", 1, 40.4, -79.9, "rain", "day", "urban", "cones on the left lane"),
+        Sample("b.jpg", 0),
+        Sample("c.jpg", 1, weather="fog", scene="highway"),
+        Sample("d.jpg", 0, -33.9, 151.2, "clear", "night", None, "empty street"),
+    ]
+
+
+@pytest.fixture
+def vocab() -> MetadataVocab:
+    return MetadataVocab.from_samples(_samples())
+
+
+def _meta(samples: list[Sample], vocab: MetadataVocab) -> MetadataBatch:
+    texts = {s.description: torch.randn(TEXT_DIM) for s in samples if s.description}
+    return MetadataBatch.from_samples(samples, vocab, texts)
+
+
+def _batch(n_views: int = 6, valid=(6, 3, 1, 5)) -> tuple[torch.Tensor, torch.Tensor]:
+    features = torch.randn(len(valid), n_views, D)
+    mask = torch.arange(n_views) < torch.tensor(valid).unsqueeze(1)
+    return features, mask
+
+
+def _pad(features: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append ``extra`` invalid views full of huge garbage, and garble the already padded ones."""
+    garbage = torch.full((features.shape[0], extra, features.shape[2]), 1e30)
+    features = torch.where(mask.unsqueeze(-1), features, torch.full_like(features, -1e30))
+    return torch.cat([features, garbage], 1), torch.cat([mask, torch.zeros(mask.shape[0], extra, dtype=torch.bool)], 1)
+
+
+def test_head_config_validates_ranges_and_names_the_field():
+    assert HeadConfig().d_model == 512
+    with pytest.raises(ValidationError, match="d_model"):
+        HeadConfig(d_model=100, heads=8)
+    with pytest.raises(ValidationError, match="gps_dim"):
+        HeadConfig(gps_dim=130)
+    with pytest.raises(ValidationError):
+        HeadConfig(dropout=1.0)
+    with pytest.raises(ValidationError):
+        HeadConfig(prune_k=0)
+    with pytest.raises(ValidationError):
+        HeadConfig(d_modle=256)  # typo must not pass silently
+
+
+def test_vocab_maps_null_and_unseen_to_null_index_and_round_trips(vocab):
+    assert vocab.values["weather"] == ["clear", "fog", "rain"]
+    assert vocab.sizes == {"weather": 4, "daytime": 3, "scene": 3}
+    assert vocab.index("weather", "clear") != NULL_INDEX
+    assert vocab.index("weather", "Rain ") == vocab.index("weather", "rain")
+    for value in (None, "", "null", "NaN", "snow"):
+        assert vocab.index("weather", value) == NULL_INDEX
+    assert MetadataVocab.from_dict(vocab.to_dict()) == vocab
+    with pytest.raises(ValueError, match="null_index"):
+        MetadataVocab.from_dict({**vocab.to_dict(), "null_index": 7})
+
+
+def test_metadata_batch_from_samples_and_row_indexing(vocab):
+    samples = _samples()
+    texts = {"cones on the left lane": torch.ones(TEXT_DIM), "empty street": torch.full((TEXT_DIM,), 2.0)}
+    meta = MetadataBatch.from_samples(samples, vocab, texts)
+    assert meta.gps_present.tolist() == [True, False, False, True]
+    assert meta.gps[0].tolist() == pytest.approx([40.4, -79.9]) and meta.gps[1].tolist() == [0.0, 0.0]
+    assert meta.weather.tolist() == [vocab.index("weather", w) for w in ("rain", None, "fog", "clear")]
+    assert meta.scene[3].item() == NULL_INDEX
+    assert meta.text_present.tolist() == [True, False, False, True] and meta.text[3, 0].item() == 2.0
+    picked = meta[torch.tensor([3, 0])]
+    assert len(picked) == 2 and picked.weather.tolist() == [meta.weather[3].item(), meta.weather[0].item()]
+    joined = MetadataBatch.cat([meta[:2], meta[2:]])
+    assert torch.equal(joined.text, meta.text) and torch.equal(joined.scene, meta.scene)
+    assert MetadataBatch.from_samples(samples, vocab, None).text_present.sum() == 0
+    with pytest.raises(KeyError, match="empty street"):
+        MetadataBatch.from_samples(samples, vocab, {"cones on the left lane": torch.ones(TEXT_DIM)})
+
+
+@pytest.mark.parametrize("kind", ["all-null", "all-present", "mixed"])
+def test_metadata_encoder_is_finite_and_trains_null_embeddings(vocab, kind):
+    full = Sample("x", 1, 52.5, 13.4, "rain", "day", "urban", "cones on the left lane")
+    empty = Sample("y", 0)
+    samples = {"all-null": [empty] * 3, "all-present": [full] * 3, "mixed": [full, empty, _samples()[2]]}[kind]
+    encoder = MetadataEncoder(vocab, gps_dim=128, category_dim=64, text=True)
+    out = encoder(_meta(samples, vocab))
+    assert encoder.out_dim == 128 + 3 * 64 + 384 + 5 and out.shape == (3, encoder.out_dim)
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    null_grads = [encoder.gps.null.grad, encoder.text_null.grad]
+    null_grads += [e.weight.grad[NULL_INDEX] for e in encoder.categories.values()]
+    if kind == "all-present":  # the NULL representations are used only for NULL values
+        assert all(g is None or not g.any() for g in null_grads)
+    else:
+        assert all(g is not None and g.abs().sum() > 0 for g in null_grads)
+
+
+def test_gps_encoding_separates_places_and_missing_from_zero(vocab):
+    encoder = MetadataEncoder(vocab, gps_dim=128, category_dim=8, text=False).gps
+    gps = torch.tensor([[40.44, -79.99], [40.45, -79.99], [0.0, 180.0], [0.0, -180.0], [0.0, 0.0], [0.0, 0.0]])
+    present = torch.tensor([True, True, True, True, True, False])
+    out = encoder(gps, present)
+    assert (out[0] - out[1]).abs().max() > 0.1  # ~1 km apart is resolved
+    assert torch.allclose(out[2], out[3], atol=1e-5)  # longitude wraps at the date line
+    assert not torch.allclose(out[4], out[5])  # missing GPS is not (0, 0)
+
+
+def test_attention_mask_hides_padding_and_never_leaves_a_query_without_keys():
+    view_mask = torch.tensor([[True, True, False], [True, False, False]])
+    mask = attention_mask(view_mask)[:, 0]
+    assert not mask[:, :, 2].any() and not mask[1, :, 1].any()
+    cross = attention_mask(view_mask, exclude_self=True)[:, 0]
+    assert cross[0].tolist() == [[False, True, False], [True, False, False], [True, True, False]]
+    assert cross[1, 0].tolist() == [True, False, False]  # single valid view falls back to itself
+    assert cross.any(dim=-1).all()
+
+
+def test_gated_attention_stack_ignores_padded_views_and_exposes_peft_names():
+    stack = GatedAttentionStack(32, heads=4, layers=2, dropout=0.1).eval()
+    names = {name.rsplit(".", 1)[-1] for name, module in stack.named_modules() if isinstance(module, nn.Linear)}
+    assert {"qkv_proj", "out_proj"} <= names
+    x = torch.randn(2, 5, 32)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    out = stack(x, mask)
+    garbled = torch.where(mask.unsqueeze(-1), x, torch.full_like(x, 1e4))
+    assert torch.allclose(stack(garbled, mask)[mask], out[mask], atol=1e-5)
+    perturbed = x.clone()
+    perturbed[0, 1] += 3.0  # a real view's output does depend on the other real views
+    assert not torch.allclose(stack(perturbed, mask)[0, 0], out[0, 0])
+
+
+def test_fusion_pools_only_valid_views_and_handles_a_single_view():
+    x = torch.randn(3, 4, 32)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
+    garbled = torch.where(mask.unsqueeze(-1), x, torch.full_like(x, 1e4))
+    gafm = GatedAttentionFusion(32, heads=4, dropout=0.1).eval()
+    pooled = gafm(x, mask)
+    assert pooled.shape == (3, 32) and torch.isfinite(pooled).all()
+    assert torch.allclose(gafm(garbled, mask), pooled, atol=1e-5)
+    mean = MeanFusion()(garbled, mask)
+    assert torch.allclose(mean[1], x[1, :2].mean(0)) and torch.allclose(mean[2], x[2, 0])
+    x.requires_grad_(True)
+    gafm.train()(x, mask)[2].sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_projection_and_pyramid_shapes():
+    x = InputProjection(D, 32)(torch.randn(2, 5, D) * 1000)
+    assert x.shape == (2, 5, 32) and x.abs().max() < 50  # scale-normalised input
+    y = MultiScalePyramid(32, dropout=0.0)(x)
+    assert y.shape == (2, 5, 32)
+    assert torch.allclose(y.mean(-1), torch.zeros(2, 5), atol=1e-5)  # ends in a LayerNorm
+
+
+def test_pruner_keeps_k_valid_views_unchanged_and_always_the_global_view():
+    pruner = ViewPruner(D, keep=4)
+    pruner.scorer = nn.Linear(D, 1)  # score = mean feature, so padded garbage would win unmasked
+    nn.init.constant_(pruner.scorer.weight, 1.0 / D)
+    nn.init.zeros_(pruner.scorer.bias)
+    features, mask = _batch(n_views=8, valid=(8, 3))
+    features[0, 0] -= 10.0  # the global view scores lowest
+    features[1, 3:] = 1e6
+    kept, kept_mask, scores = pruner(features, mask)
+    assert kept.shape == (2, 4, D) and kept_mask.shape == (2, 4) and scores.shape == (2, 8)
+    assert kept_mask[0].all() and kept_mask[1].sum() == 3
+    assert torch.equal(kept[1, :3], features[1, :3])  # forward value is exact (straight-through)
+    assert torch.isinf(scores[1, 3:]).all() and (scores[1, 3:] < 0).all()
+    assert torch.equal(kept[0, 0], features[0, 0])  # global view kept whatever its score
+    others = scores[0, 1:].topk(3).indices.sort().values + 1
+    assert torch.equal(kept[0, 1:], features[0, others])
+
+
+def test_pruning_scorer_learns_from_the_classification_loss(vocab):
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(**SMALL), D, vocab)
+    features, mask = _batch(n_views=10, valid=(10, 7, 2, 10))
+    meta = _meta(_samples(), vocab)
+    out = head(features, mask, meta)
+    assert out.view_logits.shape == (4, 4, 2) and out.view_scores.shape == (4, 10)
+    classification_only = RoadworkLoss(LossConfig(consistency_weight=0.0, weather_weight=0.0))
+    classification_only(out, torch.tensor([1, 0, 1, 0]), meta.weather)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.pruner.scorer.parameters())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"fusion": "mean", "pyramid": False, "prune_k": None},
+        {"attention_layers": 0, "text": False},
+        {"metadata": False},
+    ],
+)
+def test_head_outputs_ignore_padded_views(vocab, overrides):
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(**{**SMALL, **overrides}), D, vocab).eval()
+    features, mask = _batch(n_views=6, valid=(6, 3, 1, 5))
+    meta = _meta(_samples(), vocab)
+    with torch.no_grad():
+        out = head(features, mask, meta)
+        padded = head(*_pad(features, mask, extra=4), meta)
+    assert torch.isfinite(padded.logits).all()
+    assert torch.allclose(padded.logits, out.logits, atol=1e-5)
+    assert torch.allclose(padded.view_logits[padded.view_mask], out.view_logits[out.view_mask], atol=1e-5)
+    if out.weather_logits is not None:
+        assert torch.allclose(padded.weather_logits, out.weather_logits, atol=1e-5)
+
+
+def test_head_shapes_and_which_inputs_matter(vocab):
+    torch.manual_seed(0)
+    features, mask = _batch(n_views=6)
+    samples = _samples()
+    meta = _meta(samples, vocab)
+    head = build_head(HeadConfig(**SMALL), D, vocab).eval()
+    out = head(features, mask, meta)
+    assert out.logits.shape == (4, 2) and out.weather_logits.shape == (4, len(vocab.values["weather"]))
+    other_meta = _meta(samples[::-1], vocab)
+    assert not torch.allclose(head(features, mask, other_meta).logits, out.logits)  # metadata is used
+    with pytest.raises(ValueError, match="MetadataBatch"):
+        head(features, mask, None)
+    with pytest.raises(ValueError, match="features"):
+        head(features[..., :-1], mask, meta)
+
+    no_text = build_head(HeadConfig(**SMALL, text=False), D, vocab).eval()
+    shuffled_text = MetadataBatch(**{**vars(meta), "text": torch.randn(4, TEXT_DIM)})
+    assert torch.equal(no_text(features, mask, meta).logits, no_text(features, mask, shuffled_text).logits)
+
+    linear = build_head(HeadConfig(type="linear"), D, vocab)
+    assert isinstance(linear, LinearHead) and sum(p.numel() for p in linear.parameters()) == 2 * D + 2
+    base = linear(features, mask, meta)
+    assert base.logits.shape == (4, 2) and base.view_logits is None and base.weather_logits is None
+    changed = features.clone()
+    changed[:, 1:] = torch.randn_like(changed[:, 1:])
+    assert torch.equal(linear(changed, mask, meta).logits, base.logits)  # only the global view
+
+
+def test_weather_head_needs_two_weather_values():
+    one = MetadataVocab({"weather": ["rain"], "daytime": [], "scene": []})
+    assert MultiViewHead(HeadConfig(**SMALL), D, one).weather_head is None
+    two = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})
+    assert MultiViewHead(HeadConfig(**SMALL), D, two).weather_head is not None
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny tensors: with two busy cores, OpenMP threads spin against each other (10x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_full_head_overfits_sixteen_samples(vocab, one_thread):
+    torch.manual_seed(0)
+    features = torch.randn(16, 6, D)
+    mask = torch.arange(6) < torch.randint(1, 7, (16, 1))
+    labels = torch.arange(16) % 2
+    samples = (_samples() * 4)[:16]
+    meta = _meta(samples, vocab)
+    head = build_head(HeadConfig(**SMALL, dropout=0.0), D, vocab)
+    loss_fn = RoadworkLoss(LossConfig(label_smoothing=0.0))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=2e-3)
+    for _ in range(80):
+        optimizer.zero_grad()
+        parts = loss_fn(head(features, mask, meta), labels, meta.weather)
+        parts["loss"].backward()
+        optimizer.step()
+    assert parts["focal"].item() < 0.01
+    assert torch.equal(head.eval()(features, mask, meta).logits.argmax(-1), labels)
+
+
+def test_text_encoder_embeds_distinct_strings_once():
+    from roadwork.model.text import TextEncoder
+
+    encoder = TextEncoder()
+    cones = "orange cones close the right lane"
+    first = encoder.embed([cones, "a quiet beach at sunset", cones])
+    assert len(first) == 2
+    a, b = first.values()
+    assert a.shape == b.shape == (TextEncoder.dim,) and not a.is_inference()
+    assert math.isclose(a.norm().item(), 1.0, abs_tol=1e-3) and math.isclose(b.norm().item(), 1.0, abs_tol=1e-3)
+    assert (a @ b).item() < 0.9
+    assert encoder.embed([cones])[cones] is a
