@@ -46,8 +46,8 @@ class RoadworkModule(L.LightningModule):
         self.val_auroc.update(probs, batch.labels)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val_mcc", self.val_mcc.compute(), prog_bar=True)
-        self.log("val_auroc", self.val_auroc.compute(), prog_bar=True)
+        self.log("val_mcc", self.val_mcc.compute().float(), prog_bar=True)
+        self.log("val_auroc", self.val_auroc.compute().float(), prog_bar=True)
         self.val_mcc.reset()
         self.val_auroc.reset()
 

@@ -62,6 +62,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     """Train a head on DATA and write OUT/bundle and OUT/metrics.json; returns the metrics."""
     out = Path(out)
     started = time.perf_counter()
+    if not log.isEnabledFor(logging.INFO):
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # hardware tips, not progress
     L.seed_everything(config.seed, workers=True, verbose=False)
     samples = load_samples(data)
     if val_data is not None:
@@ -111,7 +113,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         max_epochs=config.optim.epochs, accelerator=accelerator, devices=1,
         precision=_precision(config.optim.precision, accelerator),
         gradient_clip_val=config.optim.gradient_clip, accumulate_grad_batches=config.optim.accumulate_grad_batches,
-        callbacks=callbacks, logger=CSVLogger(out, name="logs", version=""), enable_progress_bar=progress,
+        callbacks=callbacks, logger=CSVLogger(out, name="logs"), enable_progress_bar=progress,
         enable_model_summary=False, log_every_n_steps=1, deterministic=False, default_root_dir=out,
     )
     last = out / "checkpoints" / "last.ckpt"

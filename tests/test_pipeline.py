@@ -1,0 +1,196 @@
+"""End to end on a tiny dataset: train -> bundle -> load -> predict/evaluate, resume, tampering."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import matthews_corrcoef, roc_auc_score
+from typer.testing import CliRunner
+
+from roadwork.cli import app
+from roadwork.config import load_config
+from roadwork.data.sources import load_samples
+from roadwork.features.extract import extract_features, open_store
+from roadwork.serve.bundle import BundleError, load_bundle, save_bundle
+from roadwork.serve.predictor import Predictor
+from roadwork.train.run import train
+
+TINY = ["model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
+        "optim.epochs=3", "optim.batch_size=8", "optim.patience=50"]
+
+
+def _dataset(root: Path, n: int, seed: int) -> Path:
+    """Gray noise; positives carry an orange block: learnable in a few epochs from frozen features."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        array = rng.integers(70, 130, size=(112, 112, 3), dtype=np.uint8)
+        label = i % 2
+        if label:
+            x, y = rng.integers(0, 60, size=2)
+            array[y : y + 50, x : x + 50] = (255, 120, 0)
+        Image.fromarray(array).save(root / f"img/{i}.jpg", quality=90)
+        rows.append({"file_name": f"img/{i}.jpg", "label": label, "weather": ["rain", "", "fog"][i % 3],
+                     "latitude": 40 + i % 5, "longitude": 2.0, "description": "cones ahead" if i % 4 == 1 else ""})
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline")
+    data = _dataset(base / "train", 40, seed=0)
+    test = _dataset(base / "test", 16, seed=1)
+    cache = base / "cache"
+    metrics = train(str(data), base / "run", load_config(None, TINY), cache_dir=cache, progress=False)
+    return {"base": base, "data": data, "test": test, "cache": cache, "run": base / "run", "metrics": metrics}
+
+
+def test_train_writes_bundle_and_metrics(trained):
+    run = trained["run"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation"]["n"] == 6 and metrics["epochs_run"] == 3
+    assert metrics["extraction"]["extracted"] == 40
+    manifest = json.loads((run / "bundle" / "manifest.json").read_text())
+    assert manifest["backbone"]["name"] == "efficientnet-lite0" and manifest["backbone"]["views"] == "auto"
+    assert manifest["vocabulary"]["fields"]["weather"] == ["fog", "rain"]
+    assert manifest["config"]["model"]["d_model"] == 32 and manifest["decision_threshold"] == 0.5
+    assert set(manifest["files"]) == {"model.safetensors"}
+    assert manifest["data"]["train"]["n"] == 34
+
+
+def test_predictions_identical_before_and_after_saving(trained, tmp_path):
+    bundle = load_bundle(trained["run"] / "bundle")
+    samples = load_samples(trained["test"])
+    predictor = Predictor(bundle)
+    backbone = predictor.backbone
+    store = open_store(trained["cache"], backbone, "auto")
+    keys = extract_features(samples, backbone, "auto", store, num_workers=0, progress=False).keys
+    loaded = store.load(keys)
+    features = [loaded[k] for k in keys]
+    before = predictor.probabilities_from_features(features, samples)
+    save_bundle(tmp_path / "copy", head=bundle.head, config=bundle.config, vocab=bundle.vocab, backbone=bundle.backbone,
+                calibration=bundle.calibration, metrics={}, data_summary={})
+    after = Predictor.from_bundle(tmp_path / "copy").probabilities_from_features(features, samples)
+    assert torch.equal(before, after)
+    assert before.min() >= 0 and before.max() <= 1 and before.std() > 0
+
+
+def test_predict_cli_from_raw_images_matches_cached_path(trained):
+    runner = CliRunner()
+    paths = [str(trained["test"] / f"img/{i}.jpg") for i in range(4)]
+    raw = runner.invoke(app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--no-cache", "--device", "cpu", *paths])
+    cached = runner.invoke(app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--cache-dir",
+                                 str(trained["cache"]), "--device", "cpu", *paths])
+    assert raw.exit_code == 0 and cached.exit_code == 0, raw.output + cached.output
+    raw_lines = [json.loads(line) for line in raw.stdout.splitlines()]
+    cached_lines = [json.loads(line) for line in cached.stdout.splitlines()]
+    assert [line["file"] for line in raw_lines] == paths
+    for a, b in zip(raw_lines, cached_lines):
+        assert a["roadwork"] == (a["probability"] > 0.5)
+        assert a["probability"] == pytest.approx(b["probability"], abs=2e-3)  # float16 cache vs float32
+
+
+def test_predict_reports_bad_files_and_exits_nonzero(trained, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    result = CliRunner().invoke(app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--no-cache", "--device",
+                                      "cpu", str(bad), str(trained["test"] / "img/0.jpg"), str(tmp_path / "missing.jpg")])
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.exit_code == 1
+    assert "cannot decode" in lines[0]["error"] and "probability" in lines[1] and "error" in lines[2]
+
+
+def test_evaluate_metrics_agree_with_scikit_learn(trained, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data", str(trained["test"]),
+                                      "--out", str(tmp_path / "report"), "--cache-dir", str(trained["cache"]), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    with open(tmp_path / "report" / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["probability"]) for r in rows])
+    assert metrics["n"] == len(rows) == 16
+    assert metrics["mcc"] == pytest.approx(matthews_corrcoef(labels, probs > 0.5), abs=1e-6)
+    assert metrics["accuracy"] == pytest.approx(np.mean(labels == (probs > 0.5)), abs=1e-6)
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-6)
+    assert "roadwork evaluation" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_second_training_run_reuses_the_cache(trained, tmp_path):
+    metrics = train(str(trained["data"]), tmp_path / "run2", load_config(None, [*TINY, "optim.epochs=1"]),
+                    cache_dir=trained["cache"], progress=False)
+    assert metrics["extraction"]["extracted"] == 0 and metrics["extraction"]["cached"] == 40
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
+    out = tmp_path / "resumable"
+    train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2"]), cache_dir=trained["cache"], progress=False)
+    metrics = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=4"]), cache_dir=trained["cache"],
+                    progress=False, resume=True)
+    assert metrics["epochs_run"] == 4
+
+    def steps(version: int) -> set[int]:
+        with open(out / "logs" / f"version_{version}" / "metrics.csv") as handle:
+            return {int(row["step"]) for row in csv.DictReader(handle) if row.get("train_loss")}
+
+    first, resumed = steps(0), steps(1)
+    assert len(first) == 2 and len(resumed) >= 2
+    assert min(resumed) >= max(first)  # no optimisation step of the finished epochs was redone
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda b: (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()[:-1] + b"\0"), "SHA-256"),
+        (lambda b: (b / "model.safetensors").unlink(), "missing file"),
+        (lambda b: (b / "manifest.json").write_text("{"), "unreadable"),
+        (lambda b: (b / "manifest.json").unlink(), "not a bundle"),
+    ],
+    ids=["weights-modified", "weights-missing", "manifest-corrupt", "manifest-missing"],
+)
+def test_tampered_bundle_is_rejected(trained, tmp_path, tamper, message):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained["run"] / "bundle", copy)
+    tamper(copy)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+
+
+def test_manifest_edit_that_does_not_fit_the_weights_is_rejected(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained["run"] / "bundle", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["config"]["model"]["d_model"] = 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="do not fit"):
+        load_bundle(copy)
+    result = CliRunner().invoke(app, ["predict", "--bundle", str(copy), str(trained["test"] / "img/0.jpg")])
+    assert result.exit_code == 2 and "do not fit" in result.output
+
+
+def test_invalid_config_fails_at_start_naming_the_key(trained, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--data", str(trained["data"]), "--out", str(tmp_path / "x"),
+                                      "--set", "model.d_model=banana"])
+    assert result.exit_code == 2 and "model.d_model" in result.output
+    result = CliRunner().invoke(app, ["train", "--data", str(trained["data"]), "--out", str(tmp_path / "x"),
+                                      "--set", "optim.lr=-1"])
+    assert result.exit_code == 2 and "optim.lr" in result.output
+    result = CliRunner().invoke(app, ["train", "--data", str(trained["data"]), "--out", str(tmp_path / "x"),
+                                      "--set", "model.no_such_key=1"])
+    assert result.exit_code == 2 and "model.no_such_key" in result.output
+    assert not (tmp_path / "x").exists()
