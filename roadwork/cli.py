@@ -68,6 +68,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
 
 
 @app.command()
+def backbones() -> None:
+    """List the backbone names `--backbone` accepts."""
+    from roadwork.backbones.base import list_backbones
+
+    for name in list_backbones():
+        typer.echo(name)
+
+
+@app.command()
 @_friendly
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write (images/ and metadata.csv).")],

@@ -75,6 +75,11 @@ def _as_list(batch: list) -> list:
     return batch
 
 
+def _one_thread(worker_id: int) -> None:
+    """Decoding workers resize with one thread each, leaving the other cores to the backbone."""
+    torch.set_num_threads(1)
+
+
 def extract_features(
     samples: Sequence[Sample],
     backbone: torch.nn.Module,
@@ -103,6 +108,7 @@ def extract_features(
         batch_size=images_per_batch,
         num_workers=num_workers,
         collate_fn=_as_list,
+        worker_init_fn=_one_thread,
         prefetch_factor=2 if num_workers else None,
     )
     pending: dict[str, torch.Tensor] = {}
