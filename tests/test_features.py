@@ -135,3 +135,20 @@ def test_open_store_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ROADWORK_CACHE", str(tmp_path / "env-cache"))
     store = open_store(None, FakeBackbone(), "auto")
     assert store.root.parent == tmp_path / "env-cache"
+
+
+def test_atomic_writes_leave_no_temporary_files_and_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    from roadwork.storage import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "one")
+        atomic_write_text(tmp_path / "a.txt", "two")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
