@@ -42,7 +42,7 @@ def _friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (RoadworkError, FileNotFoundError) as error:
-            console.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+            console.print(f"[bold red]error:[/] {error}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -19,7 +19,7 @@ def evaluate(bundle: str | Path, data: str, out: str | Path, *, cache_dir: str |
     out = Path(out)
     predictor = Predictor.from_bundle(bundle, device)
     samples = load_samples(data)
-    probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir)
+    probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, progress=None)
     scored = [(s, p) for s, p in zip(samples, probs) if p is not None]
     if not scored:
         raise ValueError(f"{data}: no image could be decoded")

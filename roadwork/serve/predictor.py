@@ -62,12 +62,12 @@ class Predictor:
         return torch.cat(out)
 
     def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                        use_cache: bool = True) -> tuple[list[float | None], dict[str, str]]:
+                        use_cache: bool = True, progress: bool | None = False) -> tuple[list[float | None], dict[str, str]]:
         """Probabilities (None where an image failed) and the failures by file name."""
         spec = self.bundle.backbone
         if use_cache:
             store = open_store(cache_dir, self.backbone, spec.views, spec.weights)
-            result = extract_features(samples, self.backbone, spec.views, store, progress=False, num_workers=0)
+            result = extract_features(samples, self.backbone, spec.views, store, progress=progress, num_workers=0)
             good = [i for i, key in enumerate(result.keys) if key is not None]
             loaded = store.load(result.keys[i] for i in good)
             features = [loaded[result.keys[i]] for i in good]

@@ -34,6 +34,15 @@ from roadwork.train.module import RoadworkModule, margins
 log = logging.getLogger(__name__)
 
 
+class _ProgressBar(RichProgressBar):
+    """Rich bar without Lightning's logger version number, which means nothing to a user."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 def _precision(setting: str, accelerator: str) -> str:
     if setting != "auto":
         return "32-true" if setting == "32" else setting
@@ -108,7 +117,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     callbacks: list[L.Callback] = [checkpoints,
                                    EarlyStopping(monitor="val_mcc", mode="max", patience=config.optim.patience)]
     if progress:
-        callbacks.append(RichProgressBar(leave=False))
+        callbacks.append(_ProgressBar(leave=False))
     trainer = L.Trainer(
         max_epochs=config.optim.epochs, accelerator=accelerator, devices=1,
         precision=_precision(config.optim.precision, accelerator),
