@@ -49,10 +49,8 @@ def consistency_loss(view_logits: Tensor, view_mask: Tensor) -> Tensor:
     ``p_mean`` (masked mean of the view probabilities) is not detached: the loss is then exactly
     the generalised Jensen-Shannon divergence of the views and we follow its true gradient, which
     pulls all views toward each other symmetrically (bounded by log 2, no moving target).
-    A sample with one valid view contributes 0.
-
-    Caveat: the per-view classifier is trained by this loss alone, so it can reach 0 by shrinking
-    its weights to a constant output; the loss regularises only as long as it does not.
+    A sample with one valid view contributes 0. The head computes view logits with its main
+    classifier, so the views cannot agree trivially on a constant.
     """
     logits = view_logits.float().masked_fill(~view_mask.unsqueeze(-1), 0.0)
     log_p = F.log_softmax(logits, dim=-1)

@@ -299,3 +299,18 @@ def test_text_encoder_embeds_distinct_strings_once():
     assert math.isclose(a.norm().item(), 1.0, abs_tol=1e-3) and math.isclose(b.norm().item(), 1.0, abs_tol=1e-3)
     assert (a @ b).item() < 0.9
     assert encoder.embed([cones])[cones] is a
+
+
+def test_view_logits_use_the_main_classifier_so_agreement_is_not_trivial():
+    """With one view and mean fusion the pooled vector is that view's token: both logits must match."""
+    from roadwork.data.records import Sample
+    from roadwork.model.config import HeadConfig
+    from roadwork.model.head import build_head
+    from roadwork.model.metadata import MetadataBatch, MetadataVocab
+
+    vocab = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})
+    head = build_head(HeadConfig(d_model=16, heads=2, attention_layers=1, fusion="mean", prune_k=None), 8, vocab).eval()
+    samples = [Sample(file_name="a", label=1, weather="rain", latitude=1.0, longitude=2.0), Sample(file_name="b", label=0)]
+    out = head(torch.randn(2, 1, 8), torch.ones(2, 1, dtype=torch.bool), MetadataBatch.from_samples(samples, vocab, None))
+    assert torch.allclose(out.view_logits[:, 0], out.logits, atol=1e-6)
+    assert not any("view_classifier" in name for name, _ in head.named_parameters())

@@ -52,10 +52,14 @@ class LinearHead(nn.Module):
 class MultiViewHead(nn.Module):
     """Prune -> project -> pyramid -> gated attention -> fusion (+ metadata) -> classifier.
 
-    Auxiliary outputs: per-view logits from the attention stack's tokens (for the consistency
-    loss) and weather logits from the fused vision vector before metadata is mixed in, so the
+    Auxiliary outputs: per-view logits (for the consistency loss) and weather logits from the fused vision vector before metadata is mixed in, so the
     weather task cannot be solved by reading the weather field. The weather head exists only when
     the vocabulary has at least two weather values: with one class cross-entropy is constantly 0.
+
+    Per-view logits pass each view token through the same metadata fusion and classifier as the
+    pooled vector. A separate per-view classifier, trained by the consistency loss alone, reaches
+    zero loss by predicting the same constant for every view and teaches nothing; through the
+    shared classifier (which the focal loss keeps honest) the views must really agree.
     """
 
     def __init__(self, config: HeadConfig, feature_dim: int, vocab: MetadataVocab) -> None:
@@ -66,7 +70,6 @@ class MultiViewHead(nn.Module):
         self.project = InputProjection(feature_dim, d)
         self.pyramid = MultiScalePyramid(d, config.dropout) if config.pyramid else nn.Identity()
         self.attention = GatedAttentionStack(d, config.heads, config.attention_layers, config.dropout)
-        self.view_classifier = nn.Linear(d, 2)
         self.fusion: nn.Module = (
             GatedAttentionFusion(d, config.heads, config.dropout) if config.fusion == "gafm" else MeanFusion()
         )
@@ -97,14 +100,17 @@ class MultiViewHead(nn.Module):
             features, view_mask, scores = self.pruner(features, view_mask)
         tokens = self.attention(self.pyramid(self.project(features)), view_mask)
         vision = self.fusion(tokens, view_mask)
-        fused = vision
+        fused, fused_views = vision, tokens
         if self.metadata is not None:
             if meta is None or len(meta) != features.shape[0]:
                 raise ValueError("this head uses metadata: pass a MetadataBatch with one row per sample")
-            fused = self.fuse(torch.cat([vision, self.metadata(meta)], dim=-1))
+            encoded = self.metadata(meta)
+            fused = self.fuse(torch.cat([vision, encoded], dim=-1))
+            per_view = encoded.unsqueeze(1).expand(-1, tokens.shape[1], -1)
+            fused_views = self.fuse(torch.cat([tokens, per_view], dim=-1))
         return HeadOutput(
             logits=self.classifier(fused),
-            view_logits=self.view_classifier(tokens),
+            view_logits=self.classifier(fused_views),
             view_mask=view_mask,
             weather_logits=self.weather_head(vision) if self.weather_head is not None else None,
             view_scores=scores,
