@@ -18,19 +18,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from roadwork.data.records import normalize_category, normalize_coordinates, normalize_text
-from roadwork.data.synth import (
-    CITIES,
-    City,
-    CSV_COLUMNS,
-    DAYTIMES,
-    FAR_REGIONS,
-    ROADWORK_KINDS,
-    SCENES,
-    WEATHERS,
-    render_scene,
-    render_scene_details,
-    write_synthetic_dataset,
-)
+from roadwork.data.synth import render_scene, render_scene_details, write_synthetic_dataset
+from roadwork.data.synth.metadata import CITIES, CSV_COLUMNS, DAYTIMES, FAR_REGIONS, SCENES, WEATHERS, City
+from roadwork.data.synth.plan import ROADWORK_KINDS
 
 ROADWORK_WORDS = re.compile(r"cone|road work|construction|lane clos|closed|barrier|excavator|machinery|work zone|"
                             r"workers|work site", re.IGNORECASE)
