@@ -188,3 +188,56 @@ def test_kfold_covers_everything_once_and_respects_groups():
     grouped = kfold_splits(samples, 5, seed=0, group_by="scene")
     for train, val in grouped:
         assert not {samples[i].scene for i in train} & {samples[i].scene for i in val}
+
+
+def test_spreadsheet_bom_and_boolean_labels(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "metadata.csv").write_text("\ufefffile_name,label\na.jpg,1\n", encoding="utf-8")
+    assert load_samples(tmp_path)[0].label == 1
+    jsonl = tmp_path / "j"
+    jsonl.mkdir()
+    (jsonl / "a.jpg").write_bytes(jpeg_bytes())
+    (jsonl / "metadata.jsonl").write_text('{"file_name": "a.jpg", "label": true}\n')
+    assert load_samples(jsonl)[0].label == 1
+
+
+def test_parquet_odd_image_cells(tmp_path):
+    import base64
+
+    png = base64.b64encode(jpeg_bytes(seed=4)).decode()
+    table = pa.table({"image": [png, "data:image/jpeg;base64," + png], "label": [0, 1]})
+    pq.write_table(table, tmp_path / "b64.parquet")
+    samples = load_samples(tmp_path / "b64.parquet")
+    assert all(s.read_bytes() == jpeg_bytes(seed=4) for s in samples)
+    pq.write_table(pa.table({"image": ["x" * 300], "label": [0]}), tmp_path / "long.parquet")
+    with pytest.raises(DatasetError, match="unusable image path"):
+        load_samples(tmp_path / "long.parquet")
+    pq.write_table(pa.table({"image": [12345], "label": [0]}), tmp_path / "int.parquet")
+    with pytest.raises(DatasetError, match="neither bytes nor a path"):
+        load_samples(tmp_path / "int.parquet")
+
+
+def test_parquet_shards_get_distinct_names(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for part in range(2):
+        pq.write_table(pa.table({"image": [jpeg_bytes(seed=part)], "label": [part]}), folder / f"part-{part}.parquet")
+    names = [s.file_name for s in load_samples(folder)]
+    assert names == ["part-0/row-000000", "part-1/row-000000"]
+
+
+def test_hf_imagefolder_and_dataset_dict(tmp_path):
+    import datasets
+
+    folder = tmp_path / "imagefolder"
+    write_folder(folder, [{"file_name": f"{i}.jpg", "label": i % 2} for i in range(4)])
+    samples = load_samples(f"hf:{folder}:train")
+    assert sorted(s.label for s in samples) == [0, 0, 1, 1]
+    assert all(s.read_bytes()[:2] == b"\xff\xd8" for s in samples)
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    split = datasets.Dataset.from_dict({"image": [{"bytes": jpeg_bytes(seed=5), "path": None}], "label": [1]},
+                                       features=features)
+    datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "dict"))
+    (sample,) = load_samples(f"hf:{tmp_path / 'dict'}:test")
+    assert sample.label == 1 and sample.read_bytes() == jpeg_bytes(seed=5)

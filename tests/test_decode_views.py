@@ -106,7 +106,7 @@ def _inside(box, width, height):
 
 def test_seed12_boxes_for_a_4032x3024_photo():
     boxes = plan_boxes("seed12", 4032, 3024, 512)
-    assert [b.name for b in boxes][:2] == ["global", "tile00"] and len(boxes) == 12
+    assert [b.name for b in boxes][:2] == ["global", "tile0.0"] and len(boxes) == 12
     assert (boxes[0].x0, boxes[0].y0, boxes[0].x1, boxes[0].y1) == (0, 0, 4032, 3024)
     tiles = boxes[1:10]
     side = tiles[0].width
@@ -126,12 +126,28 @@ def test_seed12_boxes_for_a_4032x3024_photo():
     assert covered.all()
 
 
-@pytest.mark.parametrize(("width", "height"), [(224, 224), (640, 480), (480, 640), (4032, 3024), (3000, 700), (50, 900)])
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(1, 1), (224, 224), (640, 480), (480, 640), (1000, 1000), (1920, 1080), (4032, 3024), (3000, 700), (50, 900), (3, 2000)],
+)
 @pytest.mark.parametrize("plan", ["auto", "seed12", "global"])
-def test_every_box_lies_inside_the_image(plan, width, height):
+def test_boxes_lie_inside_are_distinct_and_few(plan, width, height):
     boxes = plan_boxes(plan, width, height, 224)
     assert boxes[0].name == "global"
     assert all(_inside(b, width, height) for b in boxes)
+    assert len({(b.x0, b.y0, b.x1, b.y1) for b in boxes}) == len(boxes)
+    assert len(boxes) <= 1 + 36 + 2
+
+
+@pytest.mark.parametrize(("width", "height"), [(1920, 1080), (1000, 1000), (640, 480), (960, 540), (3000, 1000)])
+@pytest.mark.parametrize("plan", ["auto", "seed12"])
+def test_tiles_cover_common_photo_shapes(plan, width, height):
+    tiles = [b for b in plan_boxes(plan, width, height, 224) if b.name.startswith("tile")]
+    assert tiles, "these photos are large enough to be tiled"
+    covered = np.zeros((height, width), dtype=bool)
+    for t in tiles:
+        covered[t.y0 : t.y1, t.x0 : t.x1] = True
+    assert covered.all()
 
 
 def test_auto_plan_scales_with_resolution():
@@ -139,6 +155,7 @@ def test_auto_plan_scales_with_resolution():
     assert len(plan_boxes("auto", 640, 480, 224)) == 6
     assert len(plan_boxes("auto", 4032, 3024, 512)) == 12
     assert [b.name for b in plan_boxes("seed12", 480, 640, 224)][-1] == "bottom"
+    assert [b.name for b in plan_boxes("auto", 1920, 1080, 512)] == ["global", "tile0.0", "tile0.1", "centre"]
     with pytest.raises(ValueError, match="unknown view plan"):
         plan_boxes("tiles", 10, 10, 224)
 
@@ -147,7 +164,7 @@ def test_crop_resize_matches_manual_crop_and_normalises_to_unit_range():
     image = torch.arange(3 * 40 * 60, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(3, 40, 60)
     boxes = plan_boxes("seed12", 60, 40, 16)
     views = crop_resize(image, boxes, 16)
-    assert views.shape == (12, 3, 16, 16) and views.dtype == torch.float32
+    assert views.shape == (len(boxes), 3, 16, 16) and views.dtype == torch.float32
     assert 0.0 <= views.min() and views.max() <= 1.0
     box = boxes[5]
     crop = image[:, box.y0 : box.y1, box.x0 : box.x1].float()[None]

@@ -152,3 +152,31 @@ def test_atomic_writes_leave_no_temporary_files_and_honour_the_umask(tmp_path):
     assert (tmp_path / "a.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_non_finite_features_are_failures_not_poison(dataset, tmp_path):
+    class Overflowing(FakeBackbone):
+        def features(self, views):
+            out = super().features(views)
+            out[0, 0] = 1e6  # beyond float16
+            return out
+
+    store = FeatureStore(tmp_path / "cache", "ns")
+    result = extract_features(dataset[:3], Overflowing(), "auto", store, images_per_batch=1, num_workers=0, progress=False)
+    assert result.extracted == 0 and len(result.failures) == 3 and len(store) == 0
+    assert all("not finite" in reason for reason in result.failures.values())
+
+
+def test_unexpected_decoder_errors_fail_one_image_not_the_run(dataset, tmp_path, monkeypatch):
+    import roadwork.features.extract as extract_module
+
+    real = extract_module.image_views
+
+    def flaky(data, plan, size, source):
+        if source == dataset[2].file_name:
+            raise ZeroDivisionError("hostile header")
+        return real(data, plan, size, source=source)
+
+    monkeypatch.setattr(extract_module, "image_views", flaky)
+    result = _run(dataset, FeatureStore(tmp_path / "cache", "ns"))
+    assert result.extracted == 9 and "ZeroDivisionError" in result.failures[dataset[2].file_name]

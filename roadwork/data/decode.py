@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from roadwork.errors import RoadworkError
 
@@ -85,7 +86,7 @@ def decode_image(
                 raise ImageDecodeError(
                     f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
                 )
-            if image.format == "JPEG" and min_scale < 1.0:
+            if isinstance(image, JpegImageFile) and min_scale < 1.0:  # MPO phone photos are JPEGs too
                 image.draft("RGB", (max(1, round(width * min_scale)), max(1, round(height * min_scale))))
             image.load()
             image = ImageOps.exif_transpose(image)

@@ -54,6 +54,8 @@ def normalize_coordinates(latitude: Any, longitude: Any) -> tuple[float | None, 
 
 
 def parse_label(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
     text = normalize_text(value)
     if text is not None:
         try:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import DatasetError, Sample, make_sample
 
 # Spellings used by real datasets for our metadata fields (the NATIX set says scene_description).
@@ -38,7 +39,7 @@ def _resolve_inside(root: Path, file_name: str, where: str) -> Path:
 
 def _folder_rows(metadata: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) pairs of metadata.csv / metadata.jsonl."""
-    with open(metadata, newline="", encoding="utf-8") as handle:
+    with open(metadata, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
         if metadata.suffix == ".csv":
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or "file_name" not in [c.strip() for c in reader.fieldnames]:
@@ -78,8 +79,11 @@ def load_folder(root: Path, *, require_labels: bool = True) -> list[Sample]:
     return samples
 
 
-def _image_cell(value: Any, base: Path, where: str) -> tuple[bytes | None, Path | None, str | None]:
-    """Image as stored by parquet/datasets: raw bytes, a path, or a {'bytes', 'path'} struct."""
+def _image_cell(value: Any, base: Path | None, where: str) -> tuple[bytes | None, Path | None, str | None]:
+    """Image as stored by parquet/datasets: raw bytes, a path, a base64 string or a {'bytes', 'path'} struct.
+
+    ``base=None`` trusts absolute paths (the datasets library resolves image files itself).
+    """
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"]), None, value.get("path")
@@ -87,11 +91,19 @@ def _image_cell(value: Any, base: Path, where: str) -> tuple[bytes | None, Path 
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value), None, None
     if isinstance(value, str) and value:
+        if value.startswith("data:image/") or len(value) > 1024:
+            try:
+                return decode_base64(value), None, None
+            except ImageDecodeError as error:
+                raise DatasetError(f"{where}: image string is neither a path nor base64: {error}") from error
+        if base is None:
+            return None, Path(value), value
         return None, _resolve_inside(base, value, where), value
     raise DatasetError(f"{where}: image cell holds neither bytes nor a path")
 
 
-def _records_to_samples(rows: Iterable[Mapping[str, Any]], base: Path, origin: str, require_labels: bool) -> list[Sample]:
+def _records_to_samples(rows: Iterable[Mapping[str, Any]], base: Path | None, origin: str, require_labels: bool,
+                        name_prefix: str = "") -> list[Sample]:
     samples = []
     for index, raw in enumerate(rows):
         row = _canonical(raw)
@@ -100,9 +112,13 @@ def _records_to_samples(rows: Iterable[Mapping[str, Any]], base: Path, origin: s
         if column is None:
             raise DatasetError(f"{where}: no image column (expected one of {', '.join(IMAGE_COLUMNS)})")
         data, path, name = _image_cell(row[column], base, where)
-        if path is not None and not path.is_file():
+        try:
+            found = path is None or path.is_file()
+        except OSError as error:
+            raise DatasetError(f"{where}: unusable image path {name!r}: {error}") from error
+        if not found:
             raise DatasetError(f"{where}: image {name!r} not found at {path}")
-        file_name = str(row.get("file_name") or name or f"row-{index:06d}")
+        file_name = str(row.get("file_name") or name or f"{name_prefix}row-{index:06d}")
         row = {k: v for k, v in row.items() if k not in IMAGE_COLUMNS}
         samples.append(make_sample(row, file_name=file_name, where=where, require_label=require_labels, path=path, data=data))
     return samples
@@ -121,7 +137,8 @@ def load_parquet(path: Path, *, require_labels: bool = True) -> list[Sample]:
             table = pq.read_table(file)
         except Exception as error:
             raise DatasetError(f"{file}: cannot read parquet: {error}") from error
-        samples.extend(_records_to_samples(table.to_pylist(), file.parent, str(file), require_labels))
+        prefix = f"{file.stem}/" if len(files) > 1 else ""
+        samples.extend(_records_to_samples(table.to_pylist(), file.parent, str(file), require_labels, prefix))
     return samples
 
 
@@ -138,7 +155,8 @@ def load_hf(spec: str, *, require_labels: bool = True) -> list[Sample]:
 
     name, split = _split_hf_spec(spec)
     try:
-        if (Path(name) / "dataset_info.json").is_file() or (Path(name) / "state.json").is_file():
+        saved = ("dataset_info.json", "state.json", "dataset_dict.json")
+        if any((Path(name) / marker).is_file() for marker in saved):
             dataset = datasets.load_from_disk(name)
             if isinstance(dataset, datasets.DatasetDict):
                 dataset = dataset[split]
@@ -149,8 +167,7 @@ def load_hf(spec: str, *, require_labels: bool = True) -> list[Sample]:
     for column, feature in dataset.features.items():
         if isinstance(feature, datasets.Image):
             dataset = dataset.cast_column(column, datasets.Image(decode=False))
-    base = Path(name) if Path(name).is_dir() else Path.cwd()
-    return _records_to_samples(iter(dataset), base, f"hf:{spec}", require_labels)
+    return _records_to_samples(iter(dataset), None, f"hf:{spec}", require_labels)
 
 
 def load_samples(spec: str | Path, *, require_labels: bool = True) -> list[Sample]:

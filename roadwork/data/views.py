@@ -6,12 +6,16 @@ so large photos are also cut into overlapping tiles. The boxes are computed in s
 Deviation from the plan: its literal 3x3 grid (1344 px tiles, 1008 px stride on 4032x3024) leaves
 the right 672 px uncovered and runs 336 px past the bottom edge. Here the tiles are squares of side
 ``long / 2.5`` (25% overlap along the long side, exactly the plan's overlap) spaced evenly so the
-grid covers the whole image and every box lies inside it.
+grid covers the whole image and every box lies inside it. On a 4:3 photo that is the plan's 3x3
+grid; wider photos (16:9 dashcams, panoramas) get as many rows and columns as cover them without
+duplicate tiles, and boxes that coincide (the centre square of a square photo is the photo) are
+kept once.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 from roadwork.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, oriented_size
 
@@ -46,13 +51,36 @@ class Box:
         return Box(self.name, round(self.x0 * sx), round(self.y0 * sy), round(self.x1 * sx), round(self.y1 * sy))
 
 
-def _grid(width: int, height: int, rows: int, overlap: float, prefix: str) -> list[Box]:
-    """rows x rows square tiles; ``overlap`` is the fraction shared by neighbours on the long side."""
+def _positions(length: int, side: int, stride: float, most: int) -> list[int]:
+    """Evenly spread offsets of tiles of ``side`` covering ``length`` with at most ``stride`` between them.
+
+    At most ``most`` tiles: an extreme aspect ratio (a 10:1 panorama) is sampled, not fully covered,
+    rather than cut into dozens of tiny views.
+    """
+    # The 0.05 slack absorbs pixel rounding of ``side`` (overlap may shrink by ~1%, not add a tile).
+    count = 1 if side >= length else min(most, math.ceil((length - side) / stride - 0.05) + 1)
+    return [0] if count == 1 else [round(i * (length - side) / (count - 1)) for i in range(count)]
+
+
+def _grid(width: int, height: int, per_long_side: int, overlap: float, prefix: str) -> list[Box]:
+    """Square tiles, ``per_long_side`` of them along the long side sharing ``overlap`` of their side."""
     long_side, short_side = max(width, height), min(width, height)
-    side = min(round(long_side / (rows - (rows - 1) * overlap)), short_side)
-    xs = [round(i * (width - side) / (rows - 1)) for i in range(rows)]
-    ys = [round(i * (height - side) / (rows - 1)) for i in range(rows)]
-    return [Box(f"{prefix}{r}{c}", x, y, x + side, y + side) for r, y in enumerate(ys) for c, x in enumerate(xs)]
+    side = max(1, min(round(long_side / (per_long_side - (per_long_side - 1) * overlap)), short_side))
+    stride = side * (1.0 - overlap)
+    most = 2 * per_long_side
+    xs, ys = _positions(width, side, stride, most), _positions(height, side, stride, most)
+    return [Box(f"{prefix}{r}.{c}", x, y, x + side, y + side) for r, y in enumerate(ys) for c, x in enumerate(xs)]
+
+
+def _distinct(boxes: list[Box]) -> list[Box]:
+    seen: set[tuple[int, int, int, int]] = set()
+    kept = []
+    for box in boxes:
+        corners = (box.x0, box.y0, box.x1, box.y1)
+        if corners not in seen:
+            seen.add(corners)
+            kept.append(box)
+    return kept
 
 
 def _squares(width: int, height: int) -> tuple[Box, Box]:
@@ -78,21 +106,20 @@ def plan_boxes(plan: str, width: int, height: int, input_size: int) -> list[Box]
     if plan == "global":
         return [whole]
     if plan == "seed12":
-        centre, second = _squares(width, height)
-        return [whole, *_grid(width, height, 3, 0.25, "tile"), centre, second]
+        return _distinct([whole, *_grid(width, height, 3, 0.25, "tile"), *_squares(width, height)])
     if plan == "auto":
         ratio = min(width, height) / input_size
         if ratio < 1.5:
             return [whole]
         if ratio < 3.0:
-            return [whole, *_grid(width, height, 2, 0.25, "tile"), _squares(width, height)[0]]
+            return _distinct([whole, *_grid(width, height, 2, 0.25, "tile"), _squares(width, height)[0]])
         return plan_boxes("seed12", width, height, input_size)
     raise ValueError(f"unknown view plan {plan!r}; choose one of {', '.join(VIEW_PLANS)}")
 
 
 def decode_scale(boxes: list[Box], input_size: int) -> float:
     """The smallest JPEG draft scale that still gives every crop at least ``input_size`` pixels."""
-    needed = max(input_size / min(box.width, box.height) for box in boxes)
+    needed = max(input_size / max(1, min(box.width, box.height)) for box in boxes)
     return min((s for s in _DRAFT_SCALES if s >= needed), default=1.0)
 
 
@@ -144,7 +171,7 @@ def image_views(
     try:
         header = Image.open(io.BytesIO(data))
         width, height = oriented_size(header)
-        is_jpeg = header.format == "JPEG"
+        is_jpeg = isinstance(header, JpegImageFile)
     except Exception as error:  # any header failure is a decode failure of this input
         raise ImageDecodeError(f"{source}: cannot decode image: {error}") from error
     if width * height > max_pixels:

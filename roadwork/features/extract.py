@@ -69,6 +69,8 @@ class _ViewsDataset(Dataset):
             return index, image_views(sample.read_bytes(), self.plan, self.input_size, source=sample.file_name), None
         except (ImageDecodeError, DatasetError) as error:
             return index, None, str(error)
+        except Exception as error:  # a decoder bug on one hostile file must not end the whole run
+            return index, None, f"{sample.file_name}: cannot build views: {type(error).__name__}: {error}"
 
 
 def _as_list(batch: list) -> list:
@@ -125,9 +127,14 @@ def extract_features(
                 counts = [views.shape[0] for _, views in good]
                 pooled = backbone.features(torch.cat([views for _, views in good]))
                 for (i, _), chunk in zip(good, pooled.split(counts)):
+                    # float16 storage overflows past 65504; a non-finite feature would poison training.
+                    if not torch.isfinite(chunk.to(torch.float16)).all():
+                        failures[todo[i].file_name] = f"{todo[i].file_name}: backbone features are not finite"
+                        bad_keys.add(order_keys[i])
+                        continue
                     pending[order_keys[i]] = chunk
                 result.views += sum(counts)
-                result.extracted += len(good)
+                result.extracted += sum(order_keys[i] not in bad_keys for i, _ in good)
             if len(pending) >= shard_size:
                 store.write_shard(pending)
                 pending = {}
