@@ -19,6 +19,7 @@ class FakeBackbone(torch.nn.Module):
     name = "fake"
     input_size = 32
     feature_dim = 6
+    device = torch.device("cpu")
 
     def __init__(self, fail_after_calls: int | None = None) -> None:
         super().__init__()
@@ -129,6 +130,21 @@ def test_keys_and_namespaces():
               namespace_for("dinov3-vits16", 224, "auto"), namespace_for("efficientnet-lite0", 224, "auto", "/w")}
     assert base not in others and len(others) == 4
     assert "/" not in namespace_for("hf:/some/local/path", 224, "auto")
+    assert namespace_for("dinov3-vits16", 512, "auto", precision="bf16") != namespace_for("dinov3-vits16", 512, "auto")
+
+
+def test_namespace_follows_the_weights_not_just_their_path(tmp_path, monkeypatch):
+    import os
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"one")
+    before = namespace_for("convnextv2-atto", 224, "auto", str(weights))
+    weights.write_bytes(b"other weights")
+    os.utime(weights, ns=(1, 1))
+    assert namespace_for("convnextv2-atto", 224, "auto", str(weights)) != before
+    monkeypatch.chdir(tmp_path)
+    assert namespace_for("convnextv2-atto", 224, "auto", "model.safetensors") == namespace_for(
+        "convnextv2-atto", 224, "auto", str(weights))
 
 
 def test_open_store_honours_the_environment(monkeypatch, tmp_path):
@@ -180,3 +196,36 @@ def test_unexpected_decoder_errors_fail_one_image_not_the_run(dataset, tmp_path,
     monkeypatch.setattr(extract_module, "image_views", flaky)
     result = _run(dataset, FeatureStore(tmp_path / "cache", "ns"))
     assert result.extracted == 9 and "ZeroDivisionError" in result.failures[dataset[2].file_name]
+
+
+def test_in_place_corruption_with_unchanged_size_and_time_is_caught_on_load(dataset, tmp_path):
+    import os
+
+    from roadwork.features.store import CorruptShardError
+
+    store = FeatureStore(tmp_path / "cache", "ns")
+    keys = _run(dataset, store, shard_size=20).keys
+    (shard,) = store.root.glob("shard-*.safetensors")
+    info = shard.stat()
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    os.utime(shard, ns=(info.st_atime_ns, info.st_mtime_ns))
+    reopened = FeatureStore(tmp_path / "cache", "ns")
+    assert len(reopened) == 10  # size and time match: trusted until read
+    with pytest.raises(CorruptShardError, match="run again"):
+        reopened.load(keys)
+    assert not shard.exists() and len(FeatureStore(tmp_path / "cache", "ns")) == 0
+    assert _run(dataset, FeatureStore(tmp_path / "cache", "ns")).extracted == 10
+
+
+def test_stale_temporary_shards_are_cleaned(tmp_path):
+    import os
+
+    store = FeatureStore(tmp_path / "cache", "ns")
+    stale, fresh = store.root / ".shard-old.safetensors.x.tmp", store.root / ".shard-new.safetensors.y.tmp"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"in progress")
+    os.utime(stale, (1, 1))
+    FeatureStore(tmp_path / "cache", "ns")
+    assert not stale.exists() and fresh.exists()

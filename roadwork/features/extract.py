@@ -154,4 +154,5 @@ def extract_features(
 def open_store(cache_dir: str | Path | None, backbone: torch.nn.Module, plan: str, weights: str | None = None) -> FeatureStore:
     """The store for this backbone, weights, input size and view plan under ``cache_dir``."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return FeatureStore(root, namespace_for(backbone.name, backbone.input_size, plan, weights))
+    precision = "bf16" if backbone.device.type == "cuda" else "fp32"  # Backbone.run autocasts on CUDA
+    return FeatureStore(root, namespace_for(backbone.name, backbone.input_size, plan, weights, precision))

@@ -16,14 +16,16 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from roadwork.errors import RoadworkError
 from roadwork.storage import atomic_path, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -38,19 +40,47 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roadwork"
 
 
-def namespace_for(backbone: str, input_size: int, plan: str, weights: str | None = None) -> str:
-    """Folder name for one (backbone, weights, input size, view plan): features differ when any differs."""
-    identity = f"{backbone}|{weights or ''}|{input_size}|{plan}"
+def _local_identity(location: str | None) -> str:
+    """Path plus size and modification time of every file under a local weights location.
+
+    Replacing a checkpoint in place, or the same relative path meaning another folder from another
+    working directory, must not reuse features computed with different weights. Sizes and times,
+    not content hashes: hashing a 14 GB checkpoint at every start would cost more than it saves.
+    """
+    if not location or not Path(location).exists():
+        return location or ""
+    root = Path(location).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(root)) if p != root else "", p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return f"{root}:{hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}"
+
+
+def namespace_for(backbone: str, input_size: int, plan: str, weights: str | None = None, precision: str = "fp32") -> str:
+    """Folder name for one (backbone, weights, input size, view plan, precision): features differ when any differs."""
+    local_model = backbone[3:] if backbone.startswith("hf:") else None
+    identity = f"{backbone}|{_local_identity(local_model)}|{_local_identity(weights)}|{input_size}|{plan}|{precision}"
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone)[-48:]
     return f"{readable}-{input_size}-{plan}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 
+class CorruptShardError(RoadworkError):
+    """A shard's bytes changed after it was indexed; it has been removed, a rerun re-extracts it."""
+
+
+def _stat(path: Path) -> dict[str, int]:
+    info = path.stat()
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
 class FeatureStore:
+    STALE_TEMP_SECONDS = 3600  # a temporary shard this old belongs to a killed run, not a live one
+
     def __init__(self, cache_dir: str | Path, namespace: str) -> None:
         self.root = Path(cache_dir) / namespace
         self.root.mkdir(parents=True, exist_ok=True)
-        self._shards: dict[str, dict] = {}
+        self._entries: dict[str, dict] = {}
         self._key_to_shard: dict[str, str] = {}
+        self._verified: set[str] = set()
         self.dropped_shards: list[str] = []
         self._reconcile()
 
@@ -73,31 +103,44 @@ class FeatureStore:
             pass
         return {}
 
+    def _write_index(self, entries: dict[str, dict]) -> None:
+        atomic_write_json(self.root / INDEX_NAME, {"version": INDEX_VERSION, "shards": entries})
+
+    def _drop(self, path: Path) -> None:
+        log.warning("feature shard %s is corrupt; its images will be extracted again", path.name)
+        self.dropped_shards.append(path.name)
+        path.unlink(missing_ok=True)
+
     def _reconcile(self) -> None:
-        """Trust only shards whose bytes match the index; adopt complete shards the index missed."""
+        """Index what is on disk: listed shards whose size and time are unchanged are trusted as they
+        are (their hash is checked when loaded); changed or unlisted shards are hashed and read."""
         with self._locked():
             listed = self._read_index()
-            shards: dict[str, dict] = {}
+            entries: dict[str, dict] = {}
             for path in sorted(self.root.glob("shard-*.safetensors")):
                 entry = listed.get(path.name)
+                if entry is not None and {k: entry.get(k) for k in ("size", "mtime_ns")} == _stat(path):
+                    entries[path.name] = entry
+                    continue
                 digest = sha256_file(path)
                 if entry is not None and entry.get("sha256") == digest:
-                    shards[path.name] = entry
+                    entries[path.name] = {**entry, **_stat(path)}
                     continue
                 try:
-                    keys = sorted(load_file(path).keys())
+                    keys = None if entry is not None else sorted(load_file(path).keys())
                 except (SafetensorError, OSError, ValueError, RuntimeError):
                     keys = None
-                if keys is None or entry is not None:
-                    log.warning("feature shard %s is corrupt; its images will be extracted again", path.name)
-                    self.dropped_shards.append(path.name)
-                    path.unlink(missing_ok=True)
+                if keys is None:
+                    self._drop(path)
                     continue
-                shards[path.name] = {"sha256": digest, "keys": keys}
-            if shards != listed:
-                atomic_write_json(self.root / INDEX_NAME, {"version": INDEX_VERSION, "shards": shards})
-        self._shards = shards
-        self._key_to_shard = {key: name for name, entry in shards.items() for key in entry["keys"]}
+                entries[path.name] = {"sha256": digest, "keys": keys, **_stat(path)}
+            for temp in self.root.glob(".shard-*.tmp"):
+                if time.time() - temp.stat().st_mtime > self.STALE_TEMP_SECONDS:
+                    temp.unlink(missing_ok=True)
+            if entries != listed:
+                self._write_index(entries)
+        self._entries = entries
+        self._key_to_shard = {key: name for name, entry in entries.items() for key in entry["keys"]}
 
     def __contains__(self, key: str) -> bool:
         return key in self._key_to_shard
@@ -107,6 +150,22 @@ class FeatureStore:
 
     def missing(self, keys: Iterable[str]) -> list[str]:
         return [key for key in dict.fromkeys(keys) if key not in self._key_to_shard]
+
+    def _verify(self, shard: str) -> None:
+        """Hash a shard once per process before trusting its bytes; a mismatch removes it."""
+        if shard in self._verified:
+            return
+        path = self.root / shard
+        if sha256_file(path) != self._entries[shard]["sha256"]:
+            self._drop(path)
+            with self._locked():
+                entries = self._read_index()
+                entries.pop(shard, None)
+                self._write_index(entries)
+            for key in self._entries.pop(shard)["keys"]:
+                self._key_to_shard.pop(key, None)
+            raise CorruptShardError(f"feature shard {path} was corrupt and has been removed; run again to re-extract")
+        self._verified.add(shard)
 
     def load(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
         """Features of ``keys`` (float16 [n_views, dim]); raises KeyError naming a missing key."""
@@ -118,10 +177,11 @@ class FeatureStore:
             by_shard.setdefault(self._key_to_shard[key], []).append(key)
         out: dict[str, torch.Tensor] = {}
         for shard, shard_keys in by_shard.items():
-            # Copies, not views of the memory-mapped file: a shard truncated by another process
-            # must not crash this one with SIGBUS.
-            tensors = load_file(self.root / shard)
-            out.update({key: tensors[key].clone() for key in shard_keys})
+            self._verify(shard)
+            # Only the requested tensors, cloned: a view of the memory map would crash this
+            # process (SIGBUS) if another one truncated the file.
+            with safe_open(self.root / shard, framework="pt") as handle:
+                out.update({key: handle.get_tensor(key).clone() for key in shard_keys})
         return out
 
     def write_shard(self, features: dict[str, torch.Tensor]) -> str:
@@ -130,11 +190,13 @@ class FeatureStore:
         tensors = {key: value.detach().to("cpu", torch.float16).contiguous() for key, value in features.items()}
         with atomic_path(self.root / name) as tmp:
             save_file(tensors, str(tmp))
-        entry = {"sha256": sha256_file(self.root / name), "keys": sorted(tensors)}
+        path = self.root / name
+        entry = {"sha256": sha256_file(path), "keys": sorted(tensors), **_stat(path)}
         with self._locked():
-            shards = self._read_index()
-            shards[name] = entry
-            atomic_write_json(self.root / INDEX_NAME, {"version": INDEX_VERSION, "shards": shards})
-        self._shards[name] = entry
+            entries = self._read_index()
+            entries[name] = entry
+            self._write_index(entries)
+        self._entries[name] = entry
+        self._verified.add(name)
         self._key_to_shard.update({key: name for key in entry["keys"]})
         return name
