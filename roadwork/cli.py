@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import logging
@@ -28,7 +29,13 @@ DataOpt = Annotated[str, typer.Option("--data", help="Dataset: a folder with met
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="ROADWORK_CACHE", help="Feature cache folder (default: $ROADWORK_CACHE or ~/.cache/roadwork).")]
 BackboneOpt = Annotated[str, typer.Option("--backbone", help="Backbone name (see `roadwork backbones`) or hf:<model id or path>.")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local weights (folder saved with save_pretrained, or a checkpoint file) instead of the default download.")]
-ViewsOpt = Annotated[str, typer.Option("--views", help="View plan: auto (tiles only for large photos), seed12 (the plan's 12 views) or global.")]
+class ViewPlan(str, enum.Enum):
+    auto = "auto"
+    seed12 = "seed12"
+    global_ = "global"
+
+
+ViewsOpt = Annotated[ViewPlan, typer.Option("--views", help="View plan: auto (tiles only for large photos), seed12 (the plan's 12 views) or global.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")]
 
 
@@ -106,8 +113,8 @@ def extract(
     data: DataOpt,
     backbone: BackboneOpt = "efficientnet-lite0",
     weights: WeightsOpt = None,
-    views: ViewsOpt = "auto",
-    input_size: Annotated[int | None, typer.Option("--input-size", help="View side in pixels (default: the backbone's own).")] = None,
+    views: ViewsOpt = ViewPlan.auto,
+    input_size: Annotated[int | None, typer.Option("--input-size", min=32, max=2048, help="View side in pixels (default: the backbone's own).")] = None,
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding worker processes.")] = 1,
@@ -120,8 +127,8 @@ def extract(
 
     samples = load_samples(data, require_labels=False)
     model = create_backbone(backbone, weights=weights, device=_device(device), input_size=input_size)
-    store = open_store(cache_dir, model, views, weights)
-    result = extract_features(samples, model, views, store, images_per_batch=batch, num_workers=workers)
+    store = open_store(cache_dir, model, views.value, weights)
+    result = extract_features(samples, model, views.value, store, images_per_batch=batch, num_workers=workers)
     summary = {
         "images": len(samples), "extracted": result.extracted, "cached": result.cached,
         "failed": len(result.failures), "views": result.views, "seconds": round(result.seconds, 2),
@@ -179,7 +186,8 @@ def evaluate(
     from roadwork.evaluate.run import evaluate as run_evaluation
 
     metrics = run_evaluation(bundle, data, out, cache_dir=cache_dir, device=_device(device))
-    console.print(f"test MCC {metrics['mcc']:.3f}  accuracy {metrics['accuracy']:.3f}  AUROC {metrics['auroc']:.3f}  n={metrics['n']}")
+    auroc = "n/a (one class)" if metrics["auroc"] is None else f"{metrics['auroc']:.3f}"
+    console.print(f"test MCC {metrics['mcc']:.3f}  accuracy {metrics['accuracy']:.3f}  AUROC {auroc}  n={metrics['n']}")
     typer.echo(json.dumps({k: metrics[k] for k in ("mcc", "accuracy", "auroc", "threshold", "n")}))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from roadwork.data.views import VIEW_PLANS
 from roadwork.errors import RoadworkError
@@ -44,6 +44,11 @@ class OptimConfig(_Strict):
     gradient_clip: float | None = Field(default=1.0, gt=0.0)
     patience: int = Field(default=10, ge=1)   # epochs without a better validation MCC before stopping
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value  # YAML reads `precision: 32` as a number
 
 
 class TrainConfig(_Strict):

@@ -22,7 +22,7 @@ from roadwork.serve.predictor import Predictor
 from roadwork.train.run import train
 
 TINY = ["model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
-        "optim.epochs=3", "optim.batch_size=8", "optim.patience=50"]
+        "optim.epochs=8", "optim.lr=3e-3", "optim.batch_size=8", "optim.patience=50"]
 
 
 def _dataset(root: Path, n: int, seed: int) -> Path:
@@ -59,7 +59,7 @@ def trained(tmp_path_factory):
 def test_train_writes_bundle_and_metrics(trained):
     run = trained["run"]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["validation"]["n"] == 6 and metrics["epochs_run"] == 3
+    assert metrics["validation"]["n"] == 6 and metrics["epochs_run"] == 8
     assert metrics["extraction"]["extracted"] == 40
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     assert manifest["backbone"]["name"] == "efficientnet-lite0" and manifest["backbone"]["views"] == "auto"
@@ -67,6 +67,7 @@ def test_train_writes_bundle_and_metrics(trained):
     assert manifest["config"]["model"]["d_model"] == 32 and manifest["decision_threshold"] == 0.5
     assert set(manifest["files"]) == {"model.safetensors"}
     assert manifest["data"]["train"]["n"] == 34
+    assert (run / "validation_predictions.csv").read_text().count("\n") == 7
 
 
 def test_predictions_identical_before_and_after_saving(trained, tmp_path):
@@ -169,18 +170,113 @@ def test_tampered_bundle_is_rejected(trained, tmp_path, tamper, message):
         load_bundle(copy)
 
 
-def test_manifest_edit_that_does_not_fit_the_weights_is_rejected(trained, tmp_path):
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["calibration"].update(margin_threshold=5.0), "manifest.json was modified"),
+        (lambda m: m["backbone"].update(views="seed12"), "manifest.json was modified"),
+        (lambda m: m["config"]["model"].update(d_model=64), "manifest.json was modified"),
+    ],
+    ids=["calibration", "view-plan", "config"],
+)
+def test_any_manifest_edit_is_rejected(trained, tmp_path, edit, message):
     import shutil
 
     copy = tmp_path / "bundle"
     shutil.copytree(trained["run"] / "bundle", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+    result = CliRunner().invoke(app, ["predict", "--bundle", str(copy), str(trained["test"] / "img/0.jpg")])
+    assert result.exit_code == 2 and "was modified" in result.output
+
+
+def test_resigned_manifest_that_does_not_fit_the_weights_is_rejected(trained, tmp_path):
+    import shutil
+
+    from roadwork.serve.bundle import manifest_digest
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained["run"] / "bundle", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
     manifest["config"]["model"]["d_model"] = 64
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="do not fit"):
         load_bundle(copy)
-    result = CliRunner().invoke(app, ["predict", "--bundle", str(copy), str(trained["test"] / "img/0.jpg")])
-    assert result.exit_code == 2 and "do not fit" in result.output
+
+
+def test_bundle_folder_is_readable_by_others(trained, tmp_path):
+    import os
+    import stat
+
+    bundle = load_bundle(trained["run"] / "bundle")
+    old = os.umask(0o022)
+    try:
+        save_bundle(tmp_path / "b", head=bundle.head, config=bundle.config, vocab=bundle.vocab,
+                    backbone=bundle.backbone, calibration=bundle.calibration, metrics={}, data_summary={})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "b" / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_the_bundle_serves_what_training_measured(trained):
+    """Validation probabilities written by training equal the reloaded bundle's on the same images."""
+    with open(trained["run"] / "validation_predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    by_name = {s.file_name: s for s in load_samples(trained["data"])}
+    samples = [by_name[r["file_name"]] for r in rows]
+    probs, failures = Predictor.from_bundle(trained["run"] / "bundle").predict_samples(samples, cache_dir=trained["cache"])
+    assert failures == {} and len(rows) == 6
+    assert np.allclose(probs, [float(r["probability"]) for r in rows], atol=2e-6)
+    metrics = json.loads((trained["run"] / "metrics.json").read_text())
+    labels = np.array([int(r["label"]) for r in rows])
+    assert metrics["validation"]["mcc"] == pytest.approx(matthews_corrcoef(labels, np.array(probs) > 0.5), abs=1e-6)
+    assert set(metrics["validation_image_only"]) == set(metrics["validation"])
+
+
+def test_the_head_learns(trained, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data", str(trained["test"]),
+                                      "--out", str(tmp_path / "r"), "--cache-dir", str(trained["cache"]), "--device", "cpu"])
+    test = json.loads(result.stdout.strip().splitlines()[-1])
+    assert test["auroc"] > 0.9 and test["mcc"] > 0.5
+
+
+def test_evaluate_on_a_single_class_set(trained, tmp_path):
+    import shutil
+
+    only = tmp_path / "positives"
+    (only / "img").mkdir(parents=True)
+    rows = [r for r in csv.DictReader(open(trained["test"] / "metadata.csv")) if r["label"] == "1"]
+    for row in rows:
+        shutil.copy(trained["test"] / row["file_name"], only / row["file_name"])
+    with open(only / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data", str(only),
+                                      "--out", str(tmp_path / "r"), "--cache-dir", str(trained["cache"]), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "AUROC n/a" in result.output and json.loads((tmp_path / "r" / "metrics.json").read_text())["auroc"] is None
+
+
+def test_separate_validation_set_and_one_class_refusal(trained, tmp_path):
+    metrics = train(str(trained["data"]), tmp_path / "v", load_config(None, [*TINY, "optim.epochs=1"]),
+                    val_data=str(trained["test"]), cache_dir=trained["cache"], progress=False)
+    assert metrics["validation"]["n"] == 16
+    from roadwork.data.records import DatasetError
+
+    one_class = tmp_path / "one"
+    (one_class / "img").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(one_class / "img" / "a.jpg")
+    (one_class / "metadata.csv").write_text("file_name,label\nimg/a.jpg,1\n")
+    with pytest.raises(DatasetError, match="validation data needs both classes"):
+        train(str(trained["data"]), tmp_path / "w", load_config(None, TINY), val_data=str(one_class),
+              cache_dir=tmp_path / "empty-cache", progress=False)
+    assert not (tmp_path / "empty-cache").exists()  # refused before any extraction
 
 
 def test_invalid_config_fails_at_start_naming_the_key(trained, tmp_path):

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from roadwork.storage import atomic_write_text
+
+
+def write_predictions(path: str | Path, rows: Iterable[tuple[str, int | None, float | None]]) -> None:
+    """``file_name,label,probability`` per image; an empty probability marks an undecodable image."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file_name", "label", "probability"])
+    writer.writerows((name, "" if label is None else label, "" if p is None else f"{p:.6f}") for name, label, p in rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_report(path: str | Path, metrics: dict[str, Any], bundle: str, data: str) -> None:

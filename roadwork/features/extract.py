@@ -19,6 +19,7 @@ from roadwork.data.decode import ImageDecodeError
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.views import image_views
 from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
+from roadwork.features.table import as_is
 from roadwork.progress import progress_bar
 from roadwork.storage import sha256_bytes
 
@@ -73,10 +74,6 @@ class _ViewsDataset(Dataset):
             return index, None, f"{sample.file_name}: cannot build views: {type(error).__name__}: {error}"
 
 
-def _as_list(batch: list) -> list:
-    return batch
-
-
 def _one_thread(worker_id: int) -> None:
     """Decoding workers resize with one thread each, leaving the other cores to the backbone."""
     torch.set_num_threads(1)
@@ -109,7 +106,7 @@ def extract_features(
         _ViewsDataset(todo, plan, backbone.input_size),
         batch_size=images_per_batch,
         num_workers=num_workers,
-        collate_fn=_as_list,
+        collate_fn=as_is,
         worker_init_fn=_one_thread,
         prefetch_factor=2 if num_workers else None,
     )

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from roadwork.errors import RoadworkError
-from roadwork.storage import atomic_path, atomic_write_json, sha256_file
+from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 INDEX_NAME = "index.json"
@@ -188,8 +188,7 @@ class FeatureStore:
         """Persist one shard atomically, then list it in the index."""
         name = f"shard-{uuid.uuid4().hex}.safetensors"
         tensors = {key: value.detach().to("cpu", torch.float16).contiguous() for key, value in features.items()}
-        with atomic_path(self.root / name) as tmp:
-            save_file(tensors, str(tmp))
+        atomic_write_bytes(self.root / name, save(tensors))  # save_file would create a 0600 file
         path = self.root / name
         entry = {"sha256": sha256_file(path), "keys": sorted(tensors), **_stat(path)}
         with self._locked():

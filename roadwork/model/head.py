@@ -20,10 +20,15 @@ class HeadOutput:
     """Logits ``[B,2]`` plus the auxiliary outputs the losses and inspection use (None if absent)."""
 
     logits: Tensor
-    view_logits: Tensor | None = None  # [B,V',2] per kept view, before fusion
+    view_logits: Tensor | None = None  # [B,V',2] per kept view, before pooling across views
     view_mask: Tensor | None = None  # [B,V'] True = real view
     weather_logits: Tensor | None = None  # [B,n_weather]; class = vocabulary index - 1
     view_scores: Tensor | None = None  # [B,V] pruning scores, -inf for padded views
+
+    @property
+    def margin(self) -> Tensor:
+        """z = logit(roadwork) - logit(none): sigmoid(z) is the softmax probability of roadwork."""
+        return self.logits[:, 1] - self.logits[:, 0]
 
 
 def _check_inputs(features: Tensor, view_mask: Tensor, feature_dim: int) -> None:

@@ -8,6 +8,7 @@ and the SHA-256 of every other file. Nothing is ever unpickled.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from roadwork import __version__
 from roadwork.config import TrainConfig
@@ -26,7 +27,7 @@ from roadwork.errors import RoadworkError
 from roadwork.evaluate.calibration import Calibration
 from roadwork.model.head import build_head
 from roadwork.model.metadata import MetadataVocab
-from roadwork.storage import atomic_write_json, sha256_file
+from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -58,6 +59,12 @@ class Bundle:
     path: Path
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's content (all but this digest), in a canonical JSON form."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _versions() -> dict[str, str]:
     versions = {"roadwork": __version__}
     for package in _VERSIONED:
@@ -77,7 +84,7 @@ def save_bundle(path: str | Path, *, head: torch.nn.Module, config: TrainConfig,
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS))
+        atomic_write_bytes(staging / WEIGHTS, save(state))  # save_file would create a 0600 file
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -92,7 +99,11 @@ def save_bundle(path: str | Path, *, head: torch.nn.Module, config: TrainConfig,
             "versions": _versions(),
             "files": {WEIGHTS: sha256_file(staging / WEIGHTS)},
         }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         atomic_write_json(staging / MANIFEST, manifest)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a server may run as another user
         if path.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, retired / path.name)
@@ -119,6 +130,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    """The manifest's own digest, then every file it lists: an edited calibration or view plan
+    would load cleanly and predict differently, so nothing in the bundle may change unnoticed."""
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise BundleError(f"{path}: {MANIFEST} was modified after the bundle was written (digest mismatch)")
     files = manifest.get("files") or {}
     if WEIGHTS not in files:
         raise BundleError(f"{path}: manifest lists no {WEIGHTS}")

@@ -12,11 +12,9 @@ from roadwork.backbones.base import create_backbone
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views
 from roadwork.features.extract import extract_features, open_store
-from roadwork.model.metadata import MetadataBatch
+from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, load_bundle
-from roadwork.train.data import pad_views
-from roadwork.train.module import margins
 
 
 class Predictor:
@@ -49,17 +47,10 @@ class Predictor:
             self._text = TextEncoder()
         return self._text.embed(s.description for s in samples if s.description is not None)
 
-    @torch.inference_mode()
     def probabilities_from_features(self, features: Sequence[Tensor], samples: Sequence[Sample]) -> Tensor:
         """Calibrated P(roadwork) per sample from its cached ``[n_views, dim]`` features."""
-        meta = MetadataBatch.from_samples(samples, self.bundle.vocab, self._text_embeddings(samples))
-        out = []
-        for start in range(0, len(samples), self.batch_size):
-            stop = start + self.batch_size
-            padded, mask = pad_views(features[start:stop])
-            head_out = self.head(padded.to(self.device).float(), mask.to(self.device), meta[start:stop].to(self.device))
-            out.append(self.bundle.calibration(margins(head_out).float().cpu()))
-        return torch.cat(out)
+        table = FeatureTable.build(samples, features, self.bundle.vocab, self._text_embeddings(samples))
+        return self.bundle.calibration(head_margins(self.head, table, self.device, self.batch_size))
 
     def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                         use_cache: bool = True, progress: bool | None = False) -> tuple[list[float | None], dict[str, str]]:

@@ -1,89 +1,12 @@
-"""Cached features as an in-memory table, and the Lightning data module that batches it.
-
-The backbone is frozen, so training never touches an image: each epoch only indexes this table.
-"""
+"""The Lightning data module over cached-feature tables."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
 import lightning as L
-import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from roadwork.data.records import Sample
-from roadwork.model.metadata import MetadataBatch, MetadataVocab
-
-
-def pad_views(per_image: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Stack ``[V_i, D]`` features into ``[N, V_max, D]`` plus a True-for-real-view mask."""
-    n_views = max(f.shape[0] for f in per_image)
-    dim = per_image[0].shape[1]
-    features = torch.zeros(len(per_image), n_views, dim, dtype=per_image[0].dtype)
-    mask = torch.zeros(len(per_image), n_views, dtype=torch.bool)
-    for row, tensor in enumerate(per_image):
-        features[row, : tensor.shape[0]] = tensor
-        mask[row, : tensor.shape[0]] = True
-    return features, mask
-
-
-@dataclass
-class Batch:
-    features: Tensor  # [B,V,D] float32
-    view_mask: Tensor  # [B,V] bool
-    meta: MetadataBatch
-    labels: Tensor  # [B] long; -1 where unknown
-    weather: Tensor  # [B] long vocabulary index (NULL_INDEX = unknown)
-    index: Tensor  # [B] rows of the table
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.features.to(device), self.view_mask.to(device), self.meta.to(device),
-                     self.labels.to(device), self.weather.to(device), self.index)
-
-
-class FeatureTable(Dataset):
-    """Padded features, masks, metadata and targets of N samples; fetched a whole batch at a time."""
-
-    def __init__(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch, labels: Tensor,
-                 file_names: Sequence[str]) -> None:
-        self.features, self.view_mask, self.meta, self.labels = features, view_mask, meta, labels
-        self.file_names = list(file_names)
-
-    @classmethod
-    def build(cls, samples: Sequence[Sample], features: Sequence[Tensor], vocab: MetadataVocab,
-              text_embeddings: Mapping[str, Tensor] | None) -> FeatureTable:
-        padded, mask = pad_views(features)
-        labels = torch.tensor([-1 if s.label is None else s.label for s in samples], dtype=torch.long)
-        meta = MetadataBatch.from_samples(samples, vocab, text_embeddings)
-        return cls(padded, mask, meta, labels, [s.file_name for s in samples])
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    def __getitem__(self, index: int) -> Batch:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
-        rows = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        meta = self.meta[rows]
-        return Batch(self.features[rows].float(), self.view_mask[rows], meta, self.labels[rows], meta.weather, rows)
-
-    def subset(self, indices: Sequence[int]) -> FeatureTable:
-        rows = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return FeatureTable(self.features[rows], self.view_mask[rows], self.meta[rows], self.labels[rows],
-                            [self.file_names[i] for i in rows.tolist()])
-
-
-def _whole_batch(batch: Batch) -> Batch:
-    return batch
-
-
-def loader(table: FeatureTable, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(table, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=_whole_batch)
+from roadwork.features.table import Batch, FeatureTable, loader
 
 
 class FeatureDataModule(L.LightningDataModule):

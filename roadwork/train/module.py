@@ -10,12 +10,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryMatthewsCorrCoef
 from roadwork.config import OptimConfig
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import HeadOutput
-from roadwork.train.data import Batch
-
-
-def margins(out: HeadOutput) -> Tensor:
-    """Logit margin z = logit(roadwork) - logit(none); sigmoid(z) is the softmax probability."""
-    return out.logits[:, 1] - out.logits[:, 0]
+from roadwork.features.table import Batch
 
 
 class RoadworkModule(L.LightningModule):
@@ -41,7 +36,7 @@ class RoadworkModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out, _ = self._step(batch, "val")
-        probs = torch.sigmoid(margins(out).float())
+        probs = torch.sigmoid(out.margin.float())
         self.val_mcc.update(probs, batch.labels)
         self.val_auroc.update(probs, batch.labels)
 
@@ -52,7 +47,15 @@ class RoadworkModule(L.LightningModule):
         self.val_auroc.reset()
 
     def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        # Weight decay only on weight matrices: decaying biases, norms, embedding tables and the
+        # learned NULL vectors would pull "unknown" toward a fixed zero, which the NULL design avoids.
+        decay, no_decay = [], []
+        for module in self.head.modules():
+            for name, param in module.named_parameters(recurse=False):
+                matrix = param.ndim >= 2 and not isinstance(module, torch.nn.Embedding)
+                (decay if matrix else no_decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(total - 1, round(total * self.optim.warmup_fraction)) if total > 1 else 0
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))

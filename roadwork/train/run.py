@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -21,15 +22,17 @@ from roadwork.data.sources import load_samples
 from roadwork.data.splits import train_val_split
 from roadwork.evaluate.calibration import fit_calibration
 from roadwork.evaluate.metrics import binary_metrics
+from roadwork.evaluate.report import write_predictions
 from roadwork.features.extract import extract_features, open_store
+from roadwork.features.table import FeatureTable, head_margins
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import BackboneSpec, save_bundle
 from roadwork.storage import atomic_write_json
-from roadwork.train.data import FeatureDataModule, FeatureTable, loader
-from roadwork.train.module import RoadworkModule, margins
+from roadwork.train.data import FeatureDataModule
+from roadwork.train.module import RoadworkModule
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ class _ProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+
+def _without_metadata(sample: Sample) -> Sample:
+    return dataclasses.replace(sample, latitude=None, longitude=None, weather=None, daytime=None, scene=None,
+                               description=None)
 
 
 def _precision(setting: str, accelerator: str) -> str:
@@ -57,12 +65,12 @@ def _summary(samples: Sequence[Sample]) -> dict[str, Any]:
             "with_description": sum(s.description is not None for s in samples)}
 
 
-@torch.inference_mode()
-def predict_margins(head: torch.nn.Module, table: FeatureTable, device: torch.device) -> np.ndarray:
-    head.eval().to(device)
-    out = [margins(head(b.features.to(device), b.view_mask.to(device), b.meta.to(device))).float().cpu()
-           for b in loader(table, 512)]
-    return torch.cat(out).numpy()
+def _require_both_classes(samples: Sequence[Sample], name: str) -> None:
+    labels = {s.label for s in samples}
+    if labels != {0, 1}:
+        raise DatasetError(f"{name} data needs both classes (0 and 1); it has {sorted(labels)}")
+
+
 
 
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
@@ -80,11 +88,13 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     else:
         train_idx, val_idx = train_val_split(samples, config.data.val_fraction, config.seed)
         train_samples, val_samples = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+    _require_both_classes(train_samples, "training")  # before extraction, which can take hours
+    _require_both_classes(val_samples, "validation")
 
     backbone = create_backbone(config.data.backbone, weights=config.data.backbone_weights, device=device,
                                input_size=config.data.input_size)
-    spec = BackboneSpec(backbone.name, config.data.backbone_weights, backbone.input_size, backbone.feature_dim,
-                        config.data.views)
+    weights = str(Path(config.data.backbone_weights).resolve()) if config.data.backbone_weights else None
+    spec = BackboneSpec(backbone.name, weights, backbone.input_size, backbone.feature_dim, config.data.views)
     store = open_store(cache_dir, backbone, config.data.views, config.data.backbone_weights)
     everything = train_samples + val_samples
     extraction = extract_features(everything, backbone, config.data.views, store,
@@ -94,10 +104,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     train_ids = {id(s) for s in train_samples}
     train_usable = [(s, k) for s, k in usable if id(s) in train_ids]
     val_usable = [(s, k) for s, k in usable if id(s) not in train_ids]
-    for usable_part, name in ((train_usable, "training"), (val_usable, "validation")):
-        labels = {s.label for s, _ in usable_part}
-        if labels != {0, 1}:
-            raise DatasetError(f"{name} data needs both classes after dropping undecodable images; has {sorted(labels)}")
+    _require_both_classes([s for s, _ in train_usable], "training (after dropping undecodable images)")
+    _require_both_classes([s for s, _ in val_usable], "validation (after dropping undecodable images)")
     features = store.load(k for _, k in usable)
 
     vocab = MetadataVocab.from_samples([s for s, _ in train_usable])
@@ -105,8 +113,9 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     if config.model.metadata and config.model.text:
         text = TextEncoder().embed(s.description for s, _ in usable if s.description is not None)
 
-    def table(part: list[tuple[Sample, str]]) -> FeatureTable:
-        return FeatureTable.build([s for s, _ in part], [features[k] for _, k in part], vocab, text)
+    def table(part: list[tuple[Sample, str]], image_only: bool = False) -> FeatureTable:
+        rows = [_without_metadata(s) if image_only else s for s, _ in part]
+        return FeatureTable.build(rows, [features[k] for _, k in part], vocab, text)
 
     train_table, val_table = table(train_usable), table(val_usable)
     head = build_head(config.model, spec.feature_dim, vocab)
@@ -137,16 +146,21 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     head = module.head.cpu()
-    val_margins = predict_margins(head, val_table, torch.device("cpu"))
+    val_margins = head_margins(head, val_table)
     val_labels = val_table.labels.numpy()
-    calibration = fit_calibration(val_margins, val_labels)
-    val_probs = calibration(torch.from_numpy(val_margins)).numpy()
+    calibration = fit_calibration(val_margins.numpy(), val_labels)
+    val_probs = calibration(val_margins).numpy()
+    image_only_probs = calibration(head_margins(head, table(val_usable, image_only=True))).numpy()
+    write_predictions(out / "validation_predictions.csv", zip(val_table.file_names, val_labels.tolist(), val_probs.tolist()))
     metrics = {
         "validation": binary_metrics(val_probs, val_labels, 0.5),
-        "validation_uncalibrated": binary_metrics(1 / (1 + np.exp(-val_margins)), val_labels, 0.5),
+        # What the validator sends is the image alone: every metadata field NULL.
+        "validation_image_only": binary_metrics(image_only_probs, val_labels, 0.5),
+        "validation_uncalibrated": binary_metrics(torch.sigmoid(val_margins).numpy(), val_labels, 0.5),
         "calibration": calibration.to_dict(),
         "epochs_run": int(trainer.current_epoch),
-        "best_epoch_val_mcc": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None else None,
+        "best_val_mcc_during_training": (float(checkpoints.best_model_score)
+                                         if checkpoints.best_model_score is not None else None),
         "timing_s": {"extract": round(extraction.seconds, 2), "fit": round(fit_seconds, 2),
                      "total": round(time.perf_counter() - started, 2)},
         "extraction": {"extracted": extraction.extracted, "cached": extraction.cached,
