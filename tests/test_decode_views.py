@@ -33,23 +33,30 @@ def test_exif_orientation_is_applied():
     assert top[0] > 200 and top[1] < 60  # the red half is now on top
 
 
+def _palette() -> Image.Image:
+    image = Image.new("P", (10, 8), 3)
+    image.putpalette([0, 0, 0] * 3 + [10, 200, 30] + [0, 0, 0] * 252)
+    return image
+
+
 @pytest.mark.parametrize(
-    "make",
+    ("make", "expected"),
     [
-        lambda: Image.new("L", (10, 8), 128),
-        lambda: Image.new("P", (10, 8), 3),
-        lambda: Image.new("CMYK", (10, 8), (0, 255, 0, 0)),
-        lambda: Image.fromarray(np.full((8, 10), 40000, dtype=np.uint16)),
-        lambda: Image.new("RGBA", (10, 8), (255, 0, 0, 0)),
-        lambda: Image.new("LA", (10, 8), (0, 255)),
+        (lambda: Image.new("L", (10, 8), 128), (128, 128, 128)),
+        (_palette, (10, 200, 30)),
+        (lambda: Image.new("CMYK", (10, 8), (0, 255, 0, 0)), (255, 0, 255)),
+        (lambda: Image.fromarray(np.full((8, 10), 40000, dtype=np.uint16)), (156, 156, 156)),
+        (lambda: Image.new("RGBA", (10, 8), (255, 0, 0, 0)), (255, 255, 255)),
+        (lambda: Image.new("LA", (10, 8), (0, 255)), (0, 0, 0)),
     ],
     ids=["gray", "palette", "cmyk", "16bit", "rgba", "la"],
 )
-def test_every_mode_becomes_rgb(make):
+def test_every_mode_becomes_rgb(make, expected):
     image = make()
     fmt = "TIFF" if image.mode == "CMYK" else "PNG"
     out = decode_image(_save(image, fmt))
     assert out.mode == "RGB" and out.size == (10, 8)
+    assert np.abs(np.asarray(out)[3, 4].astype(int) - np.array(expected)).max() <= 2
 
 
 def test_16_bit_is_scaled_not_clipped():
@@ -172,11 +179,23 @@ def test_crop_resize_matches_manual_crop_and_normalises_to_unit_range():
     assert torch.allclose(views[5], manual[0], atol=1e-5)
 
 
-def test_image_views_uses_draft_decoding_with_equivalent_boxes():
+def test_image_views_uses_draft_decoding_with_equivalent_boxes(monkeypatch):
+    import roadwork.data.views as views_module
+
     data = jpeg_bytes(2400, 1800, seed=5)
     boxes = plan_boxes("seed12", 2400, 1800, 224)
     assert decode_scale(boxes, 224) == 0.25
+    decoded_sizes = []
+    real_decode = views_module.decode_image
+
+    def spy(*args, **kwargs):
+        image = real_decode(*args, **kwargs)
+        decoded_sizes.append(image.size)
+        return image
+
+    monkeypatch.setattr(views_module, "decode_image", spy)
     views = image_views(data, "seed12", 224)
+    assert decoded_sizes == [(600, 450)]  # decoded at a quarter of full size
     assert views.shape == (12, 3, 224, 224)
     full = crop_resize(torch.from_numpy(np.asarray(decode_image(data)).copy()).permute(2, 0, 1), boxes, 224)
     # Noise images are the worst case for DCT-domain downscaling; views must still agree on average.
