@@ -27,6 +27,8 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 VARIANTS = {
     "full head (configs/cpu.yaml)": [],
     "linear probe on the global view": ["model.type=linear"],
+    "linear probe, tuned (lr 1e-2, up to 150 epochs)": ["model.type=linear", "optim.lr=1e-2", "optim.epochs=150",
+                                                        "optim.patience=40"],
     "without pyramid": ["model.pyramid=false"],
     "without gated attention": ["model.attention_layers=0"],
     "without GAFM (mean pooling)": ["model.fusion=mean"],
