@@ -127,7 +127,7 @@ def extract(
 
     samples = load_samples(data, require_labels=False)
     model = create_backbone(backbone, weights=weights, device=_device(device), input_size=input_size)
-    store = open_store(cache_dir, model, views.value, weights)
+    store = open_store(cache_dir, model.name, model.input_size, views.value, weights, model.device)
     result = extract_features(samples, model, views.value, store, images_per_batch=batch, num_workers=workers)
     summary = {
         "images": len(samples), "extracted": result.extracted, "cached": result.cached,

@@ -149,7 +149,7 @@ def test_namespace_follows_the_weights_not_just_their_path(tmp_path, monkeypatch
 
 def test_open_store_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ROADWORK_CACHE", str(tmp_path / "env-cache"))
-    store = open_store(None, FakeBackbone(), "auto")
+    store = open_store(None, "fake", 32, "auto")
     assert store.root.parent == tmp_path / "env-cache"
 
 

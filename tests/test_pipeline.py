@@ -75,7 +75,7 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
     samples = load_samples(trained["test"])
     predictor = Predictor(bundle)
     backbone = predictor.backbone
-    store = open_store(trained["cache"], backbone, "auto")
+    store = open_store(trained["cache"], backbone.name, backbone.input_size, "auto")
     keys = extract_features(samples, backbone, "auto", store, num_workers=0, progress=False).keys
     loaded = store.load(keys)
     features = [loaded[k] for k in keys]
@@ -290,3 +290,17 @@ def test_invalid_config_fails_at_start_naming_the_key(trained, tmp_path):
                                       "--set", "model.no_such_key=1"])
     assert result.exit_code == 2 and "model.no_such_key" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_fully_cached_evaluation_never_loads_the_backbone(trained, tmp_path, monkeypatch):
+    import roadwork.serve.predictor as predictor_module
+
+    Predictor.from_bundle(trained["run"] / "bundle").predict_samples(load_samples(trained["test"]), cache_dir=trained["cache"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone was loaded although every feature is cached")
+
+    monkeypatch.setattr(predictor_module, "create_backbone", refuse)
+    probs, failures = Predictor.from_bundle(trained["run"] / "bundle").predict_samples(
+        load_samples(trained["test"]), cache_dir=trained["cache"])
+    assert failures == {} and all(p is not None for p in probs)

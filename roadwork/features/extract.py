@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +81,7 @@ def _one_thread(worker_id: int) -> None:
 
 def extract_features(
     samples: Sequence[Sample],
-    backbone: torch.nn.Module,
+    backbone: torch.nn.Module | Callable[[], torch.nn.Module],
     plan: str,
     store: FeatureStore,
     *,
@@ -90,7 +90,10 @@ def extract_features(
     shard_size: int = 256,
     progress: bool | None = None,
 ) -> ExtractionResult:
-    """Extract what the store lacks; undecodable images are reported in ``failures``, not fatal."""
+    """Extract what the store lacks; undecodable images are reported in ``failures``, not fatal.
+
+    ``backbone`` may be a zero-argument callable: it is only called when something is missing.
+    """
     keys, failures = content_keys(samples)
     todo_keys = set(store.missing(k for k in keys if k is not None))
     first_sample = {}
@@ -102,6 +105,8 @@ def extract_features(
     result = ExtractionResult(keys=keys, failures=failures, cached=sum(k is not None and k not in todo_keys for k in keys))
     if not todo:
         return result
+    if not isinstance(backbone, torch.nn.Module):
+        backbone = backbone()
     loader = DataLoader(
         _ViewsDataset(todo, plan, backbone.input_size),
         batch_size=images_per_batch,
@@ -148,8 +153,12 @@ def extract_features(
     return result
 
 
-def open_store(cache_dir: str | Path | None, backbone: torch.nn.Module, plan: str, weights: str | None = None) -> FeatureStore:
-    """The store for this backbone, weights, input size and view plan under ``cache_dir``."""
+def open_store(cache_dir: str | Path | None, backbone: str, input_size: int, plan: str,
+               weights: str | None = None, device: str | torch.device = "cpu") -> FeatureStore:
+    """The store for this backbone, weights, input size, view plan and device under ``cache_dir``.
+
+    Takes names, not a built backbone, so a fully cached evaluation never loads the model.
+    """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    precision = "bf16" if backbone.device.type == "cuda" else "fp32"  # Backbone.run autocasts on CUDA
-    return FeatureStore(root, namespace_for(backbone.name, backbone.input_size, plan, weights, precision))
+    precision = "bf16" if torch.device(device).type == "cuda" else "fp32"  # Backbone.run autocasts on CUDA
+    return FeatureStore(root, namespace_for(backbone, input_size, plan, weights, precision))

@@ -95,7 +95,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
                                input_size=config.data.input_size)
     weights = str(Path(config.data.backbone_weights).resolve()) if config.data.backbone_weights else None
     spec = BackboneSpec(backbone.name, weights, backbone.input_size, backbone.feature_dim, config.data.views)
-    store = open_store(cache_dir, backbone, config.data.views, config.data.backbone_weights)
+    store = open_store(cache_dir, backbone.name, backbone.input_size, config.data.views, config.data.backbone_weights,
+                       device)
     everything = train_samples + val_samples
     extraction = extract_features(everything, backbone, config.data.views, store,
                                   num_workers=config.data.num_workers, progress=progress)
