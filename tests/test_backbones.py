@@ -57,6 +57,8 @@ def test_efficientnet_lite0_classifies_imagenet_photos(lite0):
     assert tokens.shape == (2, 7 * 7, 1280)
     torch.testing.assert_close(pooled, tokens.mean(dim=1))  # global average pool of the head's map
     assert lite0.mean == pytest.approx((127 / 255,) * 3) and lite0.std == pytest.approx((128 / 255,) * 3)
+    as_bytes = (views * 255).round().to(torch.uint8)
+    torch.testing.assert_close(lite0.features(as_bytes), lite0.features(as_bytes.float() / 255))
 
 
 def test_features_reject_wrong_view_size_and_feed_autograd(lite0):

@@ -171,12 +171,11 @@ def test_crop_resize_matches_manual_crop_and_normalises_to_unit_range():
     image = torch.arange(3 * 40 * 60, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(3, 40, 60)
     boxes = plan_boxes("seed12", 60, 40, 16)
     views = crop_resize(image, boxes, 16)
-    assert views.shape == (len(boxes), 3, 16, 16) and views.dtype == torch.float32
-    assert 0.0 <= views.min() and views.max() <= 1.0
+    assert views.shape == (len(boxes), 3, 16, 16) and views.dtype == torch.uint8
     box = boxes[5]
     crop = image[:, box.y0 : box.y1, box.x0 : box.x1].float()[None]
-    manual = torch.nn.functional.interpolate(crop, size=(16, 16), mode="bilinear", antialias=True) / 255
-    assert torch.allclose(views[5], manual[0], atol=1e-5)
+    manual = torch.nn.functional.interpolate(crop, size=(16, 16), mode="bilinear", antialias=True)
+    assert (views[5].float() - manual[0]).abs().max() <= 0.5 + 1e-4  # rounded to the nearest level
 
 
 def test_image_views_uses_draft_decoding_with_equivalent_boxes(monkeypatch):
@@ -199,4 +198,4 @@ def test_image_views_uses_draft_decoding_with_equivalent_boxes(monkeypatch):
     assert views.shape == (12, 3, 224, 224)
     full = crop_resize(torch.from_numpy(np.asarray(decode_image(data)).copy()).permute(2, 0, 1), boxes, 224)
     # Noise images are the worst case for DCT-domain downscaling; views must still agree on average.
-    assert (views - full).abs().mean() < 0.05
+    assert (views.float() - full.float()).abs().mean() / 255 < 0.05

@@ -30,6 +30,7 @@ class FakeBackbone(torch.nn.Module):
         self.calls += 1
         if self.fail_after_calls is not None and self.calls > self.fail_after_calls:
             raise RuntimeError("simulated crash")
+        views = views.float() / 255
         return torch.cat([views.mean(dim=(2, 3)), views.amax(dim=(2, 3))], dim=1)
 
 

@@ -77,7 +77,8 @@ class Backbone(torch.nn.Module):
         raise NotImplementedError
 
     def features(self, views: Tensor, return_tokens: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Pooled [N, feature_dim] float32 features (and [N, T, hidden] tokens if asked) of 0..1 views."""
+        """Pooled [N, feature_dim] float32 features (and [N, T, hidden] tokens if asked) of views given as
+        uint8 pixels or floats in 0..1."""
         outputs = self.run(views, lambda x: self.encode(x, return_tokens))
         return outputs if return_tokens else outputs[0]
 
@@ -91,7 +92,8 @@ class Backbone(torch.nn.Module):
         if views.ndim != 4 or tuple(views.shape[1:]) != (3, size, size):
             raise ValueError(f"{self.name} expects views of shape [N, 3, {size}, {size}], got {list(views.shape)}")
         device = self.device
-        x = views.to(device=device, dtype=torch.float32, non_blocking=True)
+        x = views.to(device=device, non_blocking=True)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         x = (x - mean) / std

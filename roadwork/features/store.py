@@ -31,6 +31,9 @@ from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file
 log = logging.getLogger(__name__)
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
+# Part of every namespace: bump it whenever decoding or view building changes what the backbone sees,
+# so no run mixes features made by different pipelines. 2: views are rounded to 8 bits.
+VIEW_PIPELINE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -58,7 +61,8 @@ def _local_identity(location: str | None) -> str:
 def namespace_for(backbone: str, input_size: int, plan: str, weights: str | None = None, precision: str = "fp32") -> str:
     """Folder name for one (backbone, weights, input size, view plan, precision): features differ when any differs."""
     local_model = backbone[3:] if backbone.startswith("hf:") else None
-    identity = f"{backbone}|{_local_identity(local_model)}|{_local_identity(weights)}|{input_size}|{plan}|{precision}"
+    identity = (f"{backbone}|{_local_identity(local_model)}|{_local_identity(weights)}|{input_size}|{plan}|{precision}"
+                f"|v{VIEW_PIPELINE_VERSION}")
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone)[-48:]
     return f"{readable}-{input_size}-{plan}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
