@@ -44,16 +44,18 @@ class ExtractionResult:
         return self.views / self.seconds if self.seconds else 0.0
 
 
-def content_keys(samples: Sequence[Sample]) -> tuple[list[str | None], dict[str, str]]:
+def content_keys(samples: Sequence[Sample], progress: bool | None = False) -> tuple[list[str | None], dict[str, str]]:
     """SHA-256 of each image's bytes: the cache key shared by every run, fold and plan user."""
     keys: list[str | None] = []
     failures: dict[str, str] = {}
-    for sample in samples:
-        try:
-            keys.append(sha256_bytes(sample.read_bytes()))
-        except DatasetError as error:
-            keys.append(None)
-            failures[sample.file_name] = str(error)
+    with progress_bar(len(samples), "hash images", enabled=progress) as advance:
+        for sample in samples:
+            try:
+                keys.append(sha256_bytes(sample.read_bytes()))
+            except DatasetError as error:
+                keys.append(None)
+                failures[sample.file_name] = str(error)
+            advance(1)
     return keys, failures
 
 
@@ -94,7 +96,7 @@ def extract_features(
 
     ``backbone`` may be a zero-argument callable: it is only called when something is missing.
     """
-    keys, failures = content_keys(samples)
+    keys, failures = content_keys(samples, progress)
     todo_keys = set(store.missing(k for k in keys if k is not None))
     first_sample = {}
     for sample, key in zip(samples, keys):
