@@ -117,7 +117,7 @@ def extract(
     input_size: Annotated[int | None, typer.Option("--input-size", min=32, max=2048, help="View side in pixels (default: the backbone's own).")] = None,
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding worker processes.")] = 1,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decoding worker processes (default: one per spare core, at most 8; 0 decodes in the main process).")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per backbone batch.")] = 16,
 ) -> None:
     """Fill the feature cache for DATA (already cached images are skipped)."""

@@ -7,6 +7,7 @@ transformers import until a backbone is actually built).
 
 from __future__ import annotations
 
+import abc
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,7 @@ def weights_unavailable(name: str, repo: str, local: str, err: Exception) -> Wei
     )
 
 
-class Backbone(torch.nn.Module):
+class Backbone(torch.nn.Module, abc.ABC):
     """A frozen image encoder that turns square views into one pooled vector per view.
 
     Subclasses implement `encode` on already-normalised input. Everything callers must not get wrong
@@ -72,9 +73,9 @@ class Backbone(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @abc.abstractmethod
     def encode(self, x: Tensor, return_tokens: bool) -> tuple[Tensor, ...]:
         """(pooled,) or (pooled, tokens) for normalised input `x` on the backbone's device."""
-        raise NotImplementedError
 
     def features(self, views: Tensor, return_tokens: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Pooled [N, feature_dim] float32 features (and [N, T, hidden] tokens if asked) of views given as

@@ -7,6 +7,7 @@ most one shard of features is held in memory, so memory stays flat however large
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,11 @@ class _ViewsDataset(Dataset):
             return index, None, f"{sample.file_name}: cannot build views: {type(error).__name__}: {error}"
 
 
+def default_workers() -> int:
+    """One decoding worker per spare core, at most 8: decoding large JPEGs on one core caps a GPU."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def _one_thread(worker_id: int) -> None:
     """Decoding workers resize with one thread each, leaving the other cores to the backbone."""
     torch.set_num_threads(1)
@@ -88,11 +94,13 @@ def extract_features(
     store: FeatureStore,
     *,
     images_per_batch: int = 16,
-    num_workers: int = 1,
+    num_workers: int | None = None,
     shard_size: int = 256,
     progress: bool | None = None,
 ) -> ExtractionResult:
     """Extract what the store lacks; undecodable images are reported in ``failures``, not fatal.
+
+    ``num_workers=None`` uses ``default_workers()`` decoding processes.
 
     ``backbone`` may be a zero-argument callable: it is only called when something is missing.
     """
@@ -109,6 +117,7 @@ def extract_features(
         return result
     if not isinstance(backbone, torch.nn.Module):
         backbone = backbone()
+    num_workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
         _ViewsDataset(todo, plan, backbone.input_size),
         batch_size=images_per_batch,

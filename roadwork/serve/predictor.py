@@ -58,8 +58,7 @@ class Predictor:
         spec = self.bundle.backbone
         if use_cache:
             store = open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device)
-            result = extract_features(samples, lambda: self.backbone, spec.views, store, progress=progress,
-                                      num_workers=0)
+            result = extract_features(samples, lambda: self.backbone, spec.views, store, progress=progress)
             good = [i for i, key in enumerate(result.keys) if key is not None]
             loaded = store.load(result.keys[i] for i in good)
             features = [loaded[result.keys[i]] for i in good]
