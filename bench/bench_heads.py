@@ -10,6 +10,8 @@ The first run also measures a cold training (extraction included) against a warm
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +36,26 @@ VARIANTS = {
     "without GAFM (mean pooling)": ["model.fusion=mean"],
     "without metadata": ["model.metadata=false"],
     "without extra losses (focal only)": ["loss.consistency_weight=0", "loss.weather_weight=0"],
+    "full head + metadata dropout 0.5": ["data.metadata_dropout=0.5"],
 }
+
+
+def image_only_copy(source: Path, target: Path) -> Path:
+    """The test set as a validator sends it: same images (hard links), labels, no metadata."""
+    if (target / "metadata.csv").is_file():
+        return target
+    (target / "images").mkdir(parents=True, exist_ok=True)
+    with open(source / "metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        link = target / row["file_name"]
+        if not link.exists():
+            os.link(source / row["file_name"], link)
+    with open(target / "metadata.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "label"])
+        writer.writerows((row["file_name"], row["label"]) for row in rows)
+    return target
 
 
 def main() -> None:
@@ -48,6 +69,7 @@ def main() -> None:
         if not (path / "metadata.csv").is_file():
             subprocess.run([*ROADWORK, "synth", str(path), "--n", str(n), "--seed", str(seed)], check=True)
 
+    image_only_test = image_only_copy(test_data, args.work / "heads-test-image-only")
     print(f"machine: {machine()}; date: {today()}")
     if not cache.exists():
         timings = []
@@ -70,17 +92,23 @@ def main() -> None:
                             cache_dir=cache, progress=False)
             seconds = time.perf_counter() - started
             test = evaluate(out / "bundle", str(test_data), args.work / "heads-reports" / out.name, cache_dir=cache)
-            results.append((metrics, test, seconds))
+            bare = evaluate(out / "bundle", str(image_only_test), args.work / "heads-reports" / f"{out.name}-image-only",
+                            cache_dir=cache)
+            results.append((metrics, test, bare, seconds))
             print(f"{name} seed={seed}: val MCC {metrics['validation']['mcc']:.3f} test MCC {test['mcc']:.3f} "
-                  f"AUROC {test['auroc']:.3f} train {seconds:.0f} s (extract {metrics['timing_s']['extract']} s)", flush=True)
-        mccs = [t["mcc"] for _, t, _ in results]
-        rows.append((name, results[0][0]["parameters"], statistics.mean(m["validation"]["mcc"] for m, _, _ in results),
-                     statistics.mean(mccs), statistics.pstdev(mccs), statistics.mean(t["auroc"] for _, t, _ in results),
-                     statistics.mean(s for _, _, s in results)))
-    print(f"\n| variant | parameters | val MCC | test MCC (mean ± sd over seeds {args.seeds}) | test AUROC | train s |")
-    print("|---|---|---|---|---|---|")
-    for name, params, val, mcc, sd, auroc, seconds in rows:
-        print(f"| {name} | {params:,} | {val:.3f} | {mcc:.3f} ± {sd:.3f} | {auroc:.3f} | {seconds:.0f} |")
+                  f"AUROC {test['auroc']:.3f} image-only test MCC {bare['mcc']:.3f} train {seconds:.0f} s "
+                  f"(extract {metrics['timing_s']['extract']} s)", flush=True)
+        mccs = [t["mcc"] for _, t, _, _ in results]
+        bare_mccs = [b["mcc"] for _, _, b, _ in results]
+        rows.append((name, results[0][0]["parameters"], statistics.mean(m["validation"]["mcc"] for m, *_ in results),
+                     statistics.mean(mccs), statistics.pstdev(mccs), statistics.mean(t["auroc"] for _, t, _, _ in results),
+                     statistics.mean(bare_mccs), statistics.pstdev(bare_mccs), statistics.mean(r[3] for r in results)))
+    print(f"\n| variant | parameters | val MCC | test MCC (mean ± sd over seeds {args.seeds}) | test AUROC "
+          "| image-only test MCC | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, params, val, mcc, sd, auroc, bare, bare_sd, seconds in rows:
+        print(f"| {name} | {params:,} | {val:.3f} | {mcc:.3f} ± {sd:.3f} | {auroc:.3f} | {bare:.3f} ± {bare_sd:.3f} "
+              f"| {seconds:.0f} |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ class DataConfig(_Strict):
     views: Literal[VIEW_PLANS] = "auto"   # type: ignore[valid-type]
     input_size: int | None = Field(default=None, ge=32, le=2048)
     val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
+    # Fraction of training rows shown with all metadata NULL, so the head also learns the
+    # image-only requests a validator sends (only a few percent of real rows lack every field).
+    metadata_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     num_workers: int | None = Field(default=None, ge=0, le=64)  # None: one per spare core, at most 8
 
 

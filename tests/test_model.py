@@ -314,3 +314,43 @@ def test_view_logits_use_the_main_classifier_so_agreement_is_not_trivial():
     out = head(torch.randn(2, 1, 8), torch.ones(2, 1, dtype=torch.bool), MetadataBatch.from_samples(samples, vocab, None))
     assert torch.allclose(out.view_logits[:, 0], out.logits, atol=1e-6)
     assert not any("view_classifier" in name for name, _ in head.named_parameters())
+
+
+def test_hidden_rows_look_exactly_like_rows_without_metadata():
+    from roadwork.data.records import Sample
+    from roadwork.model.metadata import MetadataBatch, MetadataVocab
+
+    vocab = MetadataVocab({"weather": ["rain"], "daytime": ["night"], "scene": ["urban"]})
+    full = Sample(file_name="a", label=1, latitude=10.0, longitude=20.0, weather="rain", daytime="night",
+                  scene="urban", description="cones")
+    bare = Sample(file_name="b", label=1)
+    text = {"cones": torch.ones(384)}
+    batch = MetadataBatch.from_samples([full, full], vocab, text)
+    hidden = batch.hidden(torch.tensor([False, True]))
+    expected = MetadataBatch.from_samples([full, bare], vocab, text)
+    for name in ("gps", "gps_present", "weather", "daytime", "scene", "text", "text_present"):
+        assert torch.equal(getattr(hidden, name), getattr(expected, name)), name
+
+
+def test_metadata_dropout_hides_inputs_and_keeps_the_weather_target(monkeypatch):
+    from roadwork.config import OptimConfig
+    from roadwork.data.records import Sample
+    from roadwork.features.table import Batch
+    from roadwork.losses import RoadworkLoss
+    from roadwork.model.metadata import MetadataBatch, MetadataVocab
+    from roadwork.train.module import RoadworkModule
+
+    vocab = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})
+    samples = [Sample(file_name=str(i), label=i % 2, weather="rain", latitude=1.0, longitude=1.0) for i in range(64)]
+    meta = MetadataBatch.from_samples(samples, vocab, None)
+    batch = Batch(torch.randn(64, 2, 8), torch.ones(64, 2, dtype=torch.bool), meta, torch.tensor([s.label for s in samples]),
+                  meta.weather)
+    seen = []
+    module = RoadworkModule(torch.nn.Identity(), RoadworkLoss(), OptimConfig(), metadata_dropout=0.5)
+    monkeypatch.setattr(module, "_step", lambda b, stage: seen.append(b) or (None, torch.zeros(())))
+    module.training_step(batch, 0)
+    hidden_rows = ~seen[0].meta.gps_present
+    assert 10 < int(hidden_rows.sum()) < 54  # about half of 64
+    assert torch.equal(seen[0].weather, batch.weather)  # targets untouched
+    assert torch.all(seen[0].meta.weather[hidden_rows] == 0)
+    assert RoadworkModule(torch.nn.Identity(), RoadworkLoss(), OptimConfig()).metadata_dropout == 0.0

@@ -129,6 +129,19 @@ class MetadataBatch:
     def to(self, device: torch.device | str) -> MetadataBatch:
         return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def hidden(self, rows: Tensor) -> MetadataBatch:
+        """The same batch with every field of ``rows`` (bool [B]) NULL: a request carrying only the image."""
+        keep = ~rows
+        return type(self)(
+            gps=self.gps * keep.unsqueeze(-1),
+            gps_present=self.gps_present & keep,
+            weather=self.weather.masked_fill(rows, NULL_INDEX),
+            daytime=self.daytime.masked_fill(rows, NULL_INDEX),
+            scene=self.scene.masked_fill(rows, NULL_INDEX),
+            text=self.text * keep.unsqueeze(-1),
+            text_present=self.text_present & keep,
+        )
+
 
 class GpsEncoding(nn.Module):
     """Multi-frequency sin/cos of latitude and longitude; a learned vector when GPS is NULL.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -14,9 +16,11 @@ from roadwork.features.table import Batch
 
 
 class RoadworkModule(L.LightningModule):
-    def __init__(self, head: torch.nn.Module, loss: RoadworkLoss, optim: OptimConfig) -> None:
+    def __init__(self, head: torch.nn.Module, loss: RoadworkLoss, optim: OptimConfig,
+                 metadata_dropout: float = 0.0) -> None:
         super().__init__()
         self.head, self.loss, self.optim = head, loss, optim
+        self.metadata_dropout = metadata_dropout
         self.val_mcc = BinaryMatthewsCorrCoef()
         self.val_auroc = BinaryAUROC()
 
@@ -32,6 +36,10 @@ class RoadworkModule(L.LightningModule):
         return out, parts["loss"]
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self.metadata_dropout > 0:
+            rows = torch.rand(batch.labels.shape[0], device=batch.labels.device) < self.metadata_dropout
+            # Only the head's input loses the metadata: the weather target stays, the image still shows it.
+            batch = dataclasses.replace(batch, meta=batch.meta.hidden(rows))
         return self._step(batch, "train")[1]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -43,11 +42,6 @@ class _ProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
-
-
-def _without_metadata(sample: Sample) -> Sample:
-    return dataclasses.replace(sample, latitude=None, longitude=None, weather=None, daytime=None, scene=None,
-                               description=None)
 
 
 def _precision(setting: str, accelerator: str) -> str:
@@ -113,13 +107,12 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     if config.model.metadata and config.model.text:
         text = TextEncoder().embed(s.description for s, _ in usable if s.description is not None)
 
-    def table(part: list[tuple[Sample, str]], image_only: bool = False) -> FeatureTable:
-        rows = [_without_metadata(s) if image_only else s for s, _ in part]
-        return FeatureTable.build(rows, [features[k] for _, k in part], vocab, text)
+    def table(part: list[tuple[Sample, str]]) -> FeatureTable:
+        return FeatureTable.build([s for s, _ in part], [features[k] for _, k in part], vocab, text)
 
     train_table, val_table = table(train_usable), table(val_usable)
     head = build_head(config.model, spec.feature_dim, vocab)
-    module = RoadworkModule(head, RoadworkLoss(config.loss), config.optim)
+    module = RoadworkModule(head, RoadworkLoss(config.loss), config.optim, config.data.metadata_dropout)
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_mcc", mode="max",
                                   save_last=True, save_top_k=1, enable_version_counter=False)
@@ -150,7 +143,10 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     val_labels = val_table.labels.numpy()
     calibration = fit_calibration(val_margins.numpy(), val_labels)
     val_probs = calibration(val_margins).numpy()
-    image_only_probs = calibration(head_margins(head, table(val_usable, image_only=True))).numpy()
+    image_only = FeatureTable(val_table.features, val_table.view_mask,
+                              val_table.meta.hidden(torch.ones(len(val_table), dtype=torch.bool)),
+                              val_table.labels, val_table.file_names)
+    image_only_probs = calibration(head_margins(head, image_only)).numpy()
     write_predictions(out / "validation_predictions.csv", zip(val_table.file_names, val_labels.tolist(), val_probs.tolist()))
     metrics = {
         "validation": binary_metrics(val_probs, val_labels, 0.5),
