@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -29,7 +29,7 @@ class _RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, unit: str = "img", enabled: bool | None = None) -> Iterator[callable]:
+def progress_bar(total: int, description: str, unit: str = "img", enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; the bar shows count, rate and ETA on stderr (hidden when not a terminal)."""
     if enabled is None:
         enabled = sys.stderr.isatty()

@@ -10,7 +10,6 @@ import base64
 import binascii
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -55,6 +54,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_pixel_limit(width: int, height: int, max_pixels: int, source: str) -> None:
+    """Refuse decompression bombs from the header's size, before any pixel is decoded."""
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+
+
 def oriented_size(image: Image.Image) -> tuple[int, int]:
     """Width and height after EXIF orientation, read from the header alone."""
     width, height = image.size
@@ -82,10 +87,7 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-                )
+            check_pixel_limit(width, height, max_pixels, source)
             if isinstance(image, JpegImageFile) and min_scale < 1.0:  # MPO phone photos are JPEGs too
                 image.draft("RGB", (max(1, round(width * min_scale)), max(1, round(height * min_scale))))
             image.load()
@@ -96,12 +98,3 @@ def decode_image(
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning, EOFError) as error:
         raise ImageDecodeError(f"{source}: cannot decode image: {error}") from error
-
-
-def decode_file(path: str | Path, **kwargs: object) -> Image.Image:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ImageDecodeError(f"{path}: cannot read: {error}") from error
-    return decode_image(data, source=str(path), **kwargs)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
-from roadwork.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, oriented_size
+from roadwork.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, check_pixel_limit, decode_image, oriented_size
 
 VIEW_PLANS = ("auto", "seed12", "global")
 _DRAFT_SCALES = (1.0, 0.5, 0.25, 0.125)
@@ -176,8 +176,7 @@ def image_views(
         is_jpeg = isinstance(header, JpegImageFile)
     except Exception as error:  # any header failure is a decode failure of this input
         raise ImageDecodeError(f"{source}: cannot decode image: {error}") from error
-    if width * height > max_pixels:
-        raise ImageDecodeError(f"{source}: {width}x{height} pixels exceeds the limit of {max_pixels}")
+    check_pixel_limit(width, height, max_pixels, source)
     boxes = plan_boxes(plan, width, height, input_size)
     if device.type == "cuda" and is_jpeg:
         try:
