@@ -4,7 +4,9 @@ follow from visible work-zone objects, not from colour statistics or metadata al
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import math
 import re
 from pathlib import Path
@@ -18,7 +20,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from roadwork.data.records import normalize_category, normalize_coordinates, normalize_text
-from roadwork.data.synth import render_scene, render_scene_details, write_synthetic_dataset
+from roadwork.data.synth import render_frame_details, render_scene, render_scene_details, write_synthetic_dataset
+from roadwork.data.synth.drive import plan_drive
 from roadwork.data.synth.metadata import CITIES, CSV_COLUMNS, DAYTIMES, FAR_REGIONS, SCENES, WEATHERS, City
 from roadwork.data.synth.plan import ROADWORK_KINDS
 
@@ -71,15 +74,30 @@ def test_each_image_depends_only_on_seed_and_index(tmp_path: Path) -> None:
     assert (folder / rows[index]["file_name"]).read_bytes() == buffer.getvalue()
 
 
-def test_progress_is_reported_after_every_image(tmp_path: Path) -> None:
+def test_single_frame_output_is_unchanged(tmp_path: Path) -> None:
+    """frames_per_drive=1 writes what the writer wrote before drives existed (pins the random stream)."""
+    folder = write_synthetic_dataset(tmp_path / "u", n=8, seed=3, width=64, height=48)
+    digest = hashlib.sha256((folder / "metadata.csv").read_bytes()).hexdigest()
+    assert digest == "fe6789fe58c647ed6ba589fb7bb3f1fa026746a44488df7786722a53c4b92bae"
+
+
+@pytest.mark.parametrize("frames_per_drive", [1, 3])
+def test_progress_is_reported_after_every_image(tmp_path: Path, frames_per_drive: int) -> None:
     seen: list[int] = []
-    write_synthetic_dataset(tmp_path / "p", n=5, seed=1, width=48, height=40, progress=seen.append)
+    write_synthetic_dataset(tmp_path / "p", n=5, seed=1, width=48, height=40, progress=seen.append,
+                            frames_per_drive=frames_per_drive)
     assert seen == [1, 2, 3, 4, 5]
 
 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n must be"):
         write_synthetic_dataset(tmp_path / "x", n=-1, seed=0)
+    for frames in (0, -2, 2.5):
+        with pytest.raises(ValueError, match="frames_per_drive must be an integer >= 1"):
+            write_synthetic_dataset(tmp_path / "x", n=4, seed=0, frames_per_drive=frames)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 32x32"):
+        write_synthetic_dataset(tmp_path / "x", n=4, seed=0, width=16, height=480, frames_per_drive=2)
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="at least 32x32"):
         render_scene(np.random.default_rng(0), 16, 480, positive=True)
 
@@ -240,3 +258,89 @@ def test_colour_statistics_alone_cannot_tell_the_classes_apart() -> None:
         model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
         accuracy = cross_val_score(model, features, y, cv=5).mean()
         assert accuracy < 0.75, accuracy
+
+
+@pytest.fixture(scope="module")
+def drives_24(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six drives of four frames."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("drives") / "data", n=24, seed=2, width=160,
+                                   height=120, frames_per_drive=4)
+
+
+def test_drives_share_a_group_label_and_scene(tmp_path: Path) -> None:
+    folder = write_synthetic_dataset(tmp_path / "g", n=22, seed=4, width=64, height=48, frames_per_drive=4)
+    header = (folder / "metadata.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == ",".join((*CSV_COLUMNS, "group"))
+    rows = read_rows(folder)
+    assert [row["file_name"] for row in rows] == [f"images/{i:06d}.jpg" for i in range(22)]
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    assert list(groups) == [f"drive-{d:06d}" for d in range(6)]
+    assert [len(frames) for frames in groups.values()] == [4, 4, 4, 4, 4, 2]
+    assert sum(frames[0]["label"] == "1" for frames in groups.values()) == 3, "half of the drives are positive"
+    blank_mix = moved = 0
+    for frames in groups.values():
+        assert len({row["label"] for row in frames}) == 1
+        for name in ("weather", "daytime", "scene"):
+            assert len({normalize_category(row[name]) for row in frames} - {None}) <= 1, name
+        assert len({normalize_text(row["description"]) for row in frames} - {None}) <= 1
+        blank_mix += len({normalize_text(row["daytime"]) is None for row in frames}) == 2
+        positions = [normalize_coordinates(row["latitude"], row["longitude"]) for row in frames]
+        known = [(lat, lon) for lat, lon in positions if lat is not None and lon is not None]
+        moved += len(set(known)) > 1
+        for (lat0, lon0), (lat1, lon1) in itertools.combinations(known, 2):
+            metres = 111_000 * math.hypot(lat1 - lat0, (lon1 - lon0) * math.cos(math.radians(lat0)))
+            assert metres < 15.0, "one drive covers a few metres a frame"
+    assert blank_mix >= 2, "NULLs are drawn per frame, not per drive"
+    assert moved >= 2, "GPS follows the drive"
+
+
+def test_frames_of_a_drive_look_alike_but_are_not_copies(drives_24: Path) -> None:
+    """The leakage: every frame's nearest neighbour is a frame of its own drive."""
+    rows = read_rows(drives_24)
+    grey = []
+    for row in rows:
+        with Image.open(drives_24 / row["file_name"]) as image:
+            grey.append(np.asarray(image.convert("L").resize((40, 30), Image.Resampling.BOX), np.float64))
+    within, between = [], []
+    nearest = [(math.inf, "")] * len(rows)
+    for i, j in itertools.combinations(range(len(rows)), 2):
+        distance = float(np.abs(grey[i] - grey[j]).mean())
+        (within if rows[i]["group"] == rows[j]["group"] else between).append(distance)
+        nearest[i] = min(nearest[i], (distance, rows[j]["group"]))
+        nearest[j] = min(nearest[j], (distance, rows[i]["group"]))
+    assert all(group == row["group"] for (_, group), row in zip(nearest, rows, strict=True))
+    assert np.mean(within) < 0.35 * np.mean(between), (np.mean(within), np.mean(between))
+    assert min(within) > 1.0, "frames are not copies: the camera moves and the noise differs"
+
+
+def test_drives_are_deterministic_and_each_frame_renders_alone(drives_24: Path, tmp_path: Path) -> None:
+    again = write_synthetic_dataset(tmp_path / "a", n=24, seed=2, width=160, height=120, frames_per_drive=4)
+    other = write_synthetic_dataset(tmp_path / "o", n=8, seed=3, width=160, height=120, frames_per_drive=4)
+    assert (drives_24 / "metadata.csv").read_bytes() == (again / "metadata.csv").read_bytes()
+    names = [row["file_name"] for row in read_rows(drives_24)]
+    assert all((drives_24 / name).read_bytes() == (again / name).read_bytes() for name in names)
+    assert not any((drives_24 / name).read_bytes() == (other / name).read_bytes() for name in names[:8])
+    row = read_rows(drives_24)[14]  # drive 3, frame 2
+    drive = plan_drive(np.random.default_rng([2, 3]), 160, 120, positive=row["label"] == "1", frames=4)
+    image = render_frame_details(drive, 2, np.random.default_rng([2, 3, 2])).image
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    assert (drives_24 / row["file_name"]).read_bytes() == buffer.getvalue()
+
+
+def test_positive_drives_show_their_work_zone_in_every_frame() -> None:
+    """The camera drives on, but never so far that the work zone leaves the picture or hides behind traffic.
+
+    Driving these three at their wanted speed would lose the work zone in the last frames.
+    """
+    for number in (66, 67, 96):
+        drive = plan_drive(np.random.default_rng([5, number]), 320, 240, positive=True, frames=10)
+        assert drive.step > 0.0
+        for frame in range(10):
+            scene = render_frame_details(drive, frame, np.random.default_rng([5, number, frame]))
+            without = render_frame_details(drive, frame, np.random.default_rng([5, number, frame]),
+                                           without_roadwork=True)
+            changed = np.abs(np.asarray(scene.image, np.int16) - np.asarray(without.image, np.int16)).max(axis=2)
+            assert (changed > 20).sum() >= 4, f"drive {number}, frame {frame}: work zone invisible"

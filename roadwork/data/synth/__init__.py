@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from roadwork.data.synth.metadata import CSV_COLUMNS, csv_row, describe
+from roadwork.data.synth.drive import Drive, frame_plan, plan_drive
+from roadwork.data.synth.metadata import CSV_COLUMNS, GROUP_COLUMN, csv_row, describe
+from roadwork.data.synth.plan import Plan
 from roadwork.data.synth.render import RenderedScene, draw_plan
 from roadwork.data.synth.scenes import plan_scene
 from roadwork.storage import atomic_write_bytes, atomic_write_text
@@ -34,10 +37,23 @@ def render_scene_details(rng: np.random.Generator, width: int, height: int, posi
     ``without_roadwork`` draws the very same scene minus its work zone: a matched counterfactual,
     used to prove that each positive's work zone is actually visible.
     """
+    _check_size(width, height)
+    plan = plan_scene(rng, width, height, positive)
+    return _rendered(plan, describe(rng, plan), without_roadwork)
+
+
+def render_frame_details(drive: Drive, frame: int, rng: np.random.Generator, *,
+                         without_roadwork: bool = False) -> RenderedScene:
+    """Render frame ``frame`` of a drive; ``rng`` draws only what changes between frames (sway, noise)."""
+    return _rendered(frame_plan(drive, frame, rng), drive.description, without_roadwork)
+
+
+def _check_size(width: int, height: int) -> None:
     if width < 32 or height < 32:
         raise ValueError(f"image size must be at least 32x32, got {width}x{height}")
-    plan = plan_scene(rng, width, height, positive)
-    description = describe(rng, plan)
+
+
+def _rendered(plan: Plan, description: str, without_roadwork: bool) -> RenderedScene:
     image, objects = draw_plan(plan, without_roadwork)
     metadata: dict[str, object] = {
         "latitude": round(plan.latitude, 6),
@@ -69,31 +85,62 @@ def _jpeg_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def write_synthetic_dataset(out: Path, n: int, seed: int, width: int = 640, height: int = 480,
-                            progress: Callable[[int], None] | None = None) -> Path:
-    """Write an imagefolder dataset (images/ + metadata.csv) with NULLs as sparse as the target data.
+def _file_name(index: int) -> str:
+    return f"images/{index:06d}.jpg"
 
-    Each image depends only on (seed, index) and its label, so any subset can be re-rendered alone
-    (or in parallel). The CSV is
-    written last: a folder without it is an interrupted run, never a silently short dataset.
-    """
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
-    out = Path(out)
+
+def _single_images(n: int, seed: int, width: int, height: int) -> Iterator[tuple[Image.Image, list[str]]]:
     labels = _balanced_labels(n, seed)
-    rows = []
     for index in range(n):
         rng = np.random.default_rng([seed, index])
         label = int(labels[index])
         image, metadata = render_scene(rng, width, height, positive=bool(label))
-        file_name = f"images/{index:06d}.jpg"
-        atomic_write_bytes(out / file_name, _jpeg_bytes(image))
-        rows.append(csv_row(rng, file_name, label, metadata))
+        yield image, csv_row(rng, _file_name(index), label, metadata)
+
+
+def _drive_frames(n: int, seed: int, width: int, height: int, frames: int
+                  ) -> Iterator[tuple[Image.Image, list[str]]]:
+    """Frame f of drive d is image d * frames + f; half of the drives are positive."""
+    _check_size(width, height)
+    labels = _balanced_labels(math.ceil(n / frames), seed)
+    for number in range(len(labels)):
+        label = int(labels[number])
+        drive = plan_drive(np.random.default_rng([seed, number]), width, height, bool(label), frames)
+        for frame in range(min(frames, n - number * frames)):
+            rng = np.random.default_rng([seed, number, frame])
+            scene = render_frame_details(drive, frame, rng)
+            row = csv_row(rng, _file_name(number * frames + frame), label, scene.metadata)
+            yield scene.image, [*row, f"drive-{number:06d}"]
+
+
+def write_synthetic_dataset(out: Path, n: int, seed: int, width: int = 640, height: int = 480,
+                            progress: Callable[[int], None] | None = None, frames_per_drive: int = 1) -> Path:
+    """Write an imagefolder dataset (images/ + metadata.csv) with NULLs as sparse as the target data.
+
+    Each image depends only on (seed, index) and its label, so any subset can be re-rendered alone
+    (or in parallel). With ``frames_per_drive`` > 1 the images come in drives of that many
+    consecutive, strongly correlated frames of one scene (image = (seed, drive, frame)), and a
+    ``group`` column names the drive: the leakage a validation split must keep apart. The CSV is
+    written last: a folder without it is an interrupted run, never a silently short dataset.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    if not isinstance(frames_per_drive, int) or frames_per_drive < 1:
+        raise ValueError(f"frames_per_drive must be an integer >= 1, got {frames_per_drive!r}")
+    out = Path(out)
+    if frames_per_drive == 1:
+        columns, images = CSV_COLUMNS, _single_images(n, seed, width, height)
+    else:
+        columns, images = (*CSV_COLUMNS, GROUP_COLUMN), _drive_frames(n, seed, width, height, frames_per_drive)
+    rows = []
+    for count, (image, row) in enumerate(images, start=1):
+        atomic_write_bytes(out / row[0], _jpeg_bytes(image))  # row[0] is the file name
+        rows.append(row)
         if progress is not None:
-            progress(index + 1)
+            progress(count)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     writer.writerows(rows)
     atomic_write_text(out / "metadata.csv", buffer.getvalue())
     return out

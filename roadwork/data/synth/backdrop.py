@@ -119,11 +119,12 @@ def draw_skyline(canvas: Canvas, *, towers: tuple[tuple[float, float, float], ..
                               fill=fill)
 
 
-def draw_guardrail(canvas: Canvas, *, u: float) -> None:
+def draw_guardrail(canvas: Canvas, *, u: float, phase: float) -> None:
+    """``phase`` shifts the posts, 4 m apart, toward the camera as a drive goes on."""
     zs = _depths(canvas.camera.near_z * 0.8, 250.0, 18)
     for za, zb in zip(zs, zs[1:], strict=False):
         canvas.world_polygon(((u, 0.8, za), (u, 0.8, zb), (u, 0.5, zb), (u, 0.5, za)), (170, 172, 175), za)
-    z = 4.0
+    z = 4.0 + phase % 4.0
     while z < 80.0:
         x, y = canvas.camera.project(u, 0.0, z)
         _, top = canvas.camera.project(u, 0.5, z)

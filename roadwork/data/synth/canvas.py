@@ -71,7 +71,8 @@ class Light:
     lights_on: bool
 
     def haze(self, z: float) -> float:
-        return 1.0 - math.exp(-z / self.visibility)
+        """Zero beside the camera: a drive passes things whose far end is still ahead."""
+        return 1.0 - math.exp(-max(z, 0.0) / self.visibility)
 
     def _lit(self, rgb: RGB, boost: float, z: float) -> RGB:
         haze = self.haze(z)
@@ -87,11 +88,11 @@ class Light:
         return self._lit(rgb, 0.0, 0.0)
 
     def shade(self, rgb: RGB, z: float) -> RGB:
-        return self._lit(rgb, 0.85 * math.exp(-z / 18.0) if self.headlights else 0.0, z)
+        return self._lit(rgb, 0.85 * math.exp(-max(z, 0.0) / 18.0) if self.headlights else 0.0, z)
 
     def reflect(self, rgb: RGB, z: float) -> RGB:
         """Retroreflective tape shines back at the camera's headlights far beyond their lit pool."""
-        return self._lit(rgb, 2.2 * math.exp(-z / 70.0) if self.headlights else 0.0, z)
+        return self._lit(rgb, 2.2 * math.exp(-max(z, 0.0) / 70.0) if self.headlights else 0.0, z)
 
     def emit(self, rgb: RGB, z: float) -> RGB:
         haze = self.haze(z) * 0.7

@@ -16,6 +16,7 @@ SCENES = ("urban", "residential", "highway", "rural")
 DAYTIMES = ("day", "dawn", "dusk", "night")
 WEATHERS = ("clear", "cloudy", "rain", "fog")
 CSV_COLUMNS = ("file_name", "label", "latitude", "longitude", "weather", "daytime", "scene", "description")
+GROUP_COLUMN = "group"  # drives only: frames that a validation split must keep together
 
 NULL_RATE = 0.6
 ODD_VALUE_RATE = 0.04

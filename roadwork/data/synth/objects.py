@@ -219,6 +219,8 @@ def draw_jersey_barrier(canvas: Canvas, *, u: float, z0: float, z1: float, colou
     box = canvas.world_polygon(((face, 0.0, z0), (face, 0.0, z1), (top, 0.8, z1), (top, 0.8, z0)), colour, mid)
     box = union(box, canvas.world_polygon(((top, 0.8, z0), (top, 0.8, z1), (u + side * 0.1, 0.8, z1),
                                              (u + side * 0.1, 0.8, z0)), scaled(colour, 1.1), mid))
+    if z0 < 1.0:  # a drive is passing it: its end face is beside or behind the camera
+        return box
     b = canvas.billboard(u, z0)
     b.polygon(((-0.3, 0.0), (0.3, 0.0), (0.1, 0.8), (-0.1, 0.8)), scaled(colour, 0.82))
     return union(box, b.box)

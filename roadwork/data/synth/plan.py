@@ -37,7 +37,7 @@ class Item:
     kind: str
     depth: float
     roadwork: bool
-    draw: Callable[[Canvas], Box]
+    draw: partial[Box]  # called with the canvas; its keywords say where the item stands
     foot: tuple[float, float] | None
 
 
@@ -76,14 +76,19 @@ class Plan:
             u0, u1, z0, z1 = self.closed
             if u0 - 1.0 <= u <= u1 + 1.0 and z0 - 8.0 <= z <= z1 + 8.0:
                 return False
-        left, bottom = self.camera.project(u - 1.4, 0.0, z)
-        right, top = self.camera.project(u + 1.4, 3.5, z)
-        for item in self.items:
-            if item.roadwork and item.foot is not None and item.foot[1] > z:
-                x, y = self.camera.project(item.foot[0], 0.3, item.foot[1])
-                if left <= x <= right and top <= y <= bottom:
-                    return False
-        return True
+        return not any(item.roadwork and item.foot is not None and hides(self.camera, (u, z), item.foot)
+                       for item in self.items)
+
+
+def hides(camera: Camera, vehicle: tuple[float, float], foot: tuple[float, float]) -> bool:
+    """Whether a vehicle standing at ``vehicle`` (u, z) covers the foot of an object farther ahead."""
+    u, z = vehicle
+    if foot[1] <= z:
+        return False
+    left, bottom = camera.project(u - 1.4, 0.0, z)
+    right, top = camera.project(u + 1.4, 3.5, z)
+    x, y = camera.project(foot[0], 0.3, foot[1])
+    return left <= x <= right and top <= y <= bottom
 
 
 def pick(rng: np.random.Generator, options: Sequence[T]) -> T:

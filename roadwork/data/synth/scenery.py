@@ -96,7 +96,7 @@ def _plan_residential(rng: np.random.Generator, plan: Plan) -> None:
 
 def _plan_highway(rng: np.random.Generator, plan: Plan) -> None:
     road = plan.road
-    plan.backdrop.append(partial(draw_guardrail, u=road.width + road.right_margin - 0.2))
+    plan.backdrop.append(partial(draw_guardrail, u=road.width + road.right_margin - 0.2, phase=0.0))
     plan.backdrop.append(partial(draw_median, u=-road.left_margin - 0.2))
     plan_trees(rng, plan, (-road.left_margin - 20.0, road.width + road.right_margin + 8.0),
                int(rng.integers(3, 12)), (15.0, 200.0), spread=15.0)
