@@ -91,6 +91,7 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes identical files.")] = 0,
     width: Annotated[int, typer.Option("--width", min=64, max=8192, help="Image width in pixels.")] = 640,
     height: Annotated[int, typer.Option("--height", min=64, max=8192, help="Image height in pixels.")] = 480,
+    frames_per_drive: Annotated[int, typer.Option("--frames-per-drive", min=1, help="Consecutive, strongly correlated frames per drive (written with a `group` column); 1 = independent photos.")] = 1,
 ) -> None:
     """Render a synthetic street-scene dataset (procedural; no assets, no network)."""
     from roadwork.data.synth import write_synthetic_dataset
@@ -103,7 +104,8 @@ def synth(
             advance(count - done[0])
             done[0] = count
 
-        write_synthetic_dataset(out, n=n, seed=seed, width=width, height=height, progress=report)
+        write_synthetic_dataset(out, n=n, seed=seed, width=width, height=height, progress=report,
+                                frames_per_drive=frames_per_drive)
     console.print(f"wrote {n} images to {out}")
 
 
@@ -146,7 +148,9 @@ def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Run folder: bundle/, metrics.json, checkpoints/, logs/.")],
     val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation dataset (default: a stratified split of DATA).")] = None,
-    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Fraction of DATA held out for validation (default 0.15).")] = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Fraction of DATA's groups held out by a single split, and inside each fold (default 0.15).")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", min=1, help="K grouped folds: out-of-fold validation of every photo, the K heads served together (default 5; 1 = one split).")] = None,
+    group_column: Annotated[str | None, typer.Option("--group-column", help="Column whose equal values must stay on one side of every split (default: group/sequence/drive/session/video/trip, else near-duplicate photos).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file (see configs/).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a configuration value, e.g. --set model.d_model=256 (repeatable).")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (overrides data.backbone).")] = None,
@@ -156,20 +160,29 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.ckpt after an interruption.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train a multi-view head on cached backbone features and write a bundle."""
+    """Train heads on cached backbone features, validated on unseen groups of photos, and write a bundle."""
     from roadwork.config import load_config
     from roadwork.train.run import train as run_training
 
     extra = list(overrides or [])
     for key, value in (("data.backbone", backbone), ("optim.epochs", epochs), ("seed", seed),
-                       ("data.val_fraction", val_fraction)):
+                       ("validation.fraction", val_fraction), ("validation.folds", folds),
+                       ("validation.groups", group_column)):
         if value is not None:
             extra.append(f"{key}={value}")
     cfg = load_config(config, extra)
     metrics = run_training(data, out, cfg, val_data=val_data, cache_dir=cache_dir, device=_device(device), resume=resume)
+    groups = metrics["groups"]
+    console.print(f"groups: {groups['groups']} from {groups['rows']} photos ({groups['source']})", highlight=False)
+    for name, score in metrics["candidates"].items():
+        low, high = score["mcc_ci95"]
+        console.print(f"  {name:9s} held-out MCC {score['mcc']:.3f} [{low:.3f}, {high:.3f}]  AUROC {score['auroc']:.3f}",
+                      highlight=False)
     val = metrics["validation"]
-    console.print(f"validation MCC {val['mcc']:.3f}  accuracy {val['accuracy']:.3f}  AUROC {val['auroc']:.3f}  "
-                  f"(n={val['n']}, {metrics['epochs_run']} epochs, {metrics['timing_s']['total']:.0f} s)")
+    console.print(f"served head: {metrics['chosen_head']}; validation MCC {val['mcc']:.3f} (95% CI "
+                  f"{val['mcc_ci95'][0]:.3f}-{val['mcc_ci95'][1]:.3f}), accuracy {val['accuracy']:.3f}, "
+                  f"AUROC {val['auroc']:.3f}, n={val['n']}, {metrics['timing_s']['total']:.0f} s", highlight=False)
+    console.print(f"  ({val['estimate']}; inputs: {val['inputs']})", highlight=False)
     console.print(f"bundle written to {out / 'bundle'}")
 
 
@@ -188,6 +201,8 @@ def evaluate(
     metrics = run_evaluation(bundle, data, out, cache_dir=cache_dir, device=_device(device))
     auroc = "n/a (one class)" if metrics["auroc"] is None else f"{metrics['auroc']:.3f}"
     console.print(f"test MCC {metrics['mcc']:.3f}  accuracy {metrics['accuracy']:.3f}  AUROC {auroc}  n={metrics['n']}")
+    if metrics["seen_in_training"]:
+        console.print(f"[yellow]warning:[/] {metrics['seen_in_training']} of these photos were in the training data")
     typer.echo(json.dumps({k: metrics[k] for k in ("mcc", "accuracy", "auroc", "threshold", "n")}))
 
 

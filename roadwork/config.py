@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from roadwork.data.groups import AUTO, NEAR_DUPLICATE_SIMILARITY
 from roadwork.data.views import VIEW_PLANS
 from roadwork.errors import RoadworkError
 from roadwork.losses import LossConfig
@@ -30,11 +31,29 @@ class DataConfig(_Strict):
     backbone_weights: str | None = None   # local folder/file instead of the default download
     views: Literal[VIEW_PLANS] = "auto"   # type: ignore[valid-type]
     input_size: int | None = Field(default=None, ge=32, le=2048)
-    val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     # Fraction of training rows shown with all metadata NULL, so the head also learns the
     # image-only requests a validator sends (only a few percent of real rows lack every field).
     metadata_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     num_workers: int | None = Field(default=None, ge=0, le=64)  # None: one per spare core, at most 8
+
+
+class ValidationConfig(_Strict):
+    """How a run measures itself and fits the served cut (see roadwork.data.groups and roadwork.calibration)."""
+
+    # k > 1: k grouped folds, out-of-fold margins for every training photo, the k heads served as
+    # one ensemble; 1: one grouped split of ``fraction`` (or --val-data).
+    folds: int = Field(default=5, ge=1, le=50)
+    fraction: float = Field(default=0.15, gt=0.0, lt=1.0)   # held out by a single split, and inside each fold
+    # auto: a group/sequence/drive/session/video/trip column, else near-duplicate features;
+    # a column name; or "rows" (every row alone: the old random split, for comparisons only).
+    groups: str = Field(default=AUTO, min_length=1)
+    near_duplicate_similarity: float | None = Field(default=NEAR_DUPLICATE_SIMILARITY, gt=0.0, le=1.0)
+    conflicting_labels: Literal["error", "drop"] = "error"   # the same image labelled 0 and 1
+    # What served requests carry: "none" = the image alone (StreetVision validators), "all" = the
+    # dataset's metadata. The cut, the checkpoint choice and evaluate all score these inputs.
+    served_metadata: Literal["none", "all"] = "none"
+    # Move the cut away from margin 0 only if it wins in this share of bootstrap resamples.
+    cut_confidence: float = Field(default=0.9, ge=0.5, le=1.0)
 
 
 class OptimConfig(_Strict):
@@ -45,7 +64,7 @@ class OptimConfig(_Strict):
     warmup_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     accumulate_grad_batches: int = Field(default=1, ge=1, le=1024)
     gradient_clip: float | None = Field(default=1.0, gt=0.0)
-    patience: int = Field(default=10, ge=1)   # epochs without a better validation MCC before stopping
+    patience: int = Field(default=10, ge=1)   # epochs without a better served validation MCC before stopping
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
 
     @field_validator("precision", mode="before")
@@ -60,6 +79,7 @@ class TrainConfig(_Strict):
     model: HeadConfig = HeadConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
+    validation: ValidationConfig = ValidationConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

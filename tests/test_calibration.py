@@ -1,4 +1,4 @@
-"""Threshold choice and calibration, against scikit-learn and hand-made cases."""
+"""The served cut and calibration, against scikit-learn, hand-made cases and simulated validation sets."""
 
 from __future__ import annotations
 
@@ -7,53 +7,112 @@ import pytest
 import torch
 from sklearn.metrics import matthews_corrcoef
 
-from roadwork.evaluate.calibration import Calibration, best_mcc_threshold, fit_calibration, mcc_at_every_cut
+from roadwork.calibration import (
+    Calibration,
+    bootstrap_mcc_curves,
+    candidate_cuts,
+    choose_cut,
+    fit_calibration,
+)
+from roadwork.evaluate.metrics import binary_metrics, mcc_interval
 
 
-def test_mcc_at_every_cut_matches_scikit_learn():
+def test_mcc_curves_match_scikit_learn_at_every_cut():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 300)
     margins = np.round(labels * 1.2 + rng.normal(size=300), 1)  # rounding makes ties
-    cuts, mccs = mcc_at_every_cut(margins, labels)
-    assert len(cuts) == len(np.unique(margins)) + 1
+    cuts = candidate_cuts(margins)
+    curves = bootstrap_mcc_curves(margins, labels, cuts, np.ones((1, 300)))
     expected = [matthews_corrcoef(labels, margins > c) for c in cuts]
-    assert np.allclose(mccs, expected, atol=1e-12)
+    assert np.allclose(curves[0], expected, atol=1e-12)
+    # A resample's multiplicities act like repeated rows.
+    weights = rng.integers(0, 3, 300)
+    repeated = bootstrap_mcc_curves(margins, labels, cuts, weights[None, :].astype(float))[0]
+    assert np.allclose(repeated, [matthews_corrcoef(np.repeat(labels, weights), np.repeat(margins, weights) > c)
+                                  for c in cuts], atol=1e-12)
 
 
-def test_threshold_is_the_middle_of_the_widest_best_plateau():
-    margins = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    threshold, mcc = best_mcc_threshold(margins, labels)
-    assert threshold == pytest.approx(0.0) and mcc == pytest.approx(1.0)
-    shifted, _ = best_mcc_threshold(margins + 5.0, labels)
-    assert shifted == pytest.approx(5.0)
+def _raw_argmax_cut(margins: np.ndarray, labels: np.ndarray) -> float:
+    """The old rule: the cut with the best MCC on the validation margins themselves."""
+    cuts = candidate_cuts(margins)
+    return float(cuts[np.argmax(bootstrap_mcc_curves(margins, labels, cuts, np.ones((1, len(margins))))[0])])
 
 
-def test_calibrated_probability_puts_the_best_cut_at_one_half():
+def test_a_noisy_validation_set_keeps_margin_zero_and_transfers_better_than_the_raw_argmax():
+    """Defect 2: on continuous margins the old rule served the raw argmax of a noisy MCC curve."""
+    rng = np.random.default_rng(3)
+    test_labels = rng.integers(0, 2, 40_000)
+    test_margins = np.where(test_labels == 1, 1.0, -1.0) + rng.normal(0, 1.6, 40_000)  # the best cut is 0
+    held_out = {"raw argmax": [], "choose_cut": []}
+    kept_zero = 0
+    for _ in range(40):
+        labels = rng.integers(0, 2, 120)
+        margins = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 1.6, 120)
+        choice = choose_cut(margins, labels, seed=1)
+        kept_zero += choice.cut == 0.0
+        for name, cut in (("raw argmax", _raw_argmax_cut(margins, labels)), ("choose_cut", choice.cut)):
+            held_out[name].append(matthews_corrcoef(test_labels, test_margins > cut))
+    assert kept_zero > 20  # the raw argmax almost never lands on 0 exactly
+    assert np.mean(held_out["choose_cut"]) > np.mean(held_out["raw argmax"])
+    assert np.std(held_out["choose_cut"]) < np.std(held_out["raw argmax"])
+
+
+def test_a_clearly_better_cut_is_taken():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 400)
-    margins = 2.0 * labels - 0.5 + rng.normal(size=400)  # the best cut sits near 0.5, not 0
-    calibration = fit_calibration(margins, labels)
+    margins = 3.0 * labels + 2.0 + rng.normal(0, 0.7, 400)  # every margin positive: margin 0 calls all roadwork
+    calibration, choice = fit_calibration(margins, labels)
+    assert choice.cut > 2.5 and choice.moved_confidence >= 0.9 and choice.smoothed_mcc > 0.8
     probs = calibration(torch.from_numpy(margins)).numpy()
-    threshold, best = best_mcc_threshold(margins, labels)
-    assert matthews_corrcoef(labels, probs > 0.5) == pytest.approx(best)
-    assert calibration.margin_threshold == threshold and 0.05 < calibration.temperature < 20
-    nll = lambda t: np.mean(np.logaddexp(0, (margins - threshold) / t) - labels * (margins - threshold) / t)  # noqa: E731
-    assert nll(calibration.temperature) <= min(nll(t) for t in (0.5, 1.0, 2.0, 4.0)) + 1e-6
+    assert matthews_corrcoef(labels, probs > 0.5) > 0.8
+    shifted = margins - calibration.margin_threshold
+    nll = lambda t: np.mean(np.logaddexp(0, shifted / t) - labels * shifted / t)  # noqa: E731
+    assert nll(calibration.temperature) <= min(nll(t) for t in (0.25, 0.5, 1.0, 2.0, 4.0)) + 1e-6
 
 
 @pytest.mark.parametrize(
     ("margins", "labels"),
-    [(np.full(10, 3.0), np.array([0, 1] * 5)), (np.linspace(-1, 1, 10), np.ones(10, dtype=int))],
-    ids=["identical-margins", "one-class"],
+    [(np.full(10, 3.0), np.array([0, 1] * 5)), (np.linspace(-1, 1, 10), np.ones(10, dtype=int)),
+     (np.linspace(-2, 2, 40), (np.arange(40) < 20).astype(int))],
+    ids=["identical-margins", "one-class", "anti-correlated"],
 )
-def test_degenerate_validation_data_gives_a_neutral_calibration(margins, labels, caplog):
-    calibration = fit_calibration(margins, labels)
-    assert calibration.temperature == 1.0
-    assert calibration.margin_threshold == pytest.approx(float(np.median(margins)))
+def test_degenerate_data_gives_the_neutral_calibration(margins, labels, caplog):
+    """Defect 4: the old fallback kept the median as cut, which called every image roadwork on
+    anti-correlated margins; neutral is the model's own cut, margin 0, at temperature 1."""
+    calibration, choice = fit_calibration(margins, labels)
+    assert calibration == Calibration(0.0, 1.0) and choice.degenerate
     assert "no cut" in caplog.text
 
 
-def test_round_trip_through_a_dict():
+def test_round_trip_and_validation_of_the_stored_form():
     calibration = Calibration(0.25, 1.7)
     assert Calibration.from_dict(calibration.to_dict()) == calibration
+    for bad in ({"margin_threshold": float("nan"), "temperature": 1.0}, {"margin_threshold": 0.0, "temperature": 0.0},
+                [1, 2], {"margin_threshold": 0.0}):
+        with pytest.raises((ValueError, KeyError)):
+            Calibration.from_dict(bad)
+
+
+def test_binary_metrics_match_scikit_learn_where_the_cut_matters():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 500)
+    probs = np.clip(0.35 + 0.3 * labels + rng.normal(0, 0.2, 500), 0, 1)  # overlapping classes
+    at_half, at_third = binary_metrics(probs, labels, 0.5), binary_metrics(probs, labels, 0.35)
+    assert at_half["mcc"] == pytest.approx(matthews_corrcoef(labels, probs > 0.5), abs=1e-6)
+    assert at_third["mcc"] == pytest.approx(matthews_corrcoef(labels, probs > 0.35), abs=1e-6)
+    assert abs(at_half["mcc"] - at_third["mcc"]) > 0.05
+    assert at_half["accuracy"] == pytest.approx(np.mean((probs > 0.5) == labels), abs=1e-6)
+
+
+def test_group_bootstrap_interval_is_wider_when_rows_are_copies():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 60)
+    probs = np.clip(0.5 + 0.25 * (2 * labels - 1) + rng.normal(0, 0.25, 60), 0, 1)
+    point = matthews_corrcoef(labels, probs > 0.5)
+    low, high = mcc_interval(probs, labels)
+    assert low < point < high
+    # Ten copies of each photo: as rows they look like 600 independent photos, as groups they are 60.
+    copies_low, copies_high = mcc_interval(np.repeat(probs, 10), np.repeat(labels, 10))
+    group_low, group_high = mcc_interval(np.repeat(probs, 10), np.repeat(labels, 10), np.repeat(np.arange(60), 10))
+    assert (group_high - group_low) > 2 * (copies_high - copies_low)
+    assert group_high - group_low == pytest.approx(high - low, rel=0.35)

@@ -156,37 +156,38 @@ def test_hf_source_loads_a_local_dataset_offline(tmp_path):
     assert sample.label == 1 and sample.read_bytes() == jpeg_bytes(seed=9)
 
 
-def _labelled(n: int, positives: int):
-    from roadwork.data.records import Sample
-
-    return [Sample(file_name=f"{i}", label=int(i < positives), scene=["a", "b", "c", "d", "e"][i % 5]) for i in range(n)]
-
-
-def test_train_val_split_is_stratified_and_reproducible():
-    samples = _labelled(200, 60)
-    train, val = train_val_split(samples, 0.15, seed=3)
-    assert len(val) == 30 and len(train) == 170 and not set(train) & set(val)
-    assert sum(samples[i].label for i in val) == 9  # 30% positives, as in the whole
-    again = train_val_split(samples, 0.15, seed=3)
-    assert np.array_equal(val, again[1])
-    assert not np.array_equal(val, train_val_split(samples, 0.15, seed=4)[1])
+def test_train_val_split_is_stratified_grouped_and_reproducible():
+    labels = (np.arange(200) < 60).astype(int)
+    rows = np.arange(200)
+    train, val = train_val_split(labels, rows, 0.15, seed=3)
+    assert 27 <= len(val) <= 30 and len(train) + len(val) == 200 and not set(train) & set(val)
+    assert abs(labels[val].mean() - 0.3) < 0.05  # 30% positives, as in the whole
+    assert np.array_equal(val, train_val_split(labels, rows, 0.15, seed=3)[1])
+    assert not np.array_equal(val, train_val_split(labels, rows, 0.15, seed=4)[1])
+    drives = rows // 10  # 20 drives of 10 frames
+    train, val = train_val_split(labels, drives, 0.15, seed=3)
+    assert not set(drives[train]) & set(drives[val]) and len(val) % 10 == 0
 
 
 def test_split_errors():
     with pytest.raises(DatasetError, match="at least 4"):
-        train_val_split(_labelled(3, 1), 0.3, seed=0)
+        train_val_split([0, 1, 1], [0, 1, 2], 0.3, seed=0)
     with pytest.raises(ValueError, match="val_fraction"):
-        train_val_split(_labelled(10, 5), 1.5, seed=0)
+        train_val_split([0, 1] * 5, list(range(10)), 1.5, seed=0)
+    with pytest.raises(DatasetError, match="single group"):
+        train_val_split([0, 1] * 5, [7] * 10, 0.2, seed=0)
+    with pytest.raises(DatasetError, match="at least 5 groups"):
+        kfold_splits([0, 1] * 5, [0, 0, 1, 1, 2, 2, 3, 3, 0, 1], 5, seed=0)
 
 
 def test_kfold_covers_everything_once_and_respects_groups():
-    samples = _labelled(100, 40)
-    folds = kfold_splits(samples, 5, seed=0)
-    assert sorted(np.concatenate([val for _, val in folds]).tolist()) == list(range(100))
-    assert all(sum(samples[i].label for i in val) == 8 for _, val in folds)
-    grouped = kfold_splits(samples, 5, seed=0, group_by="scene")
-    for train, val in grouped:
-        assert not {samples[i].scene for i in train} & {samples[i].scene for i in val}
+    labels = (np.arange(100) < 40).astype(int)
+    folds = kfold_splits(labels, np.arange(100), 5, seed=0)
+    assert sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(100))
+    assert all(labels[held].sum() == 8 for _, held in folds)
+    scenes = np.arange(100) % 7
+    for train, held in kfold_splits(labels, scenes, 5, seed=0):
+        assert not set(scenes[train]) & set(scenes[held])
 
 
 def test_spreadsheet_bom_and_boolean_labels(tmp_path):

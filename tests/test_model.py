@@ -10,13 +10,13 @@ from roadwork.losses import LossConfig, RoadworkLoss
 from roadwork.model.attention import GatedAttentionStack, attention_mask
 from roadwork.model.config import HeadConfig
 from roadwork.model.gafm import GatedAttentionFusion, MeanFusion
-from roadwork.model.head import LinearHead, MultiViewHead, build_head
+from roadwork.model.head import HeadEnsemble, MultiViewHead, ProbeHead, build_head
 from roadwork.model.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch, MetadataEncoder, MetadataVocab
 from roadwork.model.pruning import ViewPruner
 from roadwork.model.pyramid import InputProjection, MultiScalePyramid
 
 D = 48  # feature_dim of the fake backbone
-SMALL = dict(d_model=32, heads=4, attention_layers=2, gps_dim=16, category_dim=8, prune_k=4)
+SMALL = dict(type="multiview", d_model=32, heads=4, attention_layers=2, gps_dim=16, category_dim=8, prune_k=4)
 
 
 def _samples() -> list[Sample]:
@@ -178,10 +178,11 @@ def test_pruner_keeps_k_valid_views_unchanged_and_always_the_global_view():
     features, mask = _batch(n_views=8, valid=(8, 3))
     features[0, 0] -= 10.0  # the global view scores lowest
     features[1, 3:] = 1e6
-    kept, kept_mask, scores = pruner(features, mask)
+    kept, kept_mask, weights, scores = pruner(features, mask)
     assert kept.shape == (2, 4, D) and kept_mask.shape == (2, 4) and scores.shape == (2, 8)
     assert kept_mask[0].all() and kept_mask[1].sum() == 3
-    assert torch.equal(kept[1, :3], features[1, :3])  # forward value is exact (straight-through)
+    assert torch.equal(kept[1, :3], features[1, :3])  # kept features are passed on unchanged
+    assert torch.allclose(weights[1, :3], torch.sigmoid(scores[1, :3]))  # their pooling weights
     assert torch.isinf(scores[1, 3:]).all() and (scores[1, 3:] < 0).all()
     assert torch.equal(kept[0, 0], features[0, 0])  # global view kept whatever its score
     others = scores[0, 1:].topk(3).indices.sort().values + 1
@@ -197,7 +198,43 @@ def test_pruning_scorer_learns_from_the_classification_loss(vocab):
     assert out.view_logits.shape == (4, 4, 2) and out.view_scores.shape == (4, 10)
     classification_only = RoadworkLoss(LossConfig(consistency_weight=0.0, weather_weight=0.0))
     classification_only(out, torch.tensor([1, 0, 1, 0]), meta.weather)["loss"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.pruner.scorer.parameters())
+    # Gating raw features before the projection's LayerNorm gave gradients of about 1e-9.
+    assert all(p.grad is not None and p.grad.abs().max() > 1e-6 for p in head.pruner.scorer.parameters())
+
+
+def test_pruning_learns_to_keep_the_informative_view_among_distractors():
+    """Only one view per photo (at a random position, marked by feature 0) carries the label; the
+    others carry a misleading copy of the signal. With k=2 (global + one), the scorer must learn
+    to keep the informative view, from the classification loss alone."""
+    torch.manual_seed(0)
+    n, views = 512, 6
+    labels = torch.randint(0, 2, (n,))
+    features = torch.randn(n, views, D)
+    informative = torch.randint(1, views, (n,))
+    features[:, :, 1] = 3.0 * (torch.randint(0, 2, (n, views)) * 2 - 1)          # distractors: random sign
+    rows = torch.arange(n)
+    features[rows, informative, 1] = 3.0 * (labels * 2 - 1).float()              # the truth
+    features[rows, informative, 0] += 4.0                                          # what the scorer can see
+    mask = torch.ones(n, views, dtype=torch.bool)
+    vocab = MetadataVocab.from_samples([])
+    head = build_head(HeadConfig(type="multiview", d_model=32, heads=4, attention_layers=0, pyramid=False,
+                                 fusion="mean", metadata=False, prune_k=2), D, vocab)
+
+    def kept_informative() -> float:
+        with torch.no_grad():
+            _, _, _, scores = head.pruner(features, mask)
+            scores[:, 0] = float("-inf")
+            return float((scores.argmax(dim=1) == informative).float().mean())
+
+    before = kept_informative()
+    loss = RoadworkLoss(LossConfig(consistency_weight=0.0, weather_weight=0.0, focal_gamma=0.0))
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for step in range(300):
+        batch = torch.randint(0, n, (64,))
+        optimizer.zero_grad()
+        loss(head(features[batch], mask[batch]), labels[batch], torch.zeros(64, dtype=torch.long))["loss"].backward()
+        optimizer.step()
+    assert before < 0.5 and kept_informative() > 0.9
 
 
 @pytest.mark.parametrize(
@@ -243,13 +280,32 @@ def test_head_shapes_and_which_inputs_matter(vocab):
     shuffled_text = MetadataBatch(**{**vars(meta), "text": torch.randn(4, TEXT_DIM)})
     assert torch.equal(no_text(features, mask, meta).logits, no_text(features, mask, shuffled_text).logits)
 
-    linear = build_head(HeadConfig(type="linear"), D, vocab)
-    assert isinstance(linear, LinearHead) and sum(p.numel() for p in linear.parameters()) == 2 * D + 2
-    base = linear(features, mask, meta)
+    probe = build_head(HeadConfig(type="probe"), D, vocab)
+    assert isinstance(probe, ProbeHead) and sum(p.numel() for p in probe.parameters()) == 2 * D + 1
+    nn.init.normal_(probe.classifier.weight)
+    base = probe(features, mask, meta)
     assert base.logits.shape == (4, 2) and base.view_logits is None and base.weather_logits is None
-    changed = features.clone()
-    changed[:, 1:] = torch.randn_like(changed[:, 1:])
-    assert torch.equal(linear(changed, mask, meta).logits, base.logits)  # only the global view
+    assert torch.equal(base.logits[:, 0], torch.zeros(4)) and torch.equal(base.margin, base.logits[:, 1])
+    lowered = features.clone()
+    lowered[:, 1:] = torch.minimum(lowered[:, 1:], lowered[:, :1]) - 1.0   # no longer the max anywhere
+    raised = features.clone()
+    raised[:, 1] += 5.0
+    assert torch.equal(probe(lowered, mask, meta).logits, probe(features[:, :1], mask[:, :1], meta).logits)
+    assert not torch.allclose(probe(raised, mask, meta).logits, base.logits)  # the max over views counts
+    with pytest.raises(ValueError, match="choice between heads"):
+        build_head(HeadConfig(type="auto"), D, vocab)
+
+
+def test_ensemble_serves_the_mean_margin(vocab):
+    torch.manual_seed(0)
+    features, mask = _batch(n_views=6)
+    meta = _meta(_samples(), vocab)
+    members = [build_head(HeadConfig(**SMALL), D, vocab).eval() for _ in range(3)]
+    ensemble = HeadEnsemble(members).eval()
+    with torch.no_grad():
+        expected = torch.stack([m(features, mask, meta).margin for m in members]).mean(0)
+        assert torch.allclose(ensemble(features, mask, meta).margin, expected, atol=1e-6)
+        assert torch.equal(HeadEnsemble(members[:1])(features, mask, meta).logits, members[0](features, mask, meta).logits)
 
 
 def test_weather_head_needs_two_weather_values():
@@ -309,7 +365,7 @@ def test_view_logits_use_the_main_classifier_so_agreement_is_not_trivial():
     from roadwork.model.metadata import MetadataBatch, MetadataVocab
 
     vocab = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})
-    head = build_head(HeadConfig(d_model=16, heads=2, attention_layers=1, fusion="mean", prune_k=None), 8, vocab).eval()
+    head = build_head(HeadConfig(type="multiview", d_model=16, heads=2, attention_layers=1, fusion="mean", prune_k=None), 8, vocab).eval()
     samples = [Sample(file_name="a", label=1, weather="rain", latitude=1.0, longitude=2.0), Sample(file_name="b", label=0)]
     out = head(torch.randn(2, 1, 8), torch.ones(2, 1, dtype=torch.bool), MetadataBatch.from_samples(samples, vocab, None))
     assert torch.allclose(out.view_logits[:, 0], out.logits, atol=1e-6)

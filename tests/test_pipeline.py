@@ -21,7 +21,7 @@ from roadwork.serve.bundle import BundleError, load_bundle, save_bundle
 from roadwork.serve.predictor import Predictor
 from roadwork.train.run import train
 
-TINY = ["model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
+TINY = ["validation.groups=rows", "validation.folds=1", "model.type=multiview", "model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
         "optim.epochs=8", "optim.lr=3e-3", "optim.batch_size=8", "optim.patience=50"]
 
 
@@ -46,6 +46,15 @@ def _dataset(root: Path, n: int, seed: int) -> Path:
     return root
 
 
+def _resave(bundle, path: Path) -> Path:
+    from roadwork.config import TrainConfig
+
+    keys = [f"{i:064x}" for i in range(3)]
+    return save_bundle(path, head=bundle.head, head_config=bundle.head_config, config=TrainConfig(), vocab=bundle.vocab,
+                       backbone=bundle.backbone, calibration=bundle.calibration, served_metadata=bundle.served_metadata,
+                       metrics={}, data_summary={}, fingerprints=keys)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
@@ -59,15 +68,20 @@ def trained(tmp_path_factory):
 def test_train_writes_bundle_and_metrics(trained):
     run = trained["run"]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["validation"]["n"] == 6 and metrics["epochs_run"] == 8
-    assert metrics["extraction"]["extracted"] == 40
+    n_val = metrics["validation"]["n"]
+    assert 5 <= n_val <= 7 and metrics["fits"]["multiview"][0]["epochs_run"] == 8
+    assert metrics["extraction"]["extracted"] == 40 and metrics["chosen_head"] == "multiview"
+    assert metrics["groups"]["groups"] == 40 and metrics["folds"] == 1
+    low, high = metrics["validation"]["mcc_ci95"]
+    assert low <= metrics["validation"]["mcc"] <= high
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     assert manifest["backbone"]["name"] == "efficientnet-lite0" and manifest["backbone"]["views"] == "auto"
     assert manifest["vocabulary"]["fields"]["weather"] == ["fog", "rain"]
-    assert manifest["config"]["model"]["d_model"] == 32 and manifest["decision_threshold"] == 0.5
-    assert set(manifest["files"]) == {"model.safetensors"}
-    assert manifest["data"]["train"]["n"] == 34
-    assert (run / "validation_predictions.csv").read_text().count("\n") == 7
+    assert manifest["head"]["d_model"] == 32 and manifest["decision_threshold"] == 0.5
+    assert manifest["kind"] == "head" and manifest["members"] == 1 and manifest["served_metadata"] == "none"
+    assert set(manifest["files"]) == {"model.safetensors", "fingerprints.safetensors"}
+    assert manifest["data"]["train"]["n"] == 40
+    assert (run / "validation_predictions.csv").read_text().count("\n") == n_val + 1
 
 
 def test_predictions_identical_before_and_after_saving(trained, tmp_path):
@@ -80,8 +94,7 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
     loaded = store.load(keys)
     features = [loaded[k] for k in keys]
     before = predictor.probabilities_from_features(features, samples)
-    save_bundle(tmp_path / "copy", head=bundle.head, config=bundle.config, vocab=bundle.vocab, backbone=bundle.backbone,
-                calibration=bundle.calibration, metrics={}, data_summary={})
+    _resave(bundle, tmp_path / "copy")
     after = Predictor.from_bundle(tmp_path / "copy").probabilities_from_features(features, samples)
     assert torch.equal(before, after)
     assert before.min() >= 0 and before.max() <= 1 and before.std() > 0
@@ -137,12 +150,18 @@ def test_second_training_run_reuses_the_cache(trained, tmp_path):
 def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     out = tmp_path / "resumable"
     train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2"]), cache_dir=trained["cache"], progress=False)
+    # A finished split is kept as it is by --resume ...
+    kept = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2"]), cache_dir=trained["cache"],
+                 progress=False, resume=True)
+    assert kept["fits"]["multiview"] == [{"resumed": True}]
+    # ... and one killed before its head was saved continues from its last checkpoint.
+    (out / "splits" / "multiview-0" / "head.safetensors").unlink()
     metrics = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=4"]), cache_dir=trained["cache"],
                     progress=False, resume=True)
-    assert metrics["epochs_run"] == 4
+    assert metrics["fits"]["multiview"][0]["epochs_run"] == 4
 
     def steps(version: int) -> set[int]:
-        with open(out / "logs" / f"version_{version}" / "metrics.csv") as handle:
+        with open(out / "splits" / "multiview-0" / "logs" / f"version_{version}" / "metrics.csv") as handle:
             return {int(row["step"]) for row in csv.DictReader(handle) if row.get("train_loss")}
 
     first, resumed = steps(0), steps(1)
@@ -175,7 +194,7 @@ def test_tampered_bundle_is_rejected(trained, tmp_path, tamper, message):
     [
         (lambda m: m["calibration"].update(margin_threshold=5.0), "manifest.json was modified"),
         (lambda m: m["backbone"].update(views="seed12"), "manifest.json was modified"),
-        (lambda m: m["config"]["model"].update(d_model=64), "manifest.json was modified"),
+        (lambda m: m["head"].update(d_model=64), "manifest.json was modified"),
     ],
     ids=["calibration", "view-plan", "config"],
 )
@@ -201,7 +220,7 @@ def test_resigned_manifest_that_does_not_fit_the_weights_is_rejected(trained, tm
     copy = tmp_path / "bundle"
     shutil.copytree(trained["run"] / "bundle", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["config"]["model"]["d_model"] = 64
+    manifest["head"]["d_model"] = 64
     manifest["manifest_sha256"] = manifest_digest(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="do not fit"):
@@ -215,8 +234,7 @@ def test_bundle_folder_is_readable_by_others(trained, tmp_path):
     bundle = load_bundle(trained["run"] / "bundle")
     old = os.umask(0o022)
     try:
-        save_bundle(tmp_path / "b", head=bundle.head, config=bundle.config, vocab=bundle.vocab,
-                    backbone=bundle.backbone, calibration=bundle.calibration, metrics={}, data_summary={})
+        _resave(bundle, tmp_path / "b")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755
@@ -230,12 +248,12 @@ def test_the_bundle_serves_what_training_measured(trained):
     by_name = {s.file_name: s for s in load_samples(trained["data"])}
     samples = [by_name[r["file_name"]] for r in rows]
     probs, failures = Predictor.from_bundle(trained["run"] / "bundle").predict_samples(samples, cache_dir=trained["cache"])
-    assert failures == {} and len(rows) == 6
+    assert failures == {} and len(rows) == trained["metrics"]["validation"]["n"]
     assert np.allclose(probs, [float(r["probability"]) for r in rows], atol=2e-6)
     metrics = json.loads((trained["run"] / "metrics.json").read_text())
     labels = np.array([int(r["label"]) for r in rows])
     assert metrics["validation"]["mcc"] == pytest.approx(matthews_corrcoef(labels, np.array(probs) > 0.5), abs=1e-6)
-    assert set(metrics["validation_image_only"]) == set(metrics["validation"])
+    assert set(metrics["validation_with_metadata"]) <= set(metrics["validation"])
 
 
 def test_the_head_learns(trained, tmp_path):

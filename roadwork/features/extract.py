@@ -97,14 +97,17 @@ def extract_features(
     num_workers: int | None = None,
     shard_size: int = 256,
     progress: bool | None = None,
+    hashed: tuple[list[str | None], dict[str, str]] | None = None,
 ) -> ExtractionResult:
     """Extract what the store lacks; undecodable images are reported in ``failures``, not fatal.
 
     ``num_workers=None`` uses ``default_workers()`` decoding processes.
 
     ``backbone`` may be a zero-argument callable: it is only called when something is missing.
+    ``hashed`` passes ``content_keys(samples)`` already computed by the caller.
     """
-    keys, failures = content_keys(samples, progress)
+    keys, failures = hashed if hashed is not None else content_keys(samples, progress)
+    failures = dict(failures)
     todo_keys = set(store.missing(k for k in keys if k is not None))
     first_sample = {}
     for sample, key in zip(samples, keys):

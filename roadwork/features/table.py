@@ -62,6 +62,11 @@ class FeatureTable(Dataset):
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    def image_only(self) -> FeatureTable:
+        """The same rows with every metadata field NULL: the request a validator sends."""
+        hidden = self.meta.hidden(torch.ones(len(self), dtype=torch.bool))
+        return FeatureTable(self.features, self.view_mask, hidden, self.labels, self.file_names)
+
     def __getitem__(self, index: int) -> Batch:
         return self.__getitems__([index])
 

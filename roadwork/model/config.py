@@ -8,11 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class HeadConfig(BaseModel):
-    """Hyper-parameters of the head; ``type="linear"`` is the linear-probe baseline on the global view."""
+    """Hyper-parameters of the head.
+
+    ``type``: ``multiview`` (the plan's head), ``probe`` (standardised logistic regression on the
+    global view and the max over views: the baseline) or ``auto`` (train both, keep the one with the
+    better held-out served MCC; on a few hundred real photos that is the probe, see the README).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    type: Literal["multiview", "linear"] = "multiview"
+    type: Literal["auto", "multiview", "probe"] = "auto"
     d_model: int = Field(512, ge=8, le=8192)
     heads: int = Field(8, ge=1, le=256)
     attention_layers: int = Field(4, ge=0, le=64, description="0 = no gated attention stack")

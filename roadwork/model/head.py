@@ -1,4 +1,4 @@
-"""The assembled multi-view head, the linear-probe baseline, and ``build_head``."""
+"""The assembled multi-view head, the probe baseline, the ensemble that serves several, and ``build_head``."""
 
 from __future__ import annotations
 
@@ -41,17 +41,31 @@ def _check_inputs(features: Tensor, view_mask: Tensor, feature_dim: int) -> None
         )
 
 
-class LinearHead(nn.Module):
-    """Linear probe on the global view (view 0): the baseline every other head must beat."""
+def probe_inputs(features: Tensor, view_mask: Tensor) -> Tensor:
+    """[global view, max over valid views]: the whole scene plus the strongest local evidence
+    (a small cone shows in one tile). Measured on real photos, better than the global view alone."""
+    pooled = features.masked_fill(~view_mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+    return torch.cat([features[:, 0], pooled], dim=-1)
+
+
+class ProbeHead(nn.Module):
+    """Standardised logistic regression on ``probe_inputs``: the honest baseline every head must beat.
+
+    Its weights are fitted by ``roadwork.train.probe`` (scikit-learn, strong L2 chosen by grouped
+    cross-validation); the module only serves them. Logits are ``[0, margin]``.
+    """
 
     def __init__(self, feature_dim: int) -> None:
         super().__init__()
         self.feature_dim = feature_dim
-        self.classifier = nn.Linear(feature_dim, 2)
+        self.register_buffer("mean", torch.zeros(2 * feature_dim))
+        self.register_buffer("scale", torch.ones(2 * feature_dim))
+        self.classifier = nn.Linear(2 * feature_dim, 1)
 
     def forward(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
         _check_inputs(features, view_mask, self.feature_dim)
-        return HeadOutput(logits=self.classifier(features[:, 0]))
+        margin = self.classifier((probe_inputs(features, view_mask) - self.mean) / self.scale)
+        return HeadOutput(logits=torch.cat([torch.zeros_like(margin), margin], dim=-1))
 
 
 class MultiViewHead(nn.Module):
@@ -102,9 +116,11 @@ class MultiViewHead(nn.Module):
         features = features.masked_fill(~view_mask.unsqueeze(-1), 0.0)
         scores = None
         if self.pruner is not None:
-            features, view_mask, scores = self.pruner(features, view_mask)
+            features, view_mask, weights, scores = self.pruner(features, view_mask)
+        else:
+            weights = None
         tokens = self.attention(self.pyramid(self.project(features)), view_mask)
-        vision = self.fusion(tokens, view_mask)
+        vision = self.fusion(tokens, view_mask, weights)
         fused, fused_views = vision, tokens
         if self.metadata is not None:
             if meta is None or len(meta) != features.shape[0]:
@@ -122,8 +138,29 @@ class MultiViewHead(nn.Module):
         )
 
 
+class HeadEnsemble(nn.Module):
+    """Several heads served as one: the mean of their logits (so the mean of their margins).
+
+    A k-fold run serves its k fold heads this way; a single head is an ensemble of one.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one head")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
+        if len(self.members) == 1:
+            return self.members[0](features, view_mask, meta)
+        logits = torch.stack([member(features, view_mask, meta).logits.float() for member in self.members])
+        return HeadOutput(logits=logits.mean(dim=0))
+
+
 def build_head(config: HeadConfig, feature_dim: int, vocab: MetadataVocab) -> nn.Module:
     """The head ``config`` describes, for backbone features of ``feature_dim``."""
-    if config.type == "linear":
-        return LinearHead(feature_dim)
-    return MultiViewHead(config, feature_dim, vocab)
+    if config.type == "probe":
+        return ProbeHead(feature_dim)
+    if config.type == "multiview":
+        return MultiViewHead(config, feature_dim, vocab)
+    raise ValueError(f"model.type {config.type!r} names a choice between heads, not one head")

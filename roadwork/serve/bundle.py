@@ -1,8 +1,11 @@
 """The bundle: everything needed to predict, in a folder, verified before use.
 
-``model.safetensors`` holds the head; ``manifest.json`` holds the configuration, backbone and
-view plan, metadata vocabularies, calibration, training-data summary, metrics, library versions
-and the SHA-256 of every other file. Nothing is ever unpickled.
+``model.safetensors`` holds the served heads (one, or the k heads of a k-fold run, served as their
+mean margin); ``fingerprints.safetensors`` the first 8 bytes of the SHA-256 of every training image
+(so ``evaluate`` can warn when it is shown photos the model learnt from); ``manifest.json`` names
+the kind and holds the head configuration, backbone and view plan, metadata vocabularies,
+calibration, what served requests carry, the training configuration and data summary, metrics,
+library versions and the SHA-256 of every other file. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from roadwork import __version__
+from roadwork.calibration import Calibration
 from roadwork.config import TrainConfig
 from roadwork.errors import RoadworkError
-from roadwork.evaluate.calibration import Calibration
-from roadwork.model.head import build_head
+from roadwork.model.config import HeadConfig
+from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-FORMAT_VERSION = 1
+FINGERPRINTS = "fingerprints.safetensors"
+FORMAT_VERSION = 2
 _VERSIONED = ("torch", "timm", "transformers", "lightning", "safetensors", "sentence-transformers")
 
 
@@ -50,13 +56,23 @@ class BackboneSpec:
 
 @dataclass
 class Bundle:
-    head: torch.nn.Module
-    config: TrainConfig
+    head: HeadEnsemble
+    head_config: HeadConfig
     vocab: MetadataVocab
     backbone: BackboneSpec
     calibration: Calibration
+    served_metadata: str   # "none": requests carry the image alone, so metadata is hidden when scoring
     manifest: dict[str, Any]
     path: Path
+
+    def training_fingerprints(self) -> set[int]:
+        """First 8 bytes (as a signed int) of the SHA-256 of every training image."""
+        return set(load_file(str(self.path / FINGERPRINTS))["sha256_prefix"].tolist())
+
+
+def fingerprint(key: str) -> int:
+    """A content key (SHA-256 hex) as the signed 64-bit integer stored in the bundle."""
+    return int.from_bytes(bytes.fromhex(key[:16]), "big", signed=True)
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -75,9 +91,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def save_bundle(path: str | Path, *, head: torch.nn.Module, config: TrainConfig, vocab: MetadataVocab,
-                backbone: BackboneSpec, calibration: Calibration, metrics: dict[str, Any],
-                data_summary: dict[str, Any]) -> Path:
+def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig, config: TrainConfig,
+                vocab: MetadataVocab, backbone: BackboneSpec, calibration: Calibration, served_metadata: str,
+                metrics: dict[str, Any], data_summary: dict[str, Any], fingerprints: list[str]) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +101,16 @@ def save_bundle(path: str | Path, *, head: torch.nn.Module, config: TrainConfig,
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         atomic_write_bytes(staging / WEIGHTS, save(state))  # save_file would create a 0600 file
+        prints = torch.tensor(sorted({fingerprint(k) for k in fingerprints}), dtype=torch.int64)
+        atomic_write_bytes(staging / FINGERPRINTS, save({"sha256_prefix": prints}))
+        members = len(head.members)
         manifest = {
             "format_version": FORMAT_VERSION,
+            "kind": "head" if members == 1 else "fold_ensemble",
+            "members": members,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "head": head_config.model_dump(mode="json"),
+            "served_metadata": served_metadata,
             "config": config.model_dump(mode="json"),
             "backbone": backbone.__dict__,
             "vocabulary": vocab.to_dict(),
@@ -97,7 +120,7 @@ def save_bundle(path: str | Path, *, head: torch.nn.Module, config: TrainConfig,
             "data": data_summary,
             "metrics": metrics,
             "versions": _versions(),
-            "files": {WEIGHTS: sha256_file(staging / WEIGHTS)},
+            "files": {name: sha256_file(staging / name) for name in (WEIGHTS, FINGERPRINTS)},
         }
         manifest["manifest_sha256"] = manifest_digest(manifest)
         atomic_write_json(staging / MANIFEST, manifest)
@@ -124,6 +147,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: not a bundle (no {MANIFEST})") from None
     except (OSError, ValueError) as error:
         raise BundleError(f"{path}: unreadable {MANIFEST}: {error}") from error
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: {MANIFEST} must hold a JSON object, not {type(manifest).__name__}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     return manifest
@@ -134,9 +159,12 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
     would load cleanly and predict differently, so nothing in the bundle may change unnoticed."""
     if manifest.get("manifest_sha256") != manifest_digest(manifest):
         raise BundleError(f"{path}: {MANIFEST} was modified after the bundle was written (digest mismatch)")
-    files = manifest.get("files") or {}
-    if WEIGHTS not in files:
-        raise BundleError(f"{path}: manifest lists no {WEIGHTS}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise BundleError(f"{path}: manifest 'files' must map file names to SHA-256 strings")
+    for required in (WEIGHTS, FINGERPRINTS):
+        if required not in files:
+            raise BundleError(f"{path}: manifest lists no {required}")
     for name, expected in files.items():
         file = path / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -153,13 +181,19 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     manifest = read_manifest(path)
     verify_files(path, manifest)
     try:
-        config = TrainConfig.model_validate(manifest["config"])
+        head_config = HeadConfig.model_validate(manifest["head"])
         vocab = MetadataVocab.from_dict(manifest["vocabulary"])
         backbone = BackboneSpec(**manifest["backbone"])
         calibration = Calibration.from_dict(manifest["calibration"])
-        head = build_head(config.model, backbone.feature_dim, vocab)
+        served_metadata = manifest["served_metadata"]
+        if served_metadata not in ("none", "all"):
+            raise ValueError(f"served_metadata must be 'none' or 'all', got {served_metadata!r}")
+        members = manifest["members"]
+        if not isinstance(members, int) or not 1 <= members <= 1000:
+            raise ValueError(f"members must be an integer from 1 to 1000, got {members!r}")
+        head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab) for _ in range(members)])
         head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as error:
         raise BundleError(f"{path}: manifest and weights do not fit together: {error}") from error
     head.to(device).eval()
-    return Bundle(head, config, vocab, backbone, calibration, manifest, path)
+    return Bundle(head, head_config, vocab, backbone, calibration, served_metadata, manifest, path)

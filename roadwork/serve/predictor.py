@@ -40,16 +40,22 @@ class Predictor:
         return self._backbone
 
     def _text_embeddings(self, samples: Sequence[Sample]) -> dict[str, Tensor] | None:
-        model = self.bundle.config.model
-        if not (model.metadata and model.text):
+        model = self.bundle.head_config
+        if self.bundle.served_metadata == "none" or not (model.metadata and model.text):
             return None
         if self._text is None:
             self._text = TextEncoder()
         return self._text.embed(s.description for s in samples if s.description is not None)
 
     def probabilities_from_features(self, features: Sequence[Tensor], samples: Sequence[Sample]) -> Tensor:
-        """Calibrated P(roadwork) per sample from its cached ``[n_views, dim]`` features."""
+        """Calibrated P(roadwork) per sample from its cached ``[n_views, dim]`` features.
+
+        A bundle calibrated for image-only requests scores every sample without its metadata, so
+        ``evaluate`` measures what is served.
+        """
         table = FeatureTable.build(samples, features, self.bundle.vocab, self._text_embeddings(samples))
+        if self.bundle.served_metadata == "none":
+            table = table.image_only()
         return self.bundle.calibration(head_margins(self.head, table, self.device, self.batch_size))
 
     def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,

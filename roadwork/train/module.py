@@ -1,4 +1,9 @@
-"""The Lightning module: head + multi-part loss, AdamW with warmup-cosine, validation MCC."""
+"""The Lightning module: head + multi-part loss, AdamW with warmup-cosine, and the served validation MCC.
+
+Checkpoints are chosen (and training stopped) by ``val_served_mcc``: the margins of the inputs that
+will be served (the image alone by default), cut where ``roadwork.calibration`` would cut them.
+MCC at margin 0 with metadata present, the old criterion, is not what a validator measures.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import dataclasses
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics.classification import BinaryAUROC, BinaryMatthewsCorrCoef
+from torchmetrics.classification import BinaryAUROC
 
+from roadwork.calibration import selection_score
 from roadwork.config import OptimConfig
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import HeadOutput
@@ -17,12 +23,14 @@ from roadwork.features.table import Batch
 
 class RoadworkModule(L.LightningModule):
     def __init__(self, head: torch.nn.Module, loss: RoadworkLoss, optim: OptimConfig,
-                 metadata_dropout: float = 0.0) -> None:
+                 metadata_dropout: float = 0.0, served_metadata: str = "none") -> None:
         super().__init__()
         self.head, self.loss, self.optim = head, loss, optim
         self.metadata_dropout = metadata_dropout
-        self.val_mcc = BinaryMatthewsCorrCoef()
+        self.served_metadata = served_metadata
         self.val_auroc = BinaryAUROC()
+        self._served_margins: list[Tensor] = []
+        self._served_labels: list[Tensor] = []
 
     def forward(self, batch: Batch) -> HeadOutput:
         return self.head(batch.features, batch.view_mask, batch.meta)
@@ -44,14 +52,20 @@ class RoadworkModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out, _ = self._step(batch, "val")
-        probs = torch.sigmoid(out.margin.float())
-        self.val_mcc.update(probs, batch.labels)
-        self.val_auroc.update(probs, batch.labels)
+        if self.served_metadata == "none":
+            out = self(dataclasses.replace(batch, meta=batch.meta.hidden(torch.ones_like(batch.labels, dtype=torch.bool))))
+        margin = out.margin.float()
+        self.val_auroc.update(torch.sigmoid(margin), batch.labels)
+        self._served_margins.append(margin.detach().cpu())
+        self._served_labels.append(batch.labels.detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val_mcc", self.val_mcc.compute().float(), prog_bar=True)
+        margins = torch.cat(self._served_margins).numpy()
+        labels = torch.cat(self._served_labels).numpy()
+        self._served_margins.clear()
+        self._served_labels.clear()
+        self.log("val_served_mcc", selection_score(margins, labels), prog_bar=True)
         self.log("val_auroc", self.val_auroc.compute().float(), prog_bar=True)
-        self.val_mcc.reset()
         self.val_auroc.reset()
 
     def configure_optimizers(self) -> dict:

@@ -1,172 +1,224 @@
-"""``roadwork train``: features (cached) -> Lightning fit -> calibration -> bundle + metrics.json."""
+"""``roadwork train``: prepare the data, fit each candidate head on each split, measure every candidate on
+photos it never saw, calibrate the winner's cut on those, write the bundle and metrics.json.
+
+Splits (every one keeps groups of photos together, see ``roadwork.data.groups``):
+
+* ``validation.folds = k > 1``: k folds. Each fold's head trains on the other folds (its checkpoint
+  chosen on an inner grouped split of them) and predicts its own fold, so every training photo gets
+  an out-of-fold margin. The cut is fitted on all of them; the reported estimate cuts each fold with
+  a calibration fitted on the other folds only. The k heads are served together (mean margin).
+* ``folds = 1``: one grouped split (or ``--val-data``) chooses the checkpoint, the cut and the head;
+  its score is therefore optimistic, and says so in metrics.json.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import load_file, save
 
-from roadwork.backbones.base import create_backbone
+from roadwork.calibration import fit_calibration
 from roadwork.config import TrainConfig
-from roadwork.data.records import DatasetError, Sample
-from roadwork.data.sources import load_samples
-from roadwork.data.splits import train_val_split
-from roadwork.evaluate.calibration import fit_calibration
-from roadwork.evaluate.metrics import binary_metrics
+from roadwork.data.splits import kfold_splits, train_val_split
+from roadwork.evaluate.metrics import binary_metrics, mcc_interval
 from roadwork.evaluate.report import write_predictions
-from roadwork.features.extract import extract_features, open_store
 from roadwork.features.table import FeatureTable, head_margins
-from roadwork.losses import RoadworkLoss
-from roadwork.model.head import build_head
+from roadwork.model.config import HeadConfig
+from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
-from roadwork.model.text import TextEncoder
-from roadwork.serve.bundle import BackboneSpec, save_bundle
-from roadwork.storage import atomic_write_json
-from roadwork.train.data import FeatureDataModule
-from roadwork.train.module import RoadworkModule
+from roadwork.serve.bundle import save_bundle
+from roadwork.storage import atomic_write_bytes, atomic_write_json
+from roadwork.train.fit import fit_multiview, forget_unseen_categories
+from roadwork.train.prepare import Photos, PreparedData, prepare_data, require_both_classes
+from roadwork.train.probe import fit_probe
 
 log = logging.getLogger(__name__)
+CANDIDATES = ("probe", "multiview")
 
 
-class _ProgressBar(RichProgressBar):
-    """Rich bar without Lightning's logger version number, which means nothing to a user."""
+@dataclass
+class Split:
+    """Row indices into the training photos; ``held`` None means the rows of --val-data."""
 
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        return metrics
-
-
-def _precision(setting: str, accelerator: str) -> str:
-    if setting != "auto":
-        return "32-true" if setting == "32" else setting
-    return "bf16-mixed" if accelerator == "cuda" else "32-true"
+    fit: np.ndarray      # rows the head learns from
+    select: np.ndarray | None  # rows that choose the multi-view checkpoint (None: --val-data)
+    held: np.ndarray | None    # rows it is measured on (None: --val-data)
 
 
-def _summary(samples: Sequence[Sample]) -> dict[str, Any]:
-    labels = [s.label for s in samples]
-    return {"n": len(samples), "positives": int(sum(labels)),
-            "with_gps": sum(s.has_gps for s in samples),
-            "with_weather": sum(s.weather is not None for s in samples),
-            "with_description": sum(s.description is not None for s in samples)}
+@dataclass
+class CandidateResult:
+    name: str
+    heads: list[torch.nn.Module] = field(default_factory=list)
+    served: list[np.ndarray] = field(default_factory=list)     # held-out margins as served, per split
+    metadata: list[np.ndarray] = field(default_factory=list)   # held-out margins with metadata, per split
+    info: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _require_both_classes(samples: Sequence[Sample], name: str) -> None:
-    labels = {s.label for s in samples}
-    if labels != {0, 1}:
-        raise DatasetError(f"{name} data needs both classes (0 and 1); it has {sorted(labels)}")
+def _splits(prep: PreparedData, config: TrainConfig) -> list[Split]:
+    labels, groups = prep.train.labels, prep.grouping.ids
+    v = config.validation
+    if prep.val is not None:
+        everything = np.arange(len(labels))
+        return [Split(everything, None, None)]
+    if v.folds == 1:
+        fit, held = train_val_split(labels, groups, v.fraction, config.seed)
+        return [Split(fit, held, held)]
+    splits = []
+    for outer, held in kfold_splits(labels, groups, v.folds, config.seed):
+        inner_fit, inner_select = train_val_split(np.asarray(labels)[outer], groups[outer], v.fraction, config.seed)
+        splits.append(Split(outer[inner_fit], outer[inner_select], held))
+    return splits
 
 
+def _table(photos: Photos, rows: np.ndarray | None, vocab: MetadataVocab, text: dict | None) -> FeatureTable:
+    rows = np.arange(len(photos.samples)) if rows is None else rows
+    return FeatureTable.build([photos.samples[i] for i in rows], [photos.features[i] for i in rows], vocab, text)
+
+
+def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: MetadataVocab, splits: list[Split],
+                   out: Path, *, device: str, resume: bool, progress: bool) -> CandidateResult:
+    result = CandidateResult(name)
+    head_config = config.model.model_copy(update={"type": name})
+    served_none = config.validation.served_metadata == "none"
+    for index, split in enumerate(splits):
+        folder = out / "splits" / f"{name}-{index}"
+        held_photos, held_rows = (prep.val, None) if split.held is None else (prep.train, split.held)
+        held = _table(held_photos, held_rows, vocab, prep.text)
+        saved = folder / "head.safetensors"
+        if resume and saved.is_file():
+            head = build_head(head_config, prep.spec.feature_dim, vocab)
+            head.load_state_dict(load_file(str(saved)))
+            info = {"resumed": True}
+        elif name == "probe":
+            # The probe chooses its own regularisation by inner cross-validation, so it learns from
+            # every row that is not held out (the multi-view selection rows included).
+            rows = split.fit if split.select is None or split.select is split.held else \
+                np.union1d(split.fit, split.select)
+            started = time.perf_counter()
+            head = fit_probe(_table(prep.train, rows, vocab, None), prep.grouping.ids[rows], config.seed)
+            info = {"fit_s": round(time.perf_counter() - started, 2)}
+        else:
+            select = held if split.select is None else _table(prep.train, split.select, vocab, prep.text)
+            head, info = fit_multiview(config, head_config, prep.spec.feature_dim, vocab,
+                                       _table(prep.train, split.fit, vocab, prep.text), select, folder,
+                                       device=device, resume=resume, progress=progress)
+            if len(splits) > 1:
+                forget_unseen_categories(head, vocab, [prep.train.samples[i] for i in split.fit])
+        if not saved.is_file():
+            atomic_write_bytes(saved, save({k: v.contiguous() for k, v in head.state_dict().items()}))
+        with_metadata = head_margins(head, held).numpy()
+        result.metadata.append(with_metadata)
+        result.served.append(head_margins(head, held.image_only()).numpy() if served_none else with_metadata)
+        result.heads.append(head)
+        result.info.append(info)
+    return result
+
+
+def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], groups: list[np.ndarray],
+                            config: TrainConfig) -> np.ndarray:
+    """Served probabilities of every held-out row, each fold cut by a calibration fitted without it."""
+    confidence = config.validation.cut_confidence
+    if len(result.served) == 1:
+        calibration, _ = fit_calibration(result.served[0], labels[0], confidence=confidence, seed=config.seed)
+        return calibration(torch.from_numpy(result.served[0])).numpy()
+    probabilities = []
+    for j, margins in enumerate(result.served):
+        others = [i for i in range(len(result.served)) if i != j]
+        calibration, _ = fit_calibration(np.concatenate([result.served[i] for i in others]),
+                                         np.concatenate([labels[i] for i in others]), confidence=confidence,
+                                         seed=config.seed, groups=np.concatenate([groups[i] for i in others]))
+        probabilities.append(calibration(torch.from_numpy(margins)).numpy())
+    return np.concatenate(probabilities)
+
+
+def _scored(probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int) -> dict[str, Any]:
+    metrics = binary_metrics(probabilities, labels, 0.5)
+    metrics["mcc_ci95"] = [round(x, 4) for x in mcc_interval(probabilities, labels, groups, seed=seed)]
+    return metrics
 
 
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
           cache_dir: str | Path | None = None, device: str = "cpu", resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Train a head on DATA and write OUT/bundle and OUT/metrics.json; returns the metrics."""
+    """Train on DATA and write OUT/bundle, OUT/metrics.json and OUT/validation_predictions.csv."""
     out = Path(out)
     started = time.perf_counter()
-    if not log.isEnabledFor(logging.INFO):
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # hardware tips, not progress
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    samples = load_samples(data)
-    if val_data is not None:
-        train_samples, val_samples = samples, load_samples(val_data)
-    else:
-        train_idx, val_idx = train_val_split(samples, config.data.val_fraction, config.seed)
-        train_samples, val_samples = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
-    _require_both_classes(train_samples, "training")  # before extraction, which can take hours
-    _require_both_classes(val_samples, "validation")
+    if resume and not (out / "splits").is_dir():
+        log.warning("--resume: nothing to resume in %s; starting from scratch", out)
+    prep = prepare_data(data, config, val_data=val_data, cache_dir=cache_dir, device=device, progress=progress)
+    splits = _splits(prep, config)
+    for split in splits:
+        require_both_classes([prep.train.samples[i] for i in split.fit], "training split")
+        if split.held is not None:
+            require_both_classes([prep.train.samples[i] for i in split.held], "held-out split")
+    vocab = MetadataVocab.from_samples(
+        prep.train.samples if len(splits) > 1 else [prep.train.samples[i] for i in splits[0].fit])
+    held_photos = [(prep.val, np.arange(len(prep.val.samples))) if s.held is None else (prep.train, s.held)
+                   for s in splits]
+    labels = [np.asarray(photos.labels)[rows] for photos, rows in held_photos]
+    groups = [prep.grouping.ids[rows] if photos is prep.train else rows for photos, rows in held_photos]
+    all_labels, all_groups = np.concatenate(labels), np.concatenate(groups)
 
-    backbone = create_backbone(config.data.backbone, weights=config.data.backbone_weights, device=device,
-                               input_size=config.data.input_size)
-    weights = str(Path(config.data.backbone_weights).resolve()) if config.data.backbone_weights else None
-    spec = BackboneSpec(backbone.name, weights, backbone.input_size, backbone.feature_dim, config.data.views)
-    store = open_store(cache_dir, backbone.name, backbone.input_size, config.data.views, config.data.backbone_weights,
-                       device)
-    everything = train_samples + val_samples
-    extraction = extract_features(everything, backbone, config.data.views, store,
-                                  num_workers=config.data.num_workers, progress=progress)
-    del backbone
-    usable = [(s, k) for s, k in zip(everything, extraction.keys) if k is not None]
-    train_ids = {id(s) for s in train_samples}
-    train_usable = [(s, k) for s, k in usable if id(s) in train_ids]
-    val_usable = [(s, k) for s, k in usable if id(s) not in train_ids]
-    _require_both_classes([s for s, _ in train_usable], "training (after dropping undecodable images)")
-    _require_both_classes([s for s, _ in val_usable], "validation (after dropping undecodable images)")
-    features = store.load(k for _, k in usable)
-
-    vocab = MetadataVocab.from_samples([s for s, _ in train_usable])
-    text = None
-    if config.model.metadata and config.model.text:
-        text = TextEncoder().embed(s.description for s, _ in usable if s.description is not None)
-
-    def table(part: list[tuple[Sample, str]]) -> FeatureTable:
-        return FeatureTable.build([s for s, _ in part], [features[k] for _, k in part], vocab, text)
-
-    train_table, val_table = table(train_usable), table(val_usable)
-    head = build_head(config.model, spec.feature_dim, vocab)
-    module = RoadworkModule(head, RoadworkLoss(config.loss), config.optim, config.data.metadata_dropout)
-    accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
-    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_mcc", mode="max",
-                                  save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks: list[L.Callback] = [checkpoints,
-                                   EarlyStopping(monitor="val_mcc", mode="max", patience=config.optim.patience)]
-    if progress:
-        callbacks.append(_ProgressBar(leave=False))
-    trainer = L.Trainer(
-        max_epochs=config.optim.epochs, accelerator=accelerator, devices=1,
-        precision=_precision(config.optim.precision, accelerator),
-        gradient_clip_val=config.optim.gradient_clip, accumulate_grad_batches=config.optim.accumulate_grad_batches,
-        callbacks=callbacks, logger=CSVLogger(out, name="logs"), enable_progress_bar=progress,
-        enable_model_summary=False, log_every_n_steps=1, deterministic=False, default_root_dir=out,
-    )
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        log.warning("--resume: no checkpoint at %s; starting from scratch", last)
+    names = CANDIDATES if config.model.type == "auto" else (config.model.type,)
     fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=FeatureDataModule(train_table, val_table, config.optim.batch_size, config.seed),
-                ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
+    results, scores = {}, {}
+    for name in names:
+        results[name] = _fit_candidate(name, prep, config, vocab, splits, out, device=device, resume=resume,
+                                       progress=progress)
+        probabilities = _held_out_probabilities(results[name], labels, groups, config)
+        scores[name] = (probabilities, _scored(probabilities, all_labels, all_groups, config.seed))
     fit_seconds = time.perf_counter() - fit_started
+    chosen = max(names, key=lambda n: (scores[n][1]["mcc"], n == "probe"))  # ties go to the simpler head
+    result = results[chosen]
 
-    best_path = checkpoints.best_model_path or str(last)
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    head = module.head.cpu()
-    val_margins = head_margins(head, val_table)
-    val_labels = val_table.labels.numpy()
-    calibration = fit_calibration(val_margins.numpy(), val_labels)
-    val_probs = calibration(val_margins).numpy()
-    image_only = FeatureTable(val_table.features, val_table.view_mask,
-                              val_table.meta.hidden(torch.ones(len(val_table), dtype=torch.bool)),
-                              val_table.labels, val_table.file_names)
-    image_only_probs = calibration(head_margins(head, image_only)).numpy()
-    write_predictions(out / "validation_predictions.csv", zip(val_table.file_names, val_labels.tolist(), val_probs.tolist()))
-    metrics = {
-        "validation": binary_metrics(val_probs, val_labels, 0.5),
-        # What the validator sends is the image alone: every metadata field NULL.
-        "validation_image_only": binary_metrics(image_only_probs, val_labels, 0.5),
-        "validation_uncalibrated": binary_metrics(torch.sigmoid(val_margins).numpy(), val_labels, 0.5),
-        "calibration": calibration.to_dict(),
-        "epochs_run": int(trainer.current_epoch),
-        "best_val_mcc_during_training": (float(checkpoints.best_model_score)
-                                         if checkpoints.best_model_score is not None else None),
-        "timing_s": {"extract": round(extraction.seconds, 2), "fit": round(fit_seconds, 2),
+    served = np.concatenate(result.served)
+    calibration, cut = fit_calibration(served, all_labels, confidence=config.validation.cut_confidence,
+                                       seed=config.seed, groups=all_groups if len(splits) > 1 else None)
+    probabilities, validation = scores[chosen]
+    held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
+    write_predictions(out / "validation_predictions.csv", zip(held_names, all_labels.tolist(), probabilities.tolist()))
+    kind = (f"out-of-fold over {len(splits)} grouped folds; each fold cut by a calibration fitted on the others"
+            if len(splits) > 1 else
+            "one held-out set that also chose the checkpoint, the cut and the head: optimistic")
+    served_label = "the image alone" if config.validation.served_metadata == "none" else "the dataset's metadata"
+    head = HeadEnsemble(result.heads)
+    metrics: dict[str, Any] = {
+        "validation": {**validation, "estimate": kind, "inputs": served_label},
+        "validation_with_metadata": binary_metrics(
+            calibration(torch.from_numpy(np.concatenate(result.metadata))).numpy(), all_labels, 0.5),
+        "chosen_head": chosen,
+        "candidates": {n: {k: scores[n][1][k] for k in ("mcc", "mcc_ci95", "auroc", "accuracy")} for n in names},
+        "calibration": {**calibration.to_dict(), "cut": cut.__dict__, "fitted_on": int(len(served))},
+        "folds": len(splits) if len(splits) > 1 else 1,
+        "groups": prep.grouping.summary(),
+        "leakage_with_val_data": prep.leakage,
+        "fits": {n: results[n].info for n in names},
+        "timing_s": {"extract": prep.extraction["seconds"], "fit": round(fit_seconds, 2),
                      "total": round(time.perf_counter() - started, 2)},
-        "extraction": {"extracted": extraction.extracted, "cached": extraction.cached,
-                       "failed": extraction.failures},
+        "extraction": prep.extraction,
         "parameters": sum(p.numel() for p in head.parameters()),
     }
-    data_summary = {"source": str(data), "validation_source": str(val_data) if val_data else f"{config.data.val_fraction:.0%} stratified split",
-                    "train": _summary([s for s, _ in train_usable]), "validation": _summary([s for s, _ in val_usable]),
-                    "undecodable": len(extraction.failures)}
-    save_bundle(out / "bundle", head=head, config=config, vocab=vocab, backbone=spec, calibration=calibration,
-                metrics=metrics["validation"], data_summary=data_summary)
+    data_summary = {"source": str(data), "validation": kind,
+                    "validation_source": str(val_data) if val_data else "grouped splits of the training data",
+                    "train": _summary(prep.train), "groups": prep.grouping.summary()}
+    save_bundle(out / "bundle", head=head, head_config=config.model.model_copy(update={"type": chosen}),
+                config=config, vocab=vocab, backbone=prep.spec, calibration=calibration,
+                served_metadata=config.validation.served_metadata, metrics=metrics["validation"],
+                data_summary=data_summary, fingerprints=prep.train.keys)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _summary(photos: Photos) -> dict[str, Any]:
+    samples = photos.samples
+    return {"n": len(samples), "positives": int(sum(photos.labels)),
+            "with_gps": sum(s.has_gps for s in samples),
+            "with_weather": sum(s.weather is not None for s in samples),
+            "with_description": sum(s.description is not None for s in samples)}
+

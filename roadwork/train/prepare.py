@@ -1,0 +1,108 @@
+"""Step 1 of ``roadwork train``: load, hash, check, extract (cached), and group the photos.
+
+Everything that is about the data and not about a head happens here once, so that a single split,
+k folds and every candidate head reuse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from roadwork.backbones.base import create_backbone
+from roadwork.config import TrainConfig
+from roadwork.data.groups import Grouping, check_label_conflicts, group_samples, leakage_report
+from roadwork.data.records import DatasetError, Sample
+from roadwork.data.sources import load_samples
+from roadwork.features.extract import content_keys, extract_features, open_store
+from roadwork.model.text import TextEncoder
+from roadwork.serve.bundle import BackboneSpec
+
+
+@dataclass
+class Photos:
+    """Photos that decoded, with their content keys and cached ``[views, dim]`` features."""
+
+    samples: list[Sample]
+    keys: list[str]
+    features: list[Tensor]
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(s.label) for s in self.samples]  # type: ignore[arg-type]
+
+    def global_features(self) -> Tensor:
+        return torch.stack([f[0] for f in self.features])
+
+
+@dataclass
+class PreparedData:
+    train: Photos
+    val: Photos | None            # --val-data
+    grouping: Grouping
+    spec: BackboneSpec
+    text: dict[str, Tensor] | None
+    leakage: dict[str, Any] | None
+    extraction: dict[str, Any]
+
+
+def require_both_classes(samples: Sequence[Sample], name: str) -> None:
+    labels = {s.label for s in samples}
+    if labels != {0, 1}:
+        raise DatasetError(f"{name} data needs both classes (0 and 1); it has {sorted(labels)}")
+
+
+def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_dir: str | Path | None,
+                 device: str, progress: bool) -> PreparedData:
+    samples = load_samples(data)
+    val_samples = load_samples(val_data) if val_data is not None else []
+    require_both_classes(samples, "training")  # before extraction, which can take hours
+    if val_data is not None:
+        require_both_classes(val_samples, "validation")
+    everything = samples + val_samples
+    keys, unreadable = content_keys(everything, progress)
+    readable = [i for i, k in enumerate(keys[:len(samples)]) if k is not None]
+    keep = check_label_conflicts([samples[i] for i in readable], [keys[i] for i in readable],
+                                 config.validation.conflicting_labels)
+    dropped = set(range(len(samples))) - {readable[i] for i in keep}
+
+    backbone = create_backbone(config.data.backbone, weights=config.data.backbone_weights, device=device,
+                               input_size=config.data.input_size)
+    weights = str(Path(config.data.backbone_weights).resolve()) if config.data.backbone_weights else None
+    spec = BackboneSpec(backbone.name, weights, backbone.input_size, backbone.feature_dim, config.data.views)
+    store = open_store(cache_dir, backbone.name, backbone.input_size, config.data.views, config.data.backbone_weights,
+                       device)
+    result = extract_features(everything, backbone, config.data.views, store, num_workers=config.data.num_workers,
+                              progress=progress, hashed=(keys, unreadable))
+    del backbone
+    loaded = store.load(k for k in result.keys if k is not None)
+
+    def photos(rows: range) -> Photos:
+        chosen = [i for i in rows if result.keys[i] is not None and i not in dropped]
+        return Photos([everything[i] for i in chosen], [result.keys[i] for i in chosen],  # type: ignore[misc]
+                      [loaded[result.keys[i]] for i in chosen])  # type: ignore[index]
+
+    train = photos(range(len(samples)))
+    require_both_classes(train.samples, "training (after dropping undecodable images)")
+    val = photos(range(len(samples), len(everything))) if val_data is not None else None
+    if val is not None:
+        require_both_classes(val.samples, "validation (after dropping undecodable images)")
+    similarity = config.validation.near_duplicate_similarity
+    grouping = group_samples(train.samples, train.keys, train.global_features(), groups=config.validation.groups,
+                             similarity=similarity)
+    leakage = None
+    if val is not None:
+        leakage = leakage_report([s.file_name for s in train.samples], train.keys, train.global_features(),
+                                 [s.file_name for s in val.samples], val.keys, val.global_features(), similarity)
+    text = None
+    if config.model.metadata and config.model.text:
+        text = TextEncoder().embed(s.description for s in everything if s.description is not None)
+    extraction = {"extracted": result.extracted, "cached": result.cached, "failed": result.failures,
+                  "seconds": round(result.seconds, 2), "label_conflicts_dropped": len(dropped - set(
+                      i for i in range(len(samples)) if keys[i] is None))}
+    return PreparedData(train, val, grouping, spec, text, leakage, extraction)
