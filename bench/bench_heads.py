@@ -2,8 +2,9 @@
 
     python bench/bench_heads.py --work bench/out --seeds 0 1 2
 
-Trains on `roadwork synth --n 1000 --seed 1` (15% stratified validation split), evaluates on a
-separate `--n 400 --seed 2` set. Every variant starts from configs/cpu.yaml and changes one thing.
+Trains on `roadwork synth --n 1000 --seed 1` (one grouped 15% validation split: `validation.folds=1`),
+evaluates on a separate `--n 400 --seed 2` set. Every variant starts from configs/cpu.yaml with the
+multi-view head and changes one thing.
 The first run also measures a cold training (extraction included) against a warm rerun.
 """
 
@@ -26,11 +27,11 @@ from roadwork.evaluate.run import evaluate  # noqa: E402
 from roadwork.train.run import train  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
+# served_metadata=all: the test set is scored with its metadata, the image-only copy without.
+BASE = ["validation.folds=1", "model.type=multiview", "validation.served_metadata=all"]
 VARIANTS = {
     "full head (configs/cpu.yaml)": [],
-    "linear probe on the global view": ["model.type=linear"],
-    "linear probe, tuned (lr 1e-2, up to 150 epochs)": ["model.type=linear", "optim.lr=1e-2", "optim.epochs=150",
-                                                        "optim.patience=40"],
+    "probe (logistic regression on [global, max over views])": ["model.type=probe"],
     "without pyramid": ["model.pyramid=false"],
     "without gated attention": ["model.attention_layers=0"],
     "without GAFM (mean pooling)": ["model.fusion=mean"],
@@ -75,7 +76,7 @@ def main() -> None:
         timings = []
         for attempt in ("cold", "warm"):
             started = time.perf_counter()
-            metrics = train(str(train_data), args.work / f"heads-{attempt}", load_config(CONFIG), cache_dir=cache,
+            metrics = train(str(train_data), args.work / f"heads-{attempt}", load_config(CONFIG, BASE), cache_dir=cache,
                             progress=False)
             timings.append(time.perf_counter() - started)
             print(f"{attempt} train: {timings[-1]:.1f} s (extraction {metrics['timing_s']['extract']} s, "
@@ -88,7 +89,7 @@ def main() -> None:
         for seed in args.seeds:
             out = args.work / "heads-runs" / f"{abs(hash(name)) % 10**8}-{seed}"
             started = time.perf_counter()
-            metrics = train(str(train_data), out, load_config(CONFIG, [*overrides, f"seed={seed}"]),
+            metrics = train(str(train_data), out, load_config(CONFIG, [*BASE, *overrides, f"seed={seed}"]),
                             cache_dir=cache, progress=False)
             seconds = time.perf_counter() - started
             test = evaluate(out / "bundle", str(test_data), args.work / "heads-reports" / out.name, cache_dir=cache)

@@ -59,3 +59,18 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[fl
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({process.returncode}):\n{stderr[-3000:]}")
     return time.perf_counter() - start, peak / 2**20, stdout
+
+
+def cached_photos(data: str | Path, cache_dir: str | Path, progress: bool = False):
+    """(samples, content keys, [views, dim] features) of DATA from the feature cache, extracting what is missing."""
+    from roadwork.backbones.base import create_backbone
+    from roadwork.data.sources import load_samples
+    from roadwork.features.extract import extract_features, open_store
+
+    samples = load_samples(str(data))
+    store = open_store(cache_dir, "efficientnet-lite0", 224, "auto")
+    result = extract_features(samples, lambda: create_backbone("efficientnet-lite0"), "auto", store,
+                              progress=progress)
+    good = [i for i, k in enumerate(result.keys) if k is not None]
+    loaded = store.load(result.keys[i] for i in good)
+    return [samples[i] for i in good], [result.keys[i] for i in good], [loaded[result.keys[i]] for i in good]

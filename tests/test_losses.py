@@ -103,3 +103,25 @@ def test_loss_config_is_strict():
         LossConfig(focal_alpha=1.5)
     with pytest.raises(ValidationError):
         LossConfig(focal_wieght=1.0)
+
+
+def test_consistency_averages_over_the_batch_and_follows_its_mean_target():
+    torch.manual_seed(0)
+    views = torch.randn(3, 4, 2)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False], [True, False, False, False]])
+    whole = consistency_loss(views, mask)
+    rows = [consistency_loss(views[i:i + 1], mask[i:i + 1]) for i in range(3)]
+    assert whole.item() == pytest.approx(sum(r.item() for r in rows) / 3, rel=1e-6)  # a mean, not a sum
+
+    # The gradient is exactly that of the Jensen-Shannon divergence of the views. (Detaching the
+    # mean target would change the probability gradient only by a constant per class, which the
+    # softmax removes: for this loss, detached or not gives the same logit gradients.)
+    logits = views[:1, :3].clone().requires_grad_(True)
+    consistency_loss(logits, mask[:1, :3]).backward()
+    reference_logits = logits.detach().clone().requires_grad_(True)
+    p = torch.softmax(reference_logits, dim=-1)[0]
+    m = p.mean(dim=0)
+    js = (p * (p.log() - m.log())).sum(dim=-1).mean()
+    js.backward()
+    assert torch.allclose(logits.grad, reference_logits.grad, atol=1e-7)
+    assert logits.grad.abs().sum() > 0

@@ -410,3 +410,30 @@ def test_metadata_dropout_hides_inputs_and_keeps_the_weather_target(monkeypatch)
     assert torch.equal(seen[0].weather, batch.weather)  # targets untouched
     assert torch.all(seen[0].meta.weather[hidden_rows] == 0)
     assert RoadworkModule(torch.nn.Identity(), RoadworkLoss(), OptimConfig()).metadata_dropout == 0.0
+
+
+def test_presence_flags_mean_presence(vocab):
+    samples = [Sample("a", 1, 40.0, 2.0, "rain", None, "urban", "cones"), Sample("b", 0),
+               Sample("c", 1, None, None, "unseen-weather", "day", None, None)]
+    encoder = MetadataEncoder(vocab, gps_dim=16, category_dim=4, text=True)
+    flags = encoder(_meta(samples, vocab))[:, -5:]  # gps, weather, daytime, scene, text
+    # An unseen category value is NULL for the model, so it is not "present" either.
+    assert flags.tolist() == [[1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0]]
+
+
+def test_image_only_table_is_the_table_of_photos_without_metadata(vocab):
+    from roadwork.features.table import FeatureTable
+
+    samples = _samples()
+    bare = [Sample(s.file_name, s.label) for s in samples]
+    texts = {s.description: torch.randn(TEXT_DIM) for s in samples if s.description}
+    features = [torch.randn(3, D) for _ in samples]
+    hidden = FeatureTable.build(samples, features, vocab, texts).image_only()
+    expected = FeatureTable.build(bare, features, vocab, texts)
+    for name in ("gps", "gps_present", "weather", "daytime", "scene", "text", "text_present"):
+        assert torch.equal(getattr(hidden.meta, name), getattr(expected.meta, name)), name
+    head = build_head(HeadConfig(**SMALL), D, vocab).eval()
+    with torch.no_grad():
+        a = head(hidden.features, hidden.view_mask, hidden.meta).logits
+        b = head(expected.features, expected.view_mask, expected.meta).logits
+    assert torch.equal(a, b)

@@ -322,3 +322,110 @@ def test_fully_cached_evaluation_never_loads_the_backbone(trained, tmp_path, mon
     probs, failures = Predictor.from_bundle(trained["run"] / "bundle").predict_samples(
         load_samples(trained["test"]), cache_dir=trained["cache"])
     assert failures == {} and all(p is not None for p in probs)
+
+
+def _rewrite(source: Path, target: Path, edit) -> Path:
+    """A copy of a dataset folder (images linked) whose metadata rows pass through ``edit``."""
+    import os
+
+    (target / "img").mkdir(parents=True)
+    rows = list(csv.DictReader(open(source / "metadata.csv")))
+    for row in rows:
+        os.link(source / row["file_name"], target / row["file_name"])
+    rows = edit(rows)
+    with open(target / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def test_twins_are_grouped_and_a_twin_with_the_other_label_is_refused(trained, tmp_path):
+    twice = _rewrite(trained["data"], tmp_path / "twice", lambda rows: rows + [dict(r) for r in rows])
+    metrics = train(str(twice), tmp_path / "run", load_config(None, [*TINY, "optim.epochs=1"]),
+                    cache_dir=trained["cache"], progress=False)
+    assert metrics["groups"]["identical_files_grouped"] == 40 and metrics["groups"]["groups"] == 40
+    with open(tmp_path / "run" / "validation_predictions.csv") as handle:
+        names = [row["file_name"] for row in csv.DictReader(handle)]
+    assert names and all(names.count(name) == 2 for name in names)  # both twins held out, never one
+    from roadwork.data.records import DatasetError
+
+    flipped = _rewrite(trained["data"], tmp_path / "flipped",
+                       lambda rows: rows + [{**rows[3], "label": str(1 - int(rows[3]["label"]))}])
+    with pytest.raises(DatasetError, match=r"img/3\.jpg \(label 1\), img/3\.jpg \(label 0\)"):
+        train(str(flipped), tmp_path / "x", load_config(None, TINY), cache_dir=tmp_path / "fresh-cache", progress=False)
+    assert not (tmp_path / "fresh-cache").exists()  # refused before extraction
+
+
+def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, monkeypatch):
+    import roadwork.train.run as run_module
+
+    seen: list[tuple[list[str], list[str]]] = []
+    real_fit = run_module.fit_multiview
+
+    def recording_fit(config, head_config, dim, vocab, train_table, select_table, *args, **kwargs):
+        seen.append((train_table.file_names, select_table.file_names))
+        return real_fit(config, head_config, dim, vocab, train_table, select_table, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit_multiview", recording_fit)
+    config = load_config(None, [*TINY, "optim.epochs=1", "validation.folds=4", "model.type=auto"])
+    metrics = train(str(trained["data"]), tmp_path / "run", config, cache_dir=trained["cache"], progress=False)
+    everything = {f"img/{i}.jpg" for i in range(40)}
+    held_out = []
+    for fit_names, select_names in seen:
+        assert not set(fit_names) & set(select_names)
+        held_out += sorted(everything - set(fit_names) - set(select_names))
+    assert len(seen) == 4 and sorted(held_out) == sorted(everything)  # each photo held out exactly once
+    assert metrics["folds"] == 4 and metrics["validation"]["n"] == 40 and set(metrics["candidates"]) == {
+        "probe", "multiview"}
+    assert metrics["calibration"]["fitted_on"] == 40
+    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
+    assert manifest["kind"] == "fold_ensemble" and manifest["members"] == 4
+    assert manifest["head"]["type"] == metrics["chosen_head"]
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    assert len(bundle.head.members) == 4
+    probs, _ = Predictor(bundle).predict_samples(load_samples(trained["test"]), cache_dir=trained["cache"])
+    assert all(0.0 <= p <= 1.0 for p in probs)
+
+
+def test_vocabulary_comes_from_training_rows_and_leakage_is_reported(trained, tmp_path):
+    snowy = _rewrite(trained["test"], tmp_path / "snowy", lambda rows: [{**r, "weather": "snow"} for r in rows])
+    metrics = train(str(trained["data"]), tmp_path / "run", load_config(None, [*TINY, "optim.epochs=1"]),
+                    val_data=str(snowy), cache_dir=trained["cache"], progress=False)
+    vocabulary = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())["vocabulary"]
+    assert vocabulary["fields"]["weather"] == ["fog", "rain"]
+    assert metrics["leakage_with_val_data"]["identical"] == 0
+    leaky = train(str(trained["data"]), tmp_path / "leaky", load_config(None, [*TINY, "optim.epochs=1"]),
+                  val_data=str(trained["data"]), cache_dir=trained["cache"], progress=False)
+    assert leaky["leakage_with_val_data"]["identical"] == 40
+    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data",
+                                      str(trained["data"]), "--out", str(tmp_path / "r"), "--cache-dir",
+                                      str(trained["cache"]), "--device", "cpu"])
+    assert result.exit_code == 0 and "40 of these photos were in the training data" in result.output
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["seen_in_training"] == 40
+
+
+def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
+    """Early stopping and the kept checkpoint follow ``val_served_mcc``: the image-only margins cut
+    where the served calibration would cut them, not MCC at margin 0."""
+    from roadwork.calibration import selection_score
+    from roadwork.data.records import Sample
+    from roadwork.features.table import FeatureTable, head_margins
+    from roadwork.model.metadata import MetadataVocab
+    from roadwork.train.fit import fit_multiview
+
+    torch.manual_seed(0)
+    n, dim = 160, 24
+    labels = torch.randint(0, 2, (n,))
+    features = torch.randn(n, 3, dim) + 0.6 * labels.view(-1, 1, 1).float() * torch.randn(1, 1, dim)
+    samples = [Sample(f"{i}.jpg", int(labels[i]), weather="rain" if i % 2 else None) for i in range(n)]
+    vocab = MetadataVocab.from_samples(samples)
+    table = lambda rows: FeatureTable.build([samples[i] for i in rows], list(features[rows]), vocab, None)  # noqa: E731
+    config = load_config(None, [*TINY, "optim.epochs=6", "model.text=false", "optim.lr=1e-3"])
+    head, info = fit_multiview(config, config.model, dim, vocab, table(range(100)), table(range(100, n)), tmp_path,
+                               device="cpu", resume=False, progress=False)
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv") as handle:
+        logged = [float(r["val_served_mcc"]) for r in csv.DictReader(handle) if r.get("val_served_mcc")]
+    assert len(logged) == 6 and len(set(logged)) > 1 and info["best_val_served_mcc"] == pytest.approx(max(logged))
+    held = table(range(100, n)).image_only()
+    assert selection_score(head_margins(head, held).numpy(), held.labels.numpy()) == pytest.approx(max(logged), abs=1e-5)

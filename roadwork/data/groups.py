@@ -24,7 +24,7 @@ from roadwork.data.records import DatasetError, Sample
 log = logging.getLogger(__name__)
 
 GROUP_COLUMNS = ("group", "sequence", "drive", "session", "video", "trip")
-NEAR_DUPLICATE_SIMILARITY = 0.9
+NEAR_DUPLICATE_SIMILARITY = 0.8
 AUTO, ROWS = "auto", "rows"
 _BLOCK = 2048
 

@@ -27,7 +27,8 @@ def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int) -> ProbeHead:
     folds = min(INNER_FOLDS, len(np.unique(groups)), int(np.bincount(y).min()))
     if folds >= 2:
         splits = kfold_splits(y, groups, folds, seed)
-        model = LogisticRegressionCV(Cs=INVERSE_L2, cv=splits, scoring="neg_log_loss", max_iter=3000)
+        model = LogisticRegressionCV(Cs=INVERSE_L2, l1_ratios=(0.0,), cv=splits, scoring="neg_log_loss",
+                                     max_iter=3000, use_legacy_attributes=False)
     else:  # too few groups or positives to cross-validate: the middle of the grid
         model = LogisticRegression(C=float(np.median(INVERSE_L2)), max_iter=3000)
     model.fit(z, y)

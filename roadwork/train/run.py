@@ -110,7 +110,7 @@ def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: Me
                                        device=device, resume=resume, progress=progress)
             if len(splits) > 1:
                 forget_unseen_categories(head, vocab, [prep.train.samples[i] for i in split.fit])
-        if not saved.is_file():
+        if "resumed" not in info:  # a finished split: --resume reuses it instead of fitting again
             atomic_write_bytes(saved, save({k: v.contiguous() for k, v in head.state_dict().items()}))
         with_metadata = head_margins(head, held).numpy()
         result.metadata.append(with_metadata)
