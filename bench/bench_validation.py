@@ -34,7 +34,7 @@ from sklearn.metrics import matthews_corrcoef, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROADWORK, cached_photos, machine, today  # noqa: E402
 
-from roadwork.calibration import bootstrap_mcc_curves, candidate_cuts  # noqa: E402
+from roadwork.serve.calibration import bootstrap_mcc_curves, candidate_cuts  # noqa: E402
 from roadwork.config import load_config  # noqa: E402
 from roadwork.data.splits import kfold_splits  # noqa: E402
 from roadwork.evaluate.run import evaluate  # noqa: E402

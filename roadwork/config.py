@@ -38,7 +38,7 @@ class DataConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
-    """How a run measures itself and fits the served cut (see roadwork.data.groups and roadwork.calibration)."""
+    """How a run measures itself and fits the served cut (see roadwork.data.groups and roadwork.serve.calibration)."""
 
     # k > 1: k grouped folds, out-of-fold margins for every training photo, the k heads served as
     # one ensemble; 1: one grouped split of ``fraction`` (or --val-data).

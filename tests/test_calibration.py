@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import matthews_corrcoef
 
-from roadwork.calibration import (
+from roadwork.serve.calibration import (
     Calibration,
     bootstrap_mcc_curves,
     candidate_cuts,

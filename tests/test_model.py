@@ -271,6 +271,7 @@ def test_head_shapes_and_which_inputs_matter(vocab):
     assert out.logits.shape == (4, 2) and out.weather_logits.shape == (4, len(vocab.values["weather"]))
     other_meta = _meta(samples[::-1], vocab)
     assert not torch.allclose(head(features, mask, other_meta).logits, out.logits)  # metadata is used
+    assert out.pooled.shape == (4, 32) and torch.equal(head.classifier(out.pooled), out.logits)
     with pytest.raises(ValueError, match="MetadataBatch"):
         head(features, mask, None)
     with pytest.raises(ValueError, match="features"):
@@ -286,6 +287,7 @@ def test_head_shapes_and_which_inputs_matter(vocab):
     base = probe(features, mask, meta)
     assert base.logits.shape == (4, 2) and base.view_logits is None and base.weather_logits is None
     assert torch.equal(base.logits[:, 0], torch.zeros(4)) and torch.equal(base.margin, base.logits[:, 1])
+    assert torch.equal(probe.classifier(base.pooled).squeeze(-1), base.margin)
     lowered = features.clone()
     lowered[:, 1:] = torch.minimum(lowered[:, 1:], lowered[:, :1]) - 1.0   # no longer the max anywhere
     raised = features.clone()
@@ -305,6 +307,7 @@ def test_ensemble_serves_the_mean_margin(vocab):
     with torch.no_grad():
         expected = torch.stack([m(features, mask, meta).margin for m in members]).mean(0)
         assert torch.allclose(ensemble(features, mask, meta).margin, expected, atol=1e-6)
+        assert ensemble(features, mask, meta).pooled.shape == (4, 3 * 32)
         assert torch.equal(HeadEnsemble(members[:1])(features, mask, meta).logits, members[0](features, mask, meta).logits)
 
 

@@ -408,7 +408,7 @@ def test_vocabulary_comes_from_training_rows_and_leakage_is_reported(trained, tm
 def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
     """Early stopping and the kept checkpoint follow ``val_served_mcc``: the image-only margins cut
     where the served calibration would cut them, not MCC at margin 0."""
-    from roadwork.calibration import selection_score
+    from roadwork.serve.calibration import selection_score
     from roadwork.data.records import Sample
     from roadwork.features.table import FeatureTable, head_margins
     from roadwork.model.metadata import MetadataVocab

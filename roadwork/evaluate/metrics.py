@@ -16,6 +16,8 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 
+from roadwork.serve.calibration import bootstrap_weights, mcc_table
+
 
 def binary_metrics(probabilities: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor,
                    threshold: float = 0.5) -> dict[str, float | int | None]:
@@ -36,28 +38,6 @@ def binary_metrics(probabilities: Sequence[float] | torch.Tensor, labels: Sequen
         "recall": float(binary_recall(probs, target, threshold=threshold)),
         "f1": float(binary_f1_score(probs, target, threshold=threshold)),
     }
-
-
-def mcc_table(tp: np.ndarray, fp: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    """MCC from counts (broadcasting); 0 where a row or column of the confusion matrix is empty."""
-    fn, tn = positives - tp, negatives - fp
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1.0), 0.0)
-
-
-def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator,
-                      groups: np.ndarray | None = None) -> np.ndarray:
-    """``[resamples, n]`` multiplicities of a bootstrap; with ``groups``, whole groups are drawn together
-    (frames of one drive are not independent evidence)."""
-    if groups is None:
-        draws = rng.integers(0, n, size=(resamples, n))
-        return np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float64)
-    _, codes = np.unique(groups, return_inverse=True)
-    n_groups = int(codes.max()) + 1
-    draws = rng.integers(0, n_groups, size=(resamples, n_groups))
-    group_counts = np.stack([np.bincount(row, minlength=n_groups) for row in draws]).astype(np.float64)
-    return group_counts[:, codes]
 
 
 def mcc_interval(probabilities: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,

@@ -20,6 +20,8 @@ class HeadOutput:
     """Logits ``[B,2]`` plus the auxiliary outputs the losses and inspection use (None if absent)."""
 
     logits: Tensor
+    # The representation the classifier reads (pre-logits), for stacking, reports and experts.
+    pooled: Tensor | None = None
     view_logits: Tensor | None = None  # [B,V',2] per kept view, before pooling across views
     view_mask: Tensor | None = None  # [B,V'] True = real view
     weather_logits: Tensor | None = None  # [B,n_weather]; class = vocabulary index - 1
@@ -64,8 +66,9 @@ class ProbeHead(nn.Module):
 
     def forward(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
         _check_inputs(features, view_mask, self.feature_dim)
-        margin = self.classifier((probe_inputs(features, view_mask) - self.mean) / self.scale)
-        return HeadOutput(logits=torch.cat([torch.zeros_like(margin), margin], dim=-1))
+        standardised = (probe_inputs(features, view_mask) - self.mean) / self.scale
+        margin = self.classifier(standardised)
+        return HeadOutput(logits=torch.cat([torch.zeros_like(margin), margin], dim=-1), pooled=standardised)
 
 
 class MultiViewHead(nn.Module):
@@ -131,6 +134,7 @@ class MultiViewHead(nn.Module):
             fused_views = self.fuse(torch.cat([tokens, per_view], dim=-1))
         return HeadOutput(
             logits=self.classifier(fused),
+            pooled=fused,
             view_logits=self.classifier(fused_views),
             view_mask=view_mask,
             weather_logits=self.weather_head(vision) if self.weather_head is not None else None,
@@ -153,8 +157,9 @@ class HeadEnsemble(nn.Module):
     def forward(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
         if len(self.members) == 1:
             return self.members[0](features, view_mask, meta)
-        logits = torch.stack([member(features, view_mask, meta).logits.float() for member in self.members])
-        return HeadOutput(logits=logits.mean(dim=0))
+        outputs = [member(features, view_mask, meta) for member in self.members]
+        logits = torch.stack([out.logits.float() for out in outputs]).mean(dim=0)
+        return HeadOutput(logits=logits, pooled=torch.cat([out.pooled for out in outputs], dim=-1))
 
 
 def build_head(config: HeadConfig, feature_dim: int, vocab: MetadataVocab) -> nn.Module:

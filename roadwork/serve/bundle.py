@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from roadwork import __version__
-from roadwork.calibration import Calibration
+from roadwork.serve.calibration import Calibration
 from roadwork.config import TrainConfig
 from roadwork.errors import RoadworkError
 from roadwork.model.config import HeadConfig

@@ -1,7 +1,7 @@
 """The Lightning module: head + multi-part loss, AdamW with warmup-cosine, and the served validation MCC.
 
 Checkpoints are chosen (and training stopped) by ``val_served_mcc``: the margins of the inputs that
-will be served (the image alone by default), cut where ``roadwork.calibration`` would cut them.
+will be served (the image alone by default), cut where ``roadwork.serve.calibration`` would cut them.
 MCC at margin 0 with metadata present, the old criterion, is not what a validator measures.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
-from roadwork.calibration import selection_score
+from roadwork.serve.calibration import selection_score
 from roadwork.config import OptimConfig
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import HeadOutput

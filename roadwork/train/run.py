@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from roadwork.calibration import fit_calibration
+from roadwork.serve.calibration import fit_calibration
 from roadwork.config import TrainConfig
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.evaluate.metrics import binary_metrics, mcc_interval
