@@ -65,12 +65,11 @@ def cached_photos(data: str | Path, cache_dir: str | Path, progress: bool = Fals
     """(samples, content keys, [views, dim] features) of DATA from the feature cache, extracting what is missing."""
     from roadwork.backbones.base import create_backbone
     from roadwork.data.sources import load_samples
-    from roadwork.features.extract import extract_features, open_store
+    from roadwork.features.extract import extract_and_load, open_store
 
     samples = load_samples(str(data))
     store = open_store(cache_dir, "efficientnet-lite0", 224, "auto")
-    result = extract_features(samples, lambda: create_backbone("efficientnet-lite0"), "auto", store,
-                              progress=progress)
-    good = [i for i, k in enumerate(result.keys) if k is not None]
-    loaded = store.load(result.keys[i] for i in good)
-    return [samples[i] for i in good], [result.keys[i] for i in good], [loaded[result.keys[i]] for i in good]
+    result, features = extract_and_load(samples, lambda: create_backbone("efficientnet-lite0"), "auto", store,
+                                        progress=progress)
+    good = [i for i, f in enumerate(features) if f is not None]
+    return [samples[i] for i in good], [result.keys[i] for i in good], [features[i] for i in good]

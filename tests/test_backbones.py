@@ -174,3 +174,23 @@ def test_missing_offline_weights_say_what_to_download(offline, name, repo):
 def test_missing_local_weights_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         create_backbone("dinov2-small", weights=tmp_path / "nowhere")
+
+
+def test_describe_says_what_create_builds_without_reading_weights(tmp_path, lite0):
+    from roadwork.backbones.base import describe_backbone
+
+    def same(info, backbone) -> bool:
+        return (info.name, info.input_size, info.feature_dim, info.mean, info.std) == (
+            backbone.name, backbone.input_size, backbone.feature_dim, backbone.mean, backbone.std)
+
+    assert same(describe_backbone("efficientnet-lite0"), lite0)
+    torch.save(timm.create_model("convnextv2_atto", pretrained=False).state_dict(), tmp_path / "atto.pth")
+    assert same(describe_backbone("convnextv2-atto", weights=tmp_path / "atto.pth", input_size=64),
+                create_backbone("convnextv2-atto", weights=tmp_path / "atto.pth", input_size=64))
+    AutoModel.from_config(_dinov3()).save_pretrained(tmp_path / "v3")
+    (tmp_path / "v3" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
+    built = create_backbone("dinov3-vitb16", weights=tmp_path / "v3", input_size=500)
+    for weights_file in (tmp_path / "v3").glob("*.safetensors"):
+        weights_file.unlink()  # describing needs the config alone
+    info = describe_backbone("dinov3-vitb16", weights=tmp_path / "v3", input_size=500)
+    assert same(info, built) and info.input_size == 496 and info.source == str(tmp_path / "v3")

@@ -141,7 +141,13 @@ def test_evaluate_metrics_agree_with_scikit_learn(trained, tmp_path):
     assert "roadwork evaluation" in (tmp_path / "report" / "report.html").read_text()
 
 
-def test_second_training_run_reuses_the_cache(trained, tmp_path):
+def test_second_training_run_reuses_the_cache_without_building_the_backbone(trained, tmp_path, monkeypatch):
+    import roadwork.train.prepare as prepare_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone was built although every feature is cached")
+
+    monkeypatch.setattr(prepare_module, "create_backbone", refuse)
     metrics = train(str(trained["data"]), tmp_path / "run2", load_config(None, [*TINY, "optim.epochs=1"]),
                     cache_dir=trained["cache"], progress=False)
     assert metrics["extraction"]["extracted"] == 0 and metrics["extraction"]["cached"] == 40

@@ -1,8 +1,10 @@
 """The frozen-backbone contract and the name registry.
 
-Every family (one module each) registers factories here with `register_backbone`; `create_backbone`
-imports the family modules on first use, so importing this module stays cheap (no timm or
-transformers import until a backbone is actually built).
+Every family (one module each) registers, per name, a factory that builds the backbone and a
+`describe` function that says what it is (input size, feature size, normalisation, weight source)
+without loading weights, like timm's pretrained configs: runs whose features are all cached never
+build a model. `create_backbone` and `describe_backbone` import the family modules on first use, so
+importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -115,17 +118,33 @@ class Backbone(torch.nn.Module, abc.ABC):
         return self
 
 
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a backbone is, known without its weights: enough to name a cache namespace and size a head."""
+
+    name: str
+    input_size: int
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str   # where the weights come from: a package, a hub id or a local path
+
+
 class BackboneFactory(Protocol):
     def __call__(
         self, name: str, *, weights: str | Path | None, device: str | torch.device, input_size: int | None
     ) -> Backbone: ...
 
 
-_REGISTRY: dict[str, BackboneFactory] = {}
+class BackboneDescriber(Protocol):
+    def __call__(self, name: str, *, weights: str | Path | None, input_size: int | None) -> BackboneInfo: ...
 
 
-def register_backbone(*names: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Register a factory under `names`.
+_REGISTRY: dict[str, tuple[BackboneFactory, BackboneDescriber]] = {}
+
+
+def register_backbone(*names: str, describe: BackboneDescriber) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Register a factory, and the function that describes its backbones without weights, under `names`.
 
     A name with a `<placeholder>` part registers a prefix: "hf:<model id or local path>" makes every
     name that starts with "hf:" go to that factory, which receives the full name.
@@ -135,7 +154,7 @@ def register_backbone(*names: str) -> Callable[[BackboneFactory], BackboneFactor
         for name in names:
             if name in _REGISTRY:
                 raise ValueError(f"backbone {name!r} is registered twice")
-            _REGISTRY[name] = factory
+            _REGISTRY[name] = (factory, describe)
         return factory
 
     return decorator
@@ -165,12 +184,23 @@ def create_backbone(
     transformers models, a checkpoint file for timm models) and goes through the same loading code
     as a download. `input_size` overrides the family's default view side.
     """
+    factory, _ = _lookup(name, weights)
+    return factory(name, weights=weights, device=device, input_size=input_size).freeze(device)
+
+
+def describe_backbone(name: str, *, weights: str | Path | None = None, input_size: int | None = None) -> BackboneInfo:
+    """What `create_backbone` with the same arguments would build, without loading any weights."""
+    _, describe = _lookup(name, weights)
+    return describe(name, weights=weights, input_size=input_size)
+
+
+def _lookup(name: str, weights: str | Path | None) -> tuple[BackboneFactory, BackboneDescriber]:
     _load_families()
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        factory = next((f for key, f in _REGISTRY.items() if "<" in key and name.startswith(key.split("<")[0])), None)
-    if factory is None:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        entry = next((e for key, e in _REGISTRY.items() if "<" in key and name.startswith(key.split("<")[0])), None)
+    if entry is None:
         raise RoadworkError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
     if weights is not None and not Path(weights).exists():
         raise FileNotFoundError(f"weights for {name!r} not found: {weights}")
-    return factory(name, weights=weights, device=device, input_size=input_size).freeze(device)
+    return entry

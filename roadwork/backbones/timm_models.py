@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import Backbone, register_backbone, weights_unavailable
+from roadwork.backbones.base import Backbone, BackboneInfo, register_backbone, weights_unavailable
 
 # ImageNet-22k pretraining then 1k fine-tuning gives the best frozen features where timm has it;
 # atto was only fine-tuned on 1k. The plain `.fcmae` tags are masked-autoencoder weights that need
@@ -48,7 +48,19 @@ class TimmBackbone(Backbone):
         return self.run(views, lambda x: (self.model(x),))[0]
 
 
-@register_backbone(*_CONVNEXTV2)
+def describe_convnextv2(name: str, *, weights: str | Path | None, input_size: int | None) -> BackboneInfo:
+    """From timm's pretrained config, and the architecture built on the meta device (no memory, no weights)."""
+    import timm
+
+    arch = _CONVNEXTV2[name]
+    cfg = timm.models.get_pretrained_cfg(arch)
+    with torch.device("meta"):
+        feature_dim = timm.create_model(arch, pretrained=False).head_hidden_size
+    return BackboneInfo(name, input_size or cfg.input_size[-1], feature_dim, tuple(cfg.mean), tuple(cfg.std),
+                        str(weights) if weights is not None else cfg.hf_hub_id)
+
+
+@register_backbone(*_CONVNEXTV2, describe=describe_convnextv2)
 def convnextv2(
     name: str, *, weights: str | Path | None, device: str | torch.device, input_size: int | None
 ) -> TimmBackbone:

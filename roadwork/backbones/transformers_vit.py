@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, register_backbone, weights_unavailable
+from roadwork.backbones.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    BackboneInfo,
+    register_backbone,
+    weights_unavailable,
+)
 from roadwork.errors import RoadworkError
 
 _DINOV3 = ("vits16", "vitb16", "vitl16", "vith16plus", "vit7b16")
@@ -79,21 +86,47 @@ def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(processor.get("image_mean", IMAGENET_MEAN)), tuple(processor.get("image_std", IMAGENET_STD))
 
 
-@register_backbone(*_HUB_IDS, "hf:<model id or local path>")
+def _source(name: str, weights: str | Path | None) -> tuple[str, str]:
+    repo = _HUB_IDS.get(name) or name.removeprefix("hf:")
+    source = str(weights) if weights is not None else repo
+    if not source:
+        raise RoadworkError("an hf: backbone needs a model id or a local path, e.g. hf:facebook/dinov2-small")
+    return repo, source
+
+
+def _input_size(config: object, requested: int | None) -> int:
+    """The requested (or family default) side, rounded to whole patches: a ViT sees whole patches only."""
+    patch = _side(config.patch_size)
+    size = requested or _DEFAULT_INPUT_SIZE.get(config.model_type) or _side(config.image_size)
+    return max(patch, round(size / patch) * patch)
+
+
+def describe_transformers_vit(name: str, *, weights: str | Path | None, input_size: int | None) -> BackboneInfo:
+    """From the model's config.json and preprocessor config alone (no weights are read)."""
+    from transformers import AutoConfig
+
+    repo, source = _source(name, weights)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        if weights is not None:
+            raise
+        raise weights_unavailable(name, repo, "a folder saved with `save_pretrained`", err) from None
+    mean, std = _normalisation(source)
+    return BackboneInfo(name, _input_size(config, input_size), 2 * config.hidden_size, mean, std, source)
+
+
+@register_backbone(*_HUB_IDS, "hf:<model id or local path>", describe=describe_transformers_vit)
 def transformers_vit(
     name: str, *, weights: str | Path | None, device: str | torch.device, input_size: int | None
 ) -> TransformersViT:
     """Load with `AutoModel.from_pretrained` (bf16 on CUDA, float32 elsewhere).
 
-    `input_size` is rounded to the nearest multiple of the patch size (at least one patch), since a
-    ViT sees whole patches only. transformers picks SDPA attention by default where the model has it.
+    transformers picks SDPA attention by default where the model has it.
     """
     from transformers import AutoModel
 
-    repo = _HUB_IDS.get(name) or name.removeprefix("hf:")
-    source = str(weights) if weights is not None else repo
-    if not source:
-        raise RoadworkError("an hf: backbone needs a model id or a local path, e.g. hf:facebook/dinov2-small")
+    repo, source = _source(name, weights)
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     try:
         model = AutoModel.from_pretrained(source, dtype=dtype)
@@ -101,8 +134,5 @@ def transformers_vit(
         if weights is not None:
             raise
         raise weights_unavailable(name, repo, "a folder saved with `save_pretrained`", err) from None
-    config = model.config
-    patch = _side(config.patch_size)
-    size = input_size or _DEFAULT_INPUT_SIZE.get(config.model_type) or _side(config.image_size)
     mean, std = _normalisation(source)
-    return TransformersViT(name, model, input_size=max(patch, round(size / patch) * patch), mean=mean, std=std)
+    return TransformersViT(name, model, input_size=_input_size(model.config, input_size), mean=mean, std=std)

@@ -167,6 +167,15 @@ def extract_features(
     return result
 
 
+def extract_and_load(samples: Sequence[Sample], backbone: torch.nn.Module | Callable[[], torch.nn.Module], plan: str,
+                     store: FeatureStore, **options: object) -> tuple[ExtractionResult, list[torch.Tensor | None]]:
+    """The one path from samples to features: extract what the store lacks, then load every sample's
+    ``[views, dim]`` features in sample order (None where it failed). Train, evaluate and predict use it."""
+    result = extract_features(samples, backbone, plan, store, **options)  # type: ignore[arg-type]
+    loaded = store.load(k for k in result.keys if k is not None)
+    return result, [None if k is None else loaded[k] for k in result.keys]
+
+
 def open_store(cache_dir: str | Path | None, backbone: str, input_size: int, plan: str,
                weights: str | None = None, device: str | torch.device = "cpu") -> FeatureStore:
     """The store for this backbone, weights, input size, view plan and device under ``cache_dir``.

@@ -11,7 +11,7 @@ from torch import Tensor
 from roadwork.backbones.base import create_backbone
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views
-from roadwork.features.extract import extract_features, open_store
+from roadwork.features.extract import extract_and_load, open_store
 from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, load_bundle
@@ -64,10 +64,9 @@ class Predictor:
         spec = self.bundle.backbone
         if use_cache:
             store = open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device)
-            result = extract_features(samples, lambda: self.backbone, spec.views, store, progress=progress)
-            good = [i for i, key in enumerate(result.keys) if key is not None]
-            loaded = store.load(result.keys[i] for i in good)
-            features = [loaded[result.keys[i]] for i in good]
+            result, cached = extract_and_load(samples, lambda: self.backbone, spec.views, store, progress=progress)
+            good = [i for i, f in enumerate(cached) if f is not None]
+            features = [cached[i] for i in good]
             failures = result.failures
         else:
             good, features, failures = [], [], {}

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import create_backbone
+from roadwork.backbones.base import create_backbone, describe_backbone
 from roadwork.config import TrainConfig
 from roadwork.data.groups import Grouping, check_label_conflicts, group_samples, leakage_report
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
-from roadwork.features.extract import content_keys, extract_features, open_store
+from roadwork.features.extract import content_keys, extract_and_load, open_store
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import BackboneSpec
 
@@ -71,21 +71,21 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
                                  config.validation.conflicting_labels)
     dropped = set(range(len(samples))) - {readable[i] for i in keep}
 
-    backbone = create_backbone(config.data.backbone, weights=config.data.backbone_weights, device=device,
-                               input_size=config.data.input_size)
-    weights = str(Path(config.data.backbone_weights).resolve()) if config.data.backbone_weights else None
-    spec = BackboneSpec(backbone.name, weights, backbone.input_size, backbone.feature_dim, config.data.views)
-    store = open_store(cache_dir, backbone.name, backbone.input_size, config.data.views, config.data.backbone_weights,
-                       device)
-    result = extract_features(everything, backbone, config.data.views, store, num_workers=config.data.num_workers,
-                              progress=progress, hashed=(keys, unreadable))
-    del backbone
-    loaded = store.load(k for k in result.keys if k is not None)
+    data = config.data
+    info = describe_backbone(data.backbone, weights=data.backbone_weights, input_size=data.input_size)
+    weights = str(Path(data.backbone_weights).resolve()) if data.backbone_weights else None
+    spec = BackboneSpec(info.name, weights, info.input_size, info.feature_dim, data.views)
+    store = open_store(cache_dir, info.name, info.input_size, data.views, data.backbone_weights, device)
+    # The backbone is built only if some photo is not cached yet.
+    build = lambda: create_backbone(data.backbone, weights=data.backbone_weights, device=device,  # noqa: E731
+                                    input_size=data.input_size)
+    result, features = extract_and_load(everything, build, data.views, store, num_workers=data.num_workers,
+                                        progress=progress, hashed=(keys, unreadable))
 
     def photos(rows: range) -> Photos:
-        chosen = [i for i in rows if result.keys[i] is not None and i not in dropped]
+        chosen = [i for i in rows if features[i] is not None and i not in dropped]
         return Photos([everything[i] for i in chosen], [result.keys[i] for i in chosen],  # type: ignore[misc]
-                      [loaded[result.keys[i]] for i in chosen])  # type: ignore[index]
+                      [features[i] for i in chosen])  # type: ignore[misc]
 
     train = photos(range(len(samples)))
     require_both_classes(train.samples, "training (after dropping undecodable images)")
