@@ -1,4 +1,5 @@
-"""Typed run configuration: YAML file + ``--set key=value`` overrides, validated at start-up.
+"""Typed run configuration, the one home of every setting: YAML file + ``--set key=value`` overrides,
+validated at start-up. The head's part (``HeadConfig``) is also saved alone in bundles.
 
 An invalid value fails before any work starts, with a message naming the dotted key.
 """
@@ -9,13 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from roadwork.data.groups import AUTO, NEAR_DUPLICATE_SIMILARITY
 from roadwork.data.views import VIEW_PLANS
 from roadwork.errors import RoadworkError
-from roadwork.losses import LossConfig
-from roadwork.model.config import HeadConfig
 
 
 class ConfigError(RoadworkError):
@@ -24,6 +23,50 @@ class ConfigError(RoadworkError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HeadConfig(_Strict):
+    """Hyper-parameters of the head.
+
+    ``type``: ``multiview`` (the plan's head), ``probe`` (standardised logistic regression on the
+    global view and the max over views: the baseline) or ``auto`` (train both, keep the one with the
+    better held-out served MCC; see the README for which wins where).
+    """
+
+    type: Literal["auto", "multiview", "probe"] = "auto"
+    d_model: int = Field(512, ge=8, le=8192)
+    heads: int = Field(8, ge=1, le=256)
+    attention_layers: int = Field(4, ge=0, le=64, description="0 = no gated attention stack")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    prune_k: int | None = Field(8, ge=1, description="keep the top-k views; None = keep all")
+    pyramid: bool = True
+    fusion: Literal["gafm", "mean"] = "gafm"
+    metadata: bool = True
+    text: bool = Field(True, description="use the description text; only matters when metadata is on")
+    gps_dim: int = Field(128, ge=4, le=4096)
+    category_dim: int = Field(64, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _check_divisibility(self) -> HeadConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.gps_dim % 4:
+            raise ValueError(f"gps_dim ({self.gps_dim}) must be divisible by 4 (sin and cos of latitude and longitude)")
+        return self
+
+
+class LossConfig(_Strict):
+    """Weights and shape parameters of ``RoadworkLoss``."""
+
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
+    focal_alpha: float | None = Field(
+        None, gt=0.0, lt=1.0, description="weight of class 1 (1 - alpha for class 0); None = unweighted"
+    )
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    focal_weight: float = Field(0.5, ge=0.0)
+    consistency_weight: float = Field(0.3, ge=0.0)
+    weather_weight: float = Field(0.2, ge=0.0)
+    dice_weight: float = Field(0.0, ge=0.0, description="segmentation loss; no head has a segmentation output yet")
 
 
 class DataConfig(_Strict):

@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from roadwork.config import LossConfig
 from roadwork.model.head import HeadOutput
 from roadwork.model.metadata import NULL_INDEX
-
-
-class LossConfig(BaseModel):
-    """Weights and shape parameters of ``RoadworkLoss``."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
-    focal_alpha: float | None = Field(
-        None, gt=0.0, lt=1.0, description="weight of class 1 (1 - alpha for class 0); None = unweighted"
-    )
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    focal_weight: float = Field(0.5, ge=0.0)
-    consistency_weight: float = Field(0.3, ge=0.0)
-    weather_weight: float = Field(0.2, ge=0.0)
-    dice_weight: float = Field(0.0, ge=0.0, description="segmentation loss; no head has a segmentation output yet")
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float, alpha: float | None, smoothing: float) -> Tensor:

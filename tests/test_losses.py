@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from roadwork.losses import LossConfig, RoadworkLoss, consistency_loss, focal_loss, weather_loss
+from roadwork.config import LossConfig
+from roadwork.losses import RoadworkLoss, consistency_loss, focal_loss, weather_loss
 from roadwork.model.head import HeadOutput
 from roadwork.model.metadata import NULL_INDEX
 

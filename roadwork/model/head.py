@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from roadwork.model.attention import GatedAttentionStack
-from roadwork.model.config import HeadConfig
+from roadwork.config import HeadConfig
 from roadwork.model.gafm import GatedAttentionFusion, MeanFusion
 from roadwork.model.metadata import MetadataBatch, MetadataEncoder, MetadataVocab
 from roadwork.model.pruning import ViewPruner

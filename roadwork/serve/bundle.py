@@ -29,7 +29,7 @@ from roadwork import __version__
 from roadwork.serve.calibration import Calibration
 from roadwork.config import TrainConfig
 from roadwork.errors import RoadworkError
-from roadwork.model.config import HeadConfig
+from roadwork.config import HeadConfig
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file

@@ -16,7 +16,7 @@ from roadwork.config import TrainConfig
 from roadwork.data.records import CATEGORY_FIELDS, Sample
 from roadwork.features.table import FeatureTable
 from roadwork.losses import RoadworkLoss
-from roadwork.model.config import HeadConfig
+from roadwork.config import HeadConfig
 from roadwork.model.head import MultiViewHead, build_head
 from roadwork.model.metadata import NULL_INDEX, MetadataVocab
 from roadwork.train.data import FeatureDataModule

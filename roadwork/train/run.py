@@ -29,7 +29,7 @@ from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.evaluate.metrics import binary_metrics, mcc_interval
 from roadwork.evaluate.report import write_predictions
 from roadwork.features.table import FeatureTable, head_margins
-from roadwork.model.config import HeadConfig
+from roadwork.config import HeadConfig
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
