@@ -142,6 +142,43 @@ def extract(
     typer.echo(json.dumps(summary))
 
 
+@app.command("augment-preview")
+@_friendly
+def augment_preview(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+    preset: Annotated[str, typer.Option("--preset", help="Augmentation preset: light or heavy.")] = "heavy",
+    n: Annotated[int, typer.Option("--n", min=1, max=64, help="Number of photos (the first N of DATA).")] = 4,
+    copies: Annotated[int, typer.Option("--copies", min=1, max=16, help="Augmented rows per photo.")] = 3,
+    views: ViewsOpt = ViewPlan.auto,
+    input_size: Annotated[int, typer.Option("--input-size", min=32, max=2048, help="View side in pixels before the preview shrinks it.")] = 224,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed for the augmentation draws.")] = 0,
+) -> None:
+    """Write a sheet of original views and their per-view augmentations, to check a preset by eye."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from roadwork.data.augment import ViewAugmenter, preview_grid
+    from roadwork.data.sources import load_samples
+    from roadwork.data.views import image_views
+    from roadwork.storage import atomic_write_bytes
+
+    try:
+        augmenter = ViewAugmenter(preset)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--preset") from None
+    torch.manual_seed(seed)
+    samples = load_samples(data, require_labels=False)[:n]
+    photos = [image_views(s.read_bytes(), views.value, input_size, source=s.file_name) for s in samples]
+    sheet = preview_grid(photos, augmenter, copies)
+    buffer = io.BytesIO()
+    Image.fromarray(sheet.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
+    console.print(f"wrote {out}: {len(photos)} photos, 1 original and {copies} augmented rows each ({preset})")
+
+
 @app.command()
 @_friendly
 def train(

@@ -1,0 +1,139 @@
+"""Per-view training augmentation on batched tensors (plan component 14), with kornia.
+
+Every view of every photo draws its own parameters (kornia samples per batch element, and views are
+flattened into the batch), so one photo yields differently augmented views. Presets live in
+``augment_presets/`` (``heavy`` = the plan's probabilities, ``light`` = halved); single
+probabilities can be overridden. Validation and test never see augmentation.
+
+Fog and sun glare are written here because kornia has neither; both are vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+import yaml
+from torch import Tensor, nn
+
+OPS = ("flip", "rotate", "perspective", "zoom", "brightness", "contrast", "saturation", "hue", "rain", "fog",
+       "shadow", "glare", "noise", "motion_blur", "blur")
+PRESETS = ("light", "heavy")
+
+
+@cache
+def preset(name: str) -> dict[str, dict[str, Any]]:
+    """The operations and parameters of a named preset."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files("roadwork.data").joinpath("augment_presets", f"{name}.yaml").read_text()
+    ops = yaml.safe_load(text)
+    if set(ops) != set(OPS):
+        raise ValueError(f"preset {name} must define exactly {OPS}")
+    return ops
+
+
+def _fog(x: Tensor, intensity: Tensor) -> Tensor:
+    """Blend towards a light grey haze that thickens towards the top of the view (farther away in a
+    dashcam frame), and soften detail under it."""
+    height = x.shape[-2]
+    depth = torch.linspace(1.0, 0.35, height, device=x.device).view(1, 1, height, 1)
+    alpha = (intensity.view(-1, 1, 1, 1) * depth).clamp(0.0, 1.0)
+    haze = torch.tensor([0.82, 0.84, 0.86], device=x.device).view(1, 3, 1, 1)
+    softened = nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return softened * (1.0 - alpha) + haze * alpha
+
+
+def _glare(x: Tensor, strength: Tensor, centre: Tensor, radius: Tensor) -> Tensor:
+    """A bright sun spot with a washed-out halo: screen-blend a radial falloff at ``centre`` (0..1 xy)."""
+    height, width = x.shape[-2:]
+    ys = torch.linspace(0.0, 1.0, height, device=x.device).view(1, height, 1)
+    xs = torch.linspace(0.0, 1.0, width, device=x.device).view(1, 1, width)
+    distance2 = (xs - centre[:, 0].view(-1, 1, 1)) ** 2 + (ys - centre[:, 1].view(-1, 1, 1)) ** 2
+    light = strength.view(-1, 1, 1) * torch.exp(-distance2 / (2.0 * radius.view(-1, 1, 1) ** 2))
+    light = light.unsqueeze(1)
+    return 1.0 - (1.0 - x) * (1.0 - light.clamp(0.0, 1.0))
+
+
+class ViewAugmenter(nn.Module):
+    """Augment views ``[N, 3, S, S]`` (floats in 0..1 or uint8), each with its own random parameters."""
+
+    def __init__(self, name: str, probabilities: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        ops = {op: dict(params) for op, params in preset(name).items()}
+        for op, p in (probabilities or {}).items():
+            if op not in ops:
+                raise ValueError(f"unknown augmentation {op!r}; known: {', '.join(OPS)}")
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"augmentation {op}: probability must be in [0, 1], got {p}")
+            ops[op]["p"] = float(p)
+        self.ops = ops
+        o = ops
+        self.geometric_and_colour = K.AugmentationSequential(
+            K.RandomHorizontalFlip(p=o["flip"]["p"]),
+            # Reflection padding: black corners would be a cue no real photo has.
+            K.RandomAffine(degrees=o["rotate"]["degrees"], padding_mode="reflection", p=o["rotate"]["p"]),
+            K.RandomPerspective(distortion_scale=o["perspective"]["distortion"], p=o["perspective"]["p"]),
+            K.RandomAffine(degrees=0.0, scale=tuple(o["zoom"]["scale"]), padding_mode="reflection", p=o["zoom"]["p"]),
+            K.RandomBrightness(brightness=(1 - o["brightness"]["range"], 1 + o["brightness"]["range"]),
+                               p=o["brightness"]["p"]),
+            K.RandomContrast(contrast=(1 - o["contrast"]["range"], 1 + o["contrast"]["range"]), p=o["contrast"]["p"]),
+            K.RandomSaturation(saturation=(1 - o["saturation"]["range"], 1 + o["saturation"]["range"]),
+                               p=o["saturation"]["p"]),
+            K.RandomHue(hue=(-o["hue"]["degrees"] / 360.0, o["hue"]["degrees"] / 360.0), p=o["hue"]["p"]),
+            K.RandomRain(p=o["rain"]["p"], number_of_drops=(60, 180), drop_height=(3, 8), drop_width=(-1, 1)),
+            K.RandomPlasmaShadow(p=o["shadow"]["p"], shade_intensity=(-0.35, -0.1), shade_quantity=(0.1, 0.4)),
+        )
+        kernel = o["motion_blur"]["kernel"]
+        self.sensor = K.AugmentationSequential(
+            K.RandomGaussianNoise(std=float(sum(o["noise"]["std"]) / 2), p=o["noise"]["p"]),
+            K.RandomMotionBlur(kernel_size=kernel, angle=(-10.0, 10.0), direction=(-1.0, 1.0), p=o["motion_blur"]["p"]),
+            K.RandomGaussianBlur(kernel_size=(o["blur"]["kernel"],) * 2, sigma=(0.3, 1.5), p=o["blur"]["p"]),
+        )
+
+    def _draw(self, n: int, op: str, device: torch.device) -> Tensor:
+        return torch.rand(n, device=device) < self.ops[op]["p"]
+
+    def _uniform(self, n: int, bounds: list[float], device: torch.device) -> Tensor:
+        low, high = bounds
+        return low + (high - low) * torch.rand(n, device=device)
+
+    @torch.no_grad()
+    def forward(self, views: Tensor) -> Tensor:
+        was_uint8 = views.dtype == torch.uint8
+        x = views.float() / 255.0 if was_uint8 else views.float()
+        x = self.geometric_and_colour(x).clamp(0.0, 1.0)
+        n, device = x.shape[0], x.device
+        fog = self._draw(n, "fog", device)
+        if fog.any():
+            x[fog] = _fog(x[fog], self._uniform(int(fog.sum()), self.ops["fog"]["intensity"], device))
+        glare = self._draw(n, "glare", device)
+        if glare.any():
+            count = int(glare.sum())
+            centre = torch.stack([torch.rand(count, device=device), 0.45 * torch.rand(count, device=device)], dim=1)
+            x[glare] = _glare(x[glare], self._uniform(count, self.ops["glare"]["strength"], device), centre,
+                              0.08 + 0.12 * torch.rand(count, device=device))
+        x = self.sensor(x).clamp(0.0, 1.0)
+        return (x * 255.0).round().to(torch.uint8) if was_uint8 else x
+
+
+def preview_grid(photos: list[Tensor], augmenter: ViewAugmenter, copies: int, tile: int = 128) -> Tensor:
+    """One uint8 ``[3, H, W]`` sheet: per photo, a row of its original views, then ``copies`` rows of
+    the same views augmented (each view and each copy with its own draw)."""
+    from torchvision.utils import make_grid
+
+    columns = max(v.shape[0] for v in photos)
+    rows = []
+    for views in photos:
+        x = views.float() / 255.0
+        for copy in range(copies + 1):
+            shown = nn.functional.interpolate(x if copy == 0 else augmenter(x), size=(tile, tile), mode="bilinear",
+                                              antialias=True, align_corners=False)
+            padding = torch.ones(columns - shown.shape[0], 3, tile, tile)
+            rows.append(torch.cat([shown, padding]))
+    grid = make_grid(torch.cat(rows), nrow=columns, padding=4, pad_value=1.0)
+    return (grid * 255.0).round().to(torch.uint8)
