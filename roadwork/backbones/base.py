@@ -21,6 +21,7 @@ from torch import Tensor
 
 from roadwork.errors import RoadworkError
 
+BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,6 +56,7 @@ class Backbone(torch.nn.Module, abc.ABC):
     """
 
     channels_last: bool = False  # convnets set this: their CUDA kernels are faster in NHWC
+    batchnorm_frozen: bool = False  # adaptation may keep BatchNorm layers in eval mode while training
 
     def __init__(
         self,
@@ -86,12 +88,8 @@ class Backbone(torch.nn.Module, abc.ABC):
         outputs = self.run(views, lambda x: self.encode(x, return_tokens))
         return outputs if return_tokens else outputs[0]
 
-    def run(self, views: Tensor, fn: Callable[[Tensor], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
-        """Apply `fn` to the normalised views under inference mode (and bf16 autocast on CUDA).
-
-        Outputs are copied out of inference mode as float32 so that a trainable head can take them
-        as input; inference tensors cannot be saved for backward.
-        """
+    def normalise(self, views: Tensor) -> Tensor:
+        """Views (uint8 pixels or floats in 0..1) as the normalised float input `encode` expects."""
         size = self.input_size
         if views.ndim != 4 or tuple(views.shape[1:]) != (3, size, size):
             raise ValueError(f"{self.name} expects views of shape [N, 3, {size}, {size}], got {list(views.shape)}")
@@ -101,14 +99,46 @@ class Backbone(torch.nn.Module, abc.ABC):
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         x = (x - mean) / std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def run(self, views: Tensor, fn: Callable[[Tensor], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        """Apply `fn` to the normalised views under inference mode (and bf16 autocast on CUDA).
+
+        Outputs are copied out of inference mode as float32 so that a trainable head can take them
+        as input; inference tensors cannot be saved for backward.
+        """
+        x = self.normalise(views)
         with (
             torch.inference_mode(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"),
         ):
             outputs = fn(x)
         return tuple(out.to(torch.float32, copy=True) for out in outputs)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if mode and self.batchnorm_frozen:
+            for module in self.modules():
+                if isinstance(module, BATCHNORM):
+                    module.eval()
+        return self
+
+    def forward(self, views: Tensor) -> Tensor:
+        """Pooled float32 features with gradients: the path for training an adapted backbone."""
+        x = self.normalise(views)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            return self.encode(x, False)[0].float()
+
+    @abc.abstractmethod
+    def blocks(self) -> list[torch.nn.Module]:
+        """The encoder's blocks in order, input to output (what `last_blocks` adaptation unfreezes)."""
+
+    @abc.abstractmethod
+    def final_modules(self) -> list[torch.nn.Module]:
+        """Modules after the last block (final norms, head convolutions), trained with the last blocks."""
+
+    # Module names that LoRA/DoRA adapt in this family (those present in the model are used).
+    lora_targets: tuple[str, ...] = ()
 
     def freeze(self, device: str | torch.device) -> Backbone:
         """Eval mode, no gradients, on `device` (channels-last weights for convnets)."""

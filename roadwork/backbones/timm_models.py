@@ -43,6 +43,21 @@ class TimmBackbone(Backbone):
         pooled = self.model.forward_head(feature_map, pre_logits=True)
         return (pooled, feature_map.flatten(2).transpose(1, 2)) if return_tokens else (pooled,)
 
+    # The 1x1 (pointwise) convolutions of EfficientNet blocks and the MLP of ConvNeXt blocks:
+    # they hold most of the weights; depthwise convolutions are left alone.
+    lora_targets = ("conv_pw", "conv_pwl", "fc1", "fc2")
+
+    def blocks(self) -> list[torch.nn.Module]:
+        if hasattr(self.model, "stages"):  # ConvNeXt
+            return [block for stage in self.model.stages for block in stage.blocks]
+        return [block for stage in self.model.blocks for block in stage]  # EfficientNet
+
+    def final_modules(self) -> list[torch.nn.Module]:
+        names = ("conv_head", "bn2", "norm_pre") if not hasattr(self.model, "stages") else ("norm_pre",)
+        found = [getattr(self.model, n) for n in names if isinstance(getattr(self.model, n, None), torch.nn.Module)]
+        head_norm = getattr(getattr(self.model, "head", None), "norm", None)
+        return found + ([head_norm] if isinstance(head_norm, torch.nn.Module) else [])
+
     def logits(self, views: Tensor) -> Tensor:
         """Class logits of the pretrained head: the check that weights were loaded correctly."""
         return self.run(views, lambda x: (self.model(x),))[0]

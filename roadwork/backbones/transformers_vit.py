@@ -52,6 +52,22 @@ class TransformersViT(Backbone):
         self.patch_size = _side(config.patch_size)
         self.num_prefix_tokens = 1 + getattr(config, "num_register_tokens", 0)
 
+    # Attention and MLP projections under the names transformers uses for DINOv2/DINOv3 and older ViTs.
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "up_proj", "down_proj",
+                    "query", "key", "value", "dense")
+
+    def blocks(self) -> list[torch.nn.Module]:
+        layers = getattr(getattr(self.model, "encoder", None), "layer", None)
+        if layers is None:
+            layers = getattr(getattr(self.model, "model", None), "layer", None)  # DINOv3
+        if layers is None:
+            raise RoadworkError(f"{self.name}: cannot find the transformer layers to adapt")
+        return list(layers)
+
+    def final_modules(self) -> list[torch.nn.Module]:
+        return [m for m in (getattr(self.model, "layernorm", None), getattr(self.model, "norm", None))
+                if isinstance(m, torch.nn.Module)]
+
     def encode(self, x: Tensor, return_tokens: bool) -> tuple[Tensor, ...]:
         hidden = self.model(pixel_values=x).last_hidden_state
         patches = hidden[:, self.num_prefix_tokens :]

@@ -1,0 +1,82 @@
+"""Make part of a backbone trainable: the last blocks, LoRA or DoRA adapters (peft), or everything.
+
+Adapters are injected in place (``peft.inject_adapter_in_model``), so the backbone keeps its own
+``encode``; ``merge_adapters`` folds them back into plain weights for serving, so an adapted
+backbone is saved and loaded like any other. Which modules LoRA/DoRA adapt per family is the
+backbone class's ``lora_targets`` (ViTs: attention and MLP projections; EfficientNet: pointwise
+convolutions; ConvNeXt: the block MLP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from torch import nn
+
+from roadwork.backbones.base import BATCHNORM, Backbone
+from roadwork.errors import RoadworkError
+
+Mode = Literal["frozen", "last_blocks", "lora", "dora", "full"]
+MODES: tuple[str, ...] = ("frozen", "last_blocks", "lora", "dora", "full")
+
+
+def lora_target_names(backbone: Backbone, targets: Sequence[str] | None = None) -> list[str]:
+    """The leaf names to adapt that exist in this model (a Linear or Conv2d of that name)."""
+    wanted = tuple(targets) if targets else backbone.lora_targets
+    present = {name.rsplit(".", 1)[-1] for name, module in backbone.named_modules()
+               if isinstance(module, (nn.Linear, nn.Conv2d))}
+    found = [name for name in wanted if name in present]
+    if not found:
+        raise RoadworkError(f"{backbone.name}: none of the LoRA target modules {list(wanted)} exist in this model")
+    return found
+
+
+def adapt_backbone(backbone: Backbone, mode: Mode, *, blocks: int = 2, rank: int = 8, alpha: float = 16.0,
+                   dropout: float = 0.0, targets: Sequence[str] | None = None,
+                   batchnorm: Literal["frozen", "train"] = "frozen") -> list[str]:
+    """Set which parameters train (in place) and return their names.
+
+    ``batchnorm="frozen"`` keeps BatchNorm statistics and affine parameters as pretrained (eval
+    mode whatever the backbone's mode): with the small batches of fine-tuning on a CPU, updated
+    running statistics are noisier than the ImageNet ones.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown backbone training mode {mode!r}; choose one of {', '.join(MODES)}")
+    backbone.requires_grad_(False)
+    if mode == "full":
+        backbone.requires_grad_(True)
+    elif mode == "last_blocks":
+        all_blocks = backbone.blocks()
+        if not 1 <= blocks <= len(all_blocks):
+            raise ValueError(f"{backbone.name} has {len(all_blocks)} blocks; cannot train the last {blocks}")
+        for module in [*all_blocks[-blocks:], *backbone.final_modules()]:
+            module.requires_grad_(True)
+    elif mode in ("lora", "dora"):
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, use_dora=mode == "dora",
+                            target_modules=lora_target_names(backbone, targets))
+        inject_adapter_in_model(config, backbone.model)
+        for name, parameter in backbone.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+    backbone.batchnorm_frozen = batchnorm == "frozen"
+    if backbone.batchnorm_frozen:
+        for module in backbone.modules():
+            if isinstance(module, BATCHNORM):
+                module.requires_grad_(False)
+    backbone.train(backbone.training)  # re-apply the BatchNorm policy
+    return [name for name, parameter in backbone.named_parameters() if parameter.requires_grad]
+
+
+def merge_adapters(backbone: Backbone) -> Backbone:
+    """Fold every LoRA/DoRA adapter into its base layer and put the plain layer back (in place)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(backbone.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = backbone.get_submodule(parent_name) if parent_name else backbone
+            setattr(parent, child, module.get_base_layer())
+    return backbone
