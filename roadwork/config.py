@@ -77,7 +77,18 @@ class DataConfig(_Strict):
     # Fraction of training rows shown with all metadata NULL, so the head also learns the
     # image-only requests a validator sends (only a few percent of real rows lack every field).
     metadata_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Augmented feature bank for frozen-backbone training: ``augment_copies`` augmented copies of
+    # every training photo's views (preset ``augment``) are extracted once; each epoch shows one
+    # of them, or the photo itself, per photo. Held-out photos are never augmented.
+    augment: Literal["none", "light", "heavy"] = "none"
+    augment_copies: int = Field(default=0, ge=0, le=16)
     num_workers: int | None = Field(default=None, ge=0, le=64)  # None: one per spare core, at most 8
+
+    @model_validator(mode="after")
+    def _copies_need_a_preset(self) -> DataConfig:
+        if self.augment_copies and self.augment == "none":
+            raise ValueError("augment_copies > 0 needs an augmentation preset: set data.augment to light or heavy")
+        return self
 
 
 class ValidationConfig(_Strict):

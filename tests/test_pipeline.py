@@ -435,3 +435,56 @@ def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
     assert len(logged) == 6 and len(set(logged)) > 1 and info["best_val_served_mcc"] == pytest.approx(max(logged))
     held = table(range(100, n)).image_only()
     assert selection_score(head_margins(head, held).numpy(), held.labels.numpy()) == pytest.approx(max(logged), abs=1e-5)
+
+
+def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path):
+    from roadwork.config import ConfigError
+    from roadwork.data.augment import SeededCopy
+
+    overrides = [*TINY, "optim.epochs=2", "data.augment=heavy", "data.augment_copies=2"]
+    metrics = train(str(trained["data"]), tmp_path / "bank", load_config(None, overrides), cache_dir=trained["cache"],
+                    progress=False)
+    assert metrics["extraction"]["extracted"] == 0  # the plain features were cached already
+    namespaces = sorted(p.name for p in trained["cache"].iterdir() if p.is_dir())
+    assert sum("-aug1-heavy-" in n for n in namespaces) == 1 and sum("-aug2-heavy-" in n for n in namespaces) == 1
+    samples = load_samples(trained["data"])
+    plain = open_store(trained["cache"], "efficientnet-lite0", 224, "auto")
+    copy = open_store(trained["cache"], "efficientnet-lite0", 224, "auto", variant=SeededCopy("heavy", 1).variant)
+    keys = extract_features(samples, lambda: None, "auto", plain, progress=False).keys
+    assert len(copy) == len(set(keys)) and not copy.missing(keys)
+    first = keys[0]
+    assert not torch.equal(plain.load([first])[first], copy.load([first])[first])  # never the plain features
+    again = train(str(trained["data"]), tmp_path / "bank2", load_config(None, overrides), cache_dir=trained["cache"],
+                  progress=False)
+    assert again["validation"]["n"] == metrics["validation"]["n"]
+    with pytest.raises(ConfigError, match="augment_copies > 0 needs an augmentation preset"):
+        load_config(None, ["data.augment_copies=2"])
+
+
+def test_feature_bank_table_draws_a_version_per_row_each_epoch():
+    from roadwork.data.records import Sample
+    from roadwork.features.table import FeatureTable
+    from roadwork.model.metadata import MetadataVocab
+    from roadwork.train.data import FeatureDataModule
+
+    samples = [Sample(f"{i}.jpg", i % 2) for i in range(64)]
+    clean = [torch.zeros(2, 4) for _ in samples]
+    copies = [[torch.full((2, 4), float(c)) for _ in samples] for c in (1, 2)]
+    table = FeatureTable.build(samples, clean, MetadataVocab.from_samples(samples), None, copies)
+    stacked, rows = table.all_versions()
+    assert stacked.shape == (3 * 64, 2, 4) and rows.tolist() == list(range(64)) * 3
+    module = FeatureDataModule(table, table, batch_size=64, seed=0)
+
+    class Epoch:
+        current_epoch = 0
+
+    module.trainer = Epoch()
+    shown = []
+    for epoch in range(2):
+        Epoch.current_epoch = epoch
+        batch = next(iter(module.train_dataloader()))
+        shown.append(batch.features[:, 0, 0])
+    assert set(shown[0].tolist()) == {0.0, 1.0, 2.0}  # the photo itself and both copies appear
+    assert not torch.equal(table.choice, torch.zeros(64, dtype=torch.long))
+    assert not torch.equal(shown[0], shown[1])  # a new draw each epoch
+    assert torch.equal(table.image_only().alternatives, table.alternatives)

@@ -10,6 +10,7 @@ Fog and sun glare are written here because kornia has neither; both are vectoris
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
@@ -119,6 +120,26 @@ class ViewAugmenter(nn.Module):
                               0.08 + 0.12 * torch.rand(count, device=device))
         x = self.sensor(x).clamp(0.0, 1.0)
         return (x * 255.0).round().to(torch.uint8) if was_uint8 else x
+
+
+class SeededCopy:
+    """Augmented copy number ``copy`` of an image's views, drawn from a seed of (image key, copy): the
+    same image always gets the same copy, whatever else is extracted with it."""
+
+    def __init__(self, name: str, copy: int) -> None:
+        self.augmenter = ViewAugmenter(name)
+        self.name, self.copy = name, copy
+
+    @property
+    def variant(self) -> str:
+        """Cache variant: the preset's name, content and the copy number."""
+        text = resources.files("roadwork.data").joinpath("augment_presets", f"{self.name}.yaml").read_text()
+        return f"aug{self.copy}-{self.name}|{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+    def __call__(self, views: Tensor, key: str) -> Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(key[:12], 16) * 31 + self.copy)
+            return self.augmenter(views)
 
 
 def preview_grid(photos: list[Tensor], augmenter: ViewAugmenter, copies: int, tile: int = 128) -> Tensor:

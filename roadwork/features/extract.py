@@ -98,13 +98,16 @@ def extract_features(
     shard_size: int = 256,
     progress: bool | None = None,
     hashed: tuple[list[str | None], dict[str, str]] | None = None,
+    augment: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
 ) -> ExtractionResult:
     """Extract what the store lacks; undecodable images are reported in ``failures``, not fatal.
 
     ``num_workers=None`` uses ``default_workers()`` decoding processes.
 
     ``backbone`` may be a zero-argument callable: it is only called when something is missing.
-    ``hashed`` passes ``content_keys(samples)`` already computed by the caller.
+    ``hashed`` passes ``content_keys(samples)`` already computed by the caller. ``augment(views, key)``
+    transforms each image's views before the backbone (an augmented feature bank); its store must
+    be a separate variant.
     """
     keys, failures = hashed if hashed is not None else content_keys(samples, progress)
     failures = dict(failures)
@@ -139,6 +142,8 @@ def extract_features(
                 if error is not None:
                     failures[todo[i].file_name] = error
                     bad_keys.add(order_keys[i])
+            if augment is not None:
+                good = [(i, augment(views, order_keys[i])) for i, views in good]
             if good:
                 counts = [views.shape[0] for _, views in good]
                 pooled = backbone.features(torch.cat([views for _, views in good]))
@@ -177,11 +182,11 @@ def extract_and_load(samples: Sequence[Sample], backbone: torch.nn.Module | Call
 
 
 def open_store(cache_dir: str | Path | None, backbone: str, input_size: int, plan: str,
-               weights: str | None = None, device: str | torch.device = "cpu") -> FeatureStore:
-    """The store for this backbone, weights, input size, view plan and device under ``cache_dir``.
+               weights: str | None = None, device: str | torch.device = "cpu", variant: str | None = None) -> FeatureStore:
+    """The store for this backbone, weights, input size, view plan, device (and variant) under ``cache_dir``.
 
     Takes names, not a built backbone, so a fully cached evaluation never loads the model.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     precision = "bf16" if torch.device(device).type == "cuda" else "fp32"  # Backbone.run autocasts on CUDA
-    return FeatureStore(root, namespace_for(backbone, input_size, plan, weights, precision))
+    return FeatureStore(root, namespace_for(backbone, input_size, plan, weights, precision, variant))

@@ -58,12 +58,15 @@ def _local_identity(location: str | None) -> str:
     return f"{root}:{hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}"
 
 
-def namespace_for(backbone: str, input_size: int, plan: str, weights: str | None = None, precision: str = "fp32") -> str:
-    """Folder name for one (backbone, weights, input size, view plan, precision): features differ when any differs."""
+def namespace_for(backbone: str, input_size: int, plan: str, weights: str | None = None, precision: str = "fp32",
+                  variant: str | None = None) -> str:
+    """Folder name for one (backbone, weights, input size, view plan, precision, variant): features differ
+    when any differs. ``variant`` names features of transformed views (an augmented copy), never mixed
+    with the plain ones."""
     local_model = backbone[3:] if backbone.startswith("hf:") else None
     identity = (f"{backbone}|{_local_identity(local_model)}|{_local_identity(weights)}|{input_size}|{plan}|{precision}"
-                f"|v{VIEW_PIPELINE_VERSION}")
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone)[-48:]
+                f"|v{VIEW_PIPELINE_VERSION}" + (f"|{variant}" if variant else ""))
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone)[-48:] + (f"-{variant.split('|')[0]}" if variant else "")
     return f"{readable}-{input_size}-{plan}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 

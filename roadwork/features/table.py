@@ -47,17 +47,38 @@ class FeatureTable(Dataset):
     """Padded features, masks, metadata and labels of N samples; fetched a whole batch at a time."""
 
     def __init__(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch, labels: Tensor,
-                 file_names: Sequence[str]) -> None:
+                 file_names: Sequence[str], alternatives: Tensor | None = None) -> None:
         self.features, self.view_mask, self.meta, self.labels = features, view_mask, meta, labels
         self.file_names = list(file_names)
+        # [copies, N, V, D] augmented features (the feature bank); ``choice`` says which one each row
+        # shows this epoch: 0 = the photo itself, c = copy c.
+        self.alternatives = alternatives
+        self.choice = torch.zeros(len(labels), dtype=torch.long)
 
     @classmethod
     def build(cls, samples: Sequence[Sample], features: Sequence[Tensor], vocab: MetadataVocab,
-              text_embeddings: Mapping[str, Tensor] | None) -> FeatureTable:
+              text_embeddings: Mapping[str, Tensor] | None,
+              copies: Sequence[Sequence[Tensor]] = ()) -> FeatureTable:
         padded, mask = pad_views(features)
         labels = torch.tensor([-1 if s.label is None else s.label for s in samples], dtype=torch.long)
         meta = MetadataBatch.from_samples(samples, vocab, text_embeddings)
-        return cls(padded, mask, meta, labels, [s.file_name for s in samples])
+        alternatives = None
+        if copies:
+            alternatives = torch.stack([pad_views(copy)[0] for copy in copies])
+            if alternatives.shape[1:] != padded.shape:
+                raise ValueError(f"augmented copies {tuple(alternatives.shape[1:])} do not match {tuple(padded.shape)}")
+        return cls(padded, mask, meta, labels, [s.file_name for s in samples], alternatives)
+
+    def redraw(self, generator: torch.Generator) -> None:
+        """Choose, for every row, the photo itself or one of its augmented copies for the next epoch."""
+        if self.alternatives is not None:
+            self.choice = torch.randint(0, self.alternatives.shape[0] + 1, (len(self),), generator=generator)
+
+    def all_versions(self) -> tuple[Tensor, Tensor]:
+        """Features ``[(1 + copies) * N, V, D]`` of every row and every copy, and the row each came from."""
+        stacked = self.features if self.alternatives is None else torch.cat([self.features[None], self.alternatives])
+        rows = torch.arange(len(self)).repeat(stacked.shape[0] if self.alternatives is not None else 1)
+        return stacked.reshape(-1, *self.features.shape[1:]), rows
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -65,7 +86,7 @@ class FeatureTable(Dataset):
     def image_only(self) -> FeatureTable:
         """The same rows with every metadata field NULL: the request a validator sends."""
         hidden = self.meta.hidden(torch.ones(len(self), dtype=torch.bool))
-        return FeatureTable(self.features, self.view_mask, hidden, self.labels, self.file_names)
+        return FeatureTable(self.features, self.view_mask, hidden, self.labels, self.file_names, self.alternatives)
 
     def __getitem__(self, index: int) -> Batch:
         return self.__getitems__([index])
@@ -73,7 +94,12 @@ class FeatureTable(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         rows = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         meta = self.meta[rows]
-        return Batch(self.features[rows].float(), self.view_mask[rows], meta, self.labels[rows], meta.weather)
+        features = self.features[rows]
+        if self.alternatives is not None:
+            choice = self.choice[rows]
+            augmented = self.alternatives[(choice - 1).clamp_min(0), rows]
+            features = torch.where((choice > 0).view(-1, 1, 1), augmented, features)
+        return Batch(features.float(), self.view_mask[rows], meta, self.labels[rows], meta.weather)
 
 
 def as_is(batch: object) -> object:

@@ -81,7 +81,7 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
         gradient_clip_val=config.optim.gradient_clip, accumulate_grad_batches=config.optim.accumulate_grad_batches,
         callbacks=callbacks, logger=CSVLogger(out, name="logs"), enable_progress_bar=progress,
         enable_model_summary=False, log_every_n_steps=1, deterministic=False, default_root_dir=out,
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1 if train_table.alternatives is not None else 0,
     )
     last = out / "checkpoints" / "last.ckpt"
     started = time.perf_counter()

@@ -7,7 +7,8 @@ k folds and every candidate head reuse it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from roadwork.backbones.base import create_backbone, describe_backbone
 from roadwork.config import TrainConfig
+from roadwork.data.augment import SeededCopy
 from roadwork.data.groups import Grouping, check_label_conflicts, group_samples, leakage_report
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
@@ -31,6 +33,7 @@ class Photos:
     samples: list[Sample]
     keys: list[str]
     features: list[Tensor]
+    copies: list[list[Tensor]] = field(default_factory=list)   # augmented copies: [copy][photo]
 
     @property
     def labels(self) -> list[int]:
@@ -76,9 +79,9 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     weights = str(Path(data.backbone_weights).resolve()) if data.backbone_weights else None
     spec = BackboneSpec(info.name, weights, info.input_size, info.feature_dim, data.views)
     store = open_store(cache_dir, info.name, info.input_size, data.views, data.backbone_weights, device)
-    # The backbone is built only if some photo is not cached yet.
-    build = lambda: create_backbone(data.backbone, weights=data.backbone_weights, device=device,  # noqa: E731
-                                    input_size=data.input_size)
+    # The backbone is built only if some photo is not cached yet, and then once.
+    build = cache(lambda: create_backbone(data.backbone, weights=data.backbone_weights, device=device,
+                                          input_size=data.input_size))
     result, features = extract_and_load(everything, build, data.views, store, num_workers=data.num_workers,
                                         progress=progress, hashed=(keys, unreadable))
 
@@ -89,6 +92,14 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
 
     train = photos(range(len(samples)))
     require_both_classes(train.samples, "training (after dropping undecodable images)")
+    for copy in range(1, data.augment_copies + 1):
+        augment = SeededCopy(data.augment, copy)
+        copy_store = open_store(cache_dir, info.name, info.input_size, data.views, data.backbone_weights, device,
+                                variant=augment.variant)
+        _, augmented = extract_and_load(train.samples, build, data.views, copy_store, num_workers=data.num_workers,
+                                        progress=progress, hashed=(list(train.keys), {}), augment=augment)
+        # An augmented copy cannot fail where its photo did not; keep the photo if it somehow does.
+        train.copies.append([a if a is not None else f for a, f in zip(augmented, train.features)])
     val = photos(range(len(samples), len(everything))) if val_data is not None else None
     if val is not None:
         require_both_classes(val.samples, "validation (after dropping undecodable images)")

@@ -19,9 +19,12 @@ INNER_FOLDS = 5
 
 
 def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int) -> ProbeHead:
-    """A ProbeHead fitted on every row of ``table`` (labels 0/1; ``groups`` keep drives together)."""
-    x = probe_inputs(table.features.float(), table.view_mask).double().numpy()
-    y = table.labels.numpy()
+    """A ProbeHead fitted on every row of ``table`` (labels 0/1; ``groups`` keep drives together), and on
+    every augmented copy of it when the table holds a feature bank (a copy keeps its photo's group)."""
+    features, rows = table.all_versions()
+    x = probe_inputs(features.float(), table.view_mask[rows]).double().numpy()
+    y = table.labels[rows].numpy()
+    groups = np.asarray(groups)[rows.numpy()]
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / scale
     folds = min(INNER_FOLDS, len(np.unique(groups)), int(np.bincount(y).min()))

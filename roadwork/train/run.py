@@ -76,9 +76,13 @@ def _splits(prep: PreparedData, config: TrainConfig) -> list[Split]:
     return splits
 
 
-def _table(photos: Photos, rows: np.ndarray | None, vocab: MetadataVocab, text: dict | None) -> FeatureTable:
+def _table(photos: Photos, rows: np.ndarray | None, vocab: MetadataVocab, text: dict | None,
+           augmented: bool = False) -> FeatureTable:
+    """The rows as a table; ``augmented`` adds their feature-bank copies (for the rows a head learns from)."""
     rows = np.arange(len(photos.samples)) if rows is None else rows
-    return FeatureTable.build([photos.samples[i] for i in rows], [photos.features[i] for i in rows], vocab, text)
+    copies = [[copy[i] for i in rows] for copy in photos.copies] if augmented else []
+    return FeatureTable.build([photos.samples[i] for i in rows], [photos.features[i] for i in rows], vocab, text,
+                              copies)
 
 
 def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: MetadataVocab, splits: list[Split],
@@ -101,12 +105,13 @@ def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: Me
             rows = split.fit if split.select is None or split.select is split.held else \
                 np.union1d(split.fit, split.select)
             started = time.perf_counter()
-            head = fit_probe(_table(prep.train, rows, vocab, None), prep.grouping.ids[rows], config.seed)
+            head = fit_probe(_table(prep.train, rows, vocab, None, augmented=True), prep.grouping.ids[rows],
+                             config.seed)
             info = {"fit_s": round(time.perf_counter() - started, 2)}
         else:
             select = held if split.select is None else _table(prep.train, split.select, vocab, prep.text)
             head, info = fit_multiview(config, head_config, prep.spec.feature_dim, vocab,
-                                       _table(prep.train, split.fit, vocab, prep.text), select, folder,
+                                       _table(prep.train, split.fit, vocab, prep.text, augmented=True), select, folder,
                                        device=device, resume=resume, progress=progress)
             if len(splits) > 1:
                 forget_unseen_categories(head, vocab, [prep.train.samples[i] for i in split.fit])
