@@ -8,9 +8,9 @@ mkdir -p "$out"
 export ROADWORK_CACHE="$out/cache"
 start=$(date +%s)
 
-echo "== 1/5 synthetic drives: 600 training frames (100 drives of 6) and 200 test frames from other drives"
-roadwork synth "$out/train-data" --n 600 --seed 1 --frames-per-drive 6
-roadwork synth "$out/test-data" --n 200 --seed 2 --frames-per-drive 6
+echo "== 1/5 synthetic drives: 600 training frames (200 drives of 3) and 200 test frames from other drives"
+roadwork synth "$out/train-data" --n 600 --seed 1 --frames-per-drive 3
+roadwork synth "$out/test-data" --n 200 --seed 2 --frames-per-drive 3
 
 echo "== 2/5 features: efficientnet-lite0, auto view plan (cached under $ROADWORK_CACHE)"
 roadwork extract --data "$out/train-data"
@@ -22,7 +22,7 @@ echo "== 4/5 evaluate on the unseen drives (the image alone, as a validator send
 roadwork evaluate --bundle "$out/run/bundle" --data "$out/test-data" --out "$out/report"
 
 echo "== 5/5 predict two test images"
-roadwork predict --bundle "$out/run/bundle" "$out/test-data/images/000000.jpg" "$out/test-data/images/000006.jpg"
-echo "labels of those images: $(sed -n '2p;8p' "$out/test-data/metadata.csv" | cut -d, -f1,2 | tr '\n' ' ')"
+roadwork predict --bundle "$out/run/bundle" "$out/test-data/images/000000.jpg" "$out/test-data/images/000003.jpg"
+echo "labels of those images: $(sed -n '2p;5p' "$out/test-data/metadata.csv" | cut -d, -f1,2 | tr '\n' ' ')"
 
 echo "== done in $(( $(date +%s) - start )) s; report: $out/report/report.html"
