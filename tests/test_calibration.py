@@ -116,3 +116,12 @@ def test_group_bootstrap_interval_is_wider_when_rows_are_copies():
     group_low, group_high = mcc_interval(np.repeat(probs, 10), np.repeat(labels, 10), np.repeat(np.arange(60), 10))
     assert (group_high - group_low) > 2 * (copies_high - copies_low)
     assert group_high - group_low == pytest.approx(high - low, rel=0.35)
+
+
+def test_an_ensemble_is_served_the_mean_of_its_calibrated_members():
+    calibration = Calibration(2.0, 0.5)
+    members = torch.tensor([[2.8, 2.8, -3.0], [-1.0, 0.0, 1.0]])
+    expected = torch.sigmoid((members - 2.0) / 0.5).mean(dim=1)
+    assert torch.allclose(calibration(members), expected)
+    # Two of three members call the first photo roadwork; its mean margin alone would fall below the cut.
+    assert calibration(members.mean(dim=1))[0] < 0.5 < calibration(members)[0]

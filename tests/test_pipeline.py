@@ -17,6 +17,7 @@ from roadwork.cli import app
 from roadwork.config import load_config
 from roadwork.data.sources import load_samples
 from roadwork.features.extract import extract_features, open_store
+from roadwork.features.table import head_margins
 from roadwork.serve.bundle import BundleError, load_bundle, save_bundle
 from roadwork.serve.predictor import Predictor
 from roadwork.train.run import train
@@ -390,8 +391,16 @@ def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, 
     assert manifest["head"]["type"] == metrics["chosen_head"]
     bundle = load_bundle(tmp_path / "run" / "bundle")
     assert len(bundle.head.members) == 4
-    probs, _ = Predictor(bundle).predict_samples(load_samples(trained["test"]), cache_dir=trained["cache"])
-    assert all(0.0 <= p <= 1.0 for p in probs)
+    test_samples = load_samples(trained["test"])
+    probs, _ = Predictor(bundle).predict_samples(test_samples, cache_dir=trained["cache"])
+    store = open_store(trained["cache"], "efficientnet-lite0", 224, "auto")
+    keys = extract_features(test_samples, lambda: None, "auto", store, progress=False).keys
+    loaded = store.load(keys)
+    from roadwork.features.table import FeatureTable
+
+    table = FeatureTable.build(test_samples, [loaded[k] for k in keys], bundle.vocab, None).image_only()
+    each = [bundle.calibration(head_margins(member, table)) for member in bundle.head.members]
+    assert np.allclose(probs, torch.stack(each).mean(dim=0).numpy(), atol=1e-6)  # mean of calibrated members
 
 
 def test_vocabulary_comes_from_training_rows_and_leakage_is_reported(trained, tmp_path):

@@ -115,7 +115,11 @@ def loader(table: FeatureTable, batch_size: int, *, shuffle: bool = False, seed:
 @torch.inference_mode()
 def head_margins(head: torch.nn.Module, table: FeatureTable, device: str | torch.device = "cpu",
                  batch_size: int = 512) -> Tensor:
-    """Logit margins (float32, CPU) of ``head`` over every row of ``table``, in eval mode."""
+    """Logit margins (float32, CPU) of ``head`` over every row of ``table``, in eval mode: ``[N]``, or
+    ``[N, K]`` (one per member) for an ensemble of K > 1 heads."""
     head.eval().to(device)
-    return torch.cat([head(b.features.to(device), b.view_mask.to(device), b.meta.to(device)).margin.float().cpu()
-                      for b in loader(table, batch_size)])
+    margins = []
+    for b in loader(table, batch_size):
+        out = head(b.features.to(device), b.view_mask.to(device), b.meta.to(device))
+        margins.append((out.member_margins if out.member_margins is not None else out.margin).float().cpu())
+    return torch.cat(margins)

@@ -26,6 +26,7 @@ class HeadOutput:
     view_mask: Tensor | None = None  # [B,V'] True = real view
     weather_logits: Tensor | None = None  # [B,n_weather]; class = vocabulary index - 1
     view_scores: Tensor | None = None  # [B,V] pruning scores, -inf for padded views
+    member_margins: Tensor | None = None  # [B,K] each member's margin, for an ensemble of K > 1 heads
 
     @property
     def margin(self) -> Tensor:
@@ -143,9 +144,14 @@ class MultiViewHead(nn.Module):
 
 
 class HeadEnsemble(nn.Module):
-    """Several heads served as one: the mean of their logits (so the mean of their margins).
+    """Several heads served as one; a k-fold run serves its k fold heads this way, a single head is an
+    ensemble of one.
 
-    A k-fold run serves its k fold heads this way; a single head is an ensemble of one.
+    ``logits`` are the mean of the members' logits, and ``member_margins`` keeps each member's margin:
+    the served probability is the mean of the members' calibrated probabilities (see
+    ``Calibration``), because the cut was fitted on single heads' out-of-fold margins, and a mean of
+    margins is narrower than any one head's, so a cut far from 0 (imbalanced data) can leave every
+    mean margin on one side of it.
     """
 
     def __init__(self, members: list[nn.Module]) -> None:
@@ -159,7 +165,8 @@ class HeadEnsemble(nn.Module):
             return self.members[0](features, view_mask, meta)
         outputs = [member(features, view_mask, meta) for member in self.members]
         logits = torch.stack([out.logits.float() for out in outputs]).mean(dim=0)
-        return HeadOutput(logits=logits, pooled=torch.cat([out.pooled for out in outputs], dim=-1))
+        return HeadOutput(logits=logits, pooled=torch.cat([out.pooled for out in outputs], dim=-1),
+                          member_margins=torch.stack([out.margin.float() for out in outputs], dim=-1))
 
 
 def build_head(config: HeadConfig, feature_dim: int, vocab: MetadataVocab) -> nn.Module:

@@ -33,7 +33,10 @@ class Calibration:
     temperature: float = 1.0
 
     def __call__(self, margins: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid((margins - self.margin_threshold) / self.temperature)
+        """P(roadwork) from margins ``[N]``, or from an ensemble's member margins ``[N, K]``: the mean of
+        the members' calibrated probabilities."""
+        probabilities = torch.sigmoid((margins - self.margin_threshold) / self.temperature)
+        return probabilities.mean(dim=-1) if probabilities.ndim == 2 else probabilities
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -6,7 +6,8 @@ Splits (every one keeps groups of photos together, see ``roadwork.data.groups``)
 * ``validation.folds = k > 1``: k folds. Each fold's head trains on the other folds (its checkpoint
   chosen on an inner grouped split of them) and predicts its own fold, so every training photo gets
   an out-of-fold margin. The cut is fitted on all of them; the reported estimate cuts each fold with
-  a calibration fitted on the other folds only. The k heads are served together (mean margin).
+  a calibration fitted on the other folds only. The k heads are served together (the
+  mean of their calibrated probabilities).
 * ``folds = 1``: one grouped split (or ``--val-data``) chooses the checkpoint, the cut and the head;
   its score is therefore optimistic, and says so in metrics.json.
 """
