@@ -1,8 +1,8 @@
 """The bundle: everything needed to predict, in a folder, verified before use.
 
-``model.safetensors`` holds the served heads (one, or the k heads of a k-fold run, served as their
-mean of their calibrated probabilities); ``fingerprints.safetensors`` the first 8 bytes of the SHA-256 of every training image
-(so ``evaluate`` can warn when it is shown photos the model learnt from); ``manifest.json`` names
+``model.safetensors`` holds the served heads (one, or the k heads of a k-fold run, served as the
+mean of their calibrated probabilities); ``fingerprints.safetensors`` the first 8 bytes of the
+SHA-256 of every training image (so ``evaluate`` can warn when it is shown photos the model learnt from); ``manifest.json`` names
 the kind and holds the head configuration, backbone and view plan, metadata vocabularies,
 calibration, what served requests carry, the training configuration and data summary, metrics,
 library versions and the SHA-256 of every other file. Nothing is ever unpickled.
