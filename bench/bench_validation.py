@@ -13,13 +13,15 @@
 * real: grouped 5-fold cross-validation over a real photo folder with a `group` column (ambiguous
   rows excluded); every variant trains on four folds (and validates inside them) and is scored on
   the fifth; predictions are pooled over the five test folds.
-All variants start from configs/cpu.yaml. Results go to stdout as Markdown tables.
+All variants start from configs/cpu.yaml. Results go to stdout as Markdown tables. A rerun with the
+same --work reuses finished training runs and only scores them again.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -53,6 +55,9 @@ def synth(path: Path, n: int, seed: int, frames: int = 1) -> Path:
 
 
 def run(data: Path, out: Path, cache: Path, overrides: list[str]) -> tuple[dict, Path]:
+    """Train, or reuse a finished run in ``out`` (so a rerun re-scores saved bundles with current code)."""
+    if (out / "metrics.json").is_file() and (out / "bundle" / "manifest.json").is_file():
+        return json.loads((out / "metrics.json").read_text()), out / "bundle"
     metrics = train(str(data), out, load_config(CONFIG, overrides), cache_dir=cache, progress=False)
     return metrics, out / "bundle"
 
