@@ -125,3 +125,8 @@ def test_an_ensemble_is_served_the_mean_of_its_calibrated_members():
     assert torch.allclose(calibration(members), expected)
     # Two of three members call the first photo roadwork; its mean margin alone would fall below the cut.
     assert calibration(members.mean(dim=1))[0] < 0.5 < calibration(members)[0]
+
+
+def test_non_finite_margins_are_refused():
+    with pytest.raises(ValueError, match="1 margin"):
+        fit_calibration(np.array([0.1, float("nan"), -0.3, 0.5]), np.array([1, 0, 0, 1]))

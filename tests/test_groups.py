@@ -108,3 +108,12 @@ def test_group_ids_are_dense_and_stable():
     assert sorted(set(grouping.ids.tolist())) == [0, 1, 2]
     assert np.array_equal(grouping.ids, group_samples(_samples(6, trip=["z", "y", "z", "x", "y", "x"]),
                                                       _keys(6), None).ids)
+
+
+def test_rows_a_group_column_leaves_empty_are_grouped_by_content():
+    features = torch.cat([_clusters(n_clusters=2, per_cluster=3, spread=0.05, seed=3), 3.0 * torch.randn(4, 64)])
+    drives = ["a", "a", "a", None, None, None, "b", "c", "d", "e"]
+    grouping = group_samples(_samples(10, drive=drives), _keys(10), features)
+    ids = grouping.ids
+    assert ids[3] == ids[4] == ids[5] and ids[0] != ids[3]  # the second source's near-copies stay together
+    assert "3 rows without it" in grouping.source

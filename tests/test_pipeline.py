@@ -161,6 +161,13 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     kept = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2"]), cache_dir=trained["cache"],
                  progress=False, resume=True)
     assert kept["fits"]["multiview"] == [{"resumed": True}]
+    # ... but not one made with another seed (another split): that is fitted again.
+    reseeded = train(str(trained["data"]), tmp_path / "reseeded-copy", load_config(None, [*TINY, "optim.epochs=1"]),
+                     cache_dir=trained["cache"], progress=False)
+    assert "resumed" not in reseeded["fits"]["multiview"][0]
+    again = train(str(trained["data"]), tmp_path / "reseeded-copy", load_config(None, [*TINY, "optim.epochs=1", "seed=5"]),
+                  cache_dir=trained["cache"], progress=False, resume=True)
+    assert "resumed" not in again["fits"]["multiview"][0]
     # ... and one killed before its head was saved continues from its last checkpoint.
     (out / "splits" / "multiview-0" / "head.safetensors").unlink()
     metrics = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=4"]), cache_dir=trained["cache"],

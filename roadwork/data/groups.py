@@ -131,6 +131,12 @@ def group_samples(samples: Sequence[Sample], keys: Sequence[str], global_feature
             if value is not None:
                 links.union(seen.setdefault(value, i), i)
         source = f"column '{column}'"
+        # Rows the column leaves empty (merged sources, say) are grouped by content instead.
+        unnamed = [i for i, s in enumerate(samples) if s.extra.get(column) is None]
+        if unnamed and similarity is not None and global_features is not None:
+            for i, j, _ in similar_pairs(_normalised(global_features)[unnamed], None, similarity):
+                links.union(unnamed[i], unnamed[j])
+            source += f", near-duplicate features for the {len(unnamed)} rows without it"
     elif groups == AUTO and similarity is not None and global_features is not None:
         for i, j, _ in similar_pairs(_normalised(global_features), None, similarity):
             links.union(i, j)
@@ -141,7 +147,7 @@ def group_samples(samples: Sequence[Sample], keys: Sequence[str], global_feature
     largest = int(np.bincount(grouping.ids).max())
     if n >= 20 and largest > 0.25 * n:
         note = (f"one group holds {largest} of {n} photos: splits will be lopsided; name a group column "
-                f"(--group-column) or raise data.near_duplicate_similarity")
+                f"(--group-column) or raise validation.near_duplicate_similarity")
         grouping.notes.append(note)
         log.warning(note)
     return grouping
@@ -159,7 +165,7 @@ def check_label_conflicts(samples: Sequence[Sample], keys: Sequence[str], policy
     if policy == "error":
         named = [f"{s.file_name} (label {s.label})" for s, k in zip(samples, keys) if k in conflicting]
         raise DatasetError(f"{len(conflicting)} image(s) appear with both labels 0 and 1: {', '.join(named[:6])}"
-                           f"{' ...' if len(named) > 6 else ''}; fix the labels or set data.conflicting_labels=drop")
+                           f"{' ...' if len(named) > 6 else ''}; fix the labels or set validation.conflicting_labels=drop")
     log.warning("dropping %d image(s) that appear with both labels", len(conflicting))
     return [i for i, k in enumerate(keys) if k not in conflicting]
 

@@ -142,6 +142,9 @@ def fit_calibration(margins: np.ndarray, labels: np.ndarray, *, confidence: floa
     """
     margins = np.asarray(margins, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
+    if not np.isfinite(margins).all():
+        raise ValueError(f"calibration: {int((~np.isfinite(margins)).sum())} margin(s) are not finite "
+                         "(a diverged head?); nothing can be calibrated on them")
     choice = choose_cut(margins, labels, confidence=confidence, seed=seed, groups=groups)
     if choice.degenerate:
         log.warning("calibration: no cut of these margins has a positive MCC; keeping margin 0 and temperature 1")

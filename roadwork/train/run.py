@@ -14,7 +14,10 @@ Splits (every one keeps groups of photos together, see ``roadwork.data.groups``)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
+from roadwork.data.records import DatasetError
 from roadwork.serve.calibration import fit_calibration
 from roadwork.config import TrainConfig
 from roadwork.data.splits import kfold_splits, train_val_split
@@ -34,9 +38,9 @@ from roadwork.config import HeadConfig
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
-from roadwork.storage import atomic_write_bytes, atomic_write_json
+from roadwork.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
-from roadwork.train.prepare import Photos, PreparedData, prepare_data, require_both_classes
+from roadwork.train.prepare import Photos, PreparedData, prepare_data
 from roadwork.train.probe import fit_probe
 
 log = logging.getLogger(__name__)
@@ -96,6 +100,13 @@ def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: Me
         held_photos, held_rows = (prep.val, None) if split.held is None else (prep.train, split.held)
         held = _table(held_photos, held_rows, vocab, prep.text)
         saved = folder / "head.safetensors"
+        identity = _split_identity(name, head_config, config, prep, split)
+        if resume and folder.is_dir() and _read_identity(folder) != identity:
+            # Another seed, fold count, data or configuration made this folder: nothing in it applies.
+            log.warning("--resume: %s was made by a different run; fitting it again", folder)
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "split.json", identity)
         if resume and saved.is_file():
             head = build_head(head_config, prep.spec.feature_dim, vocab)
             head.load_state_dict(load_file(str(saved)))
@@ -126,12 +137,34 @@ def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: Me
     return result
 
 
+def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, prep: PreparedData,
+                    split: Split) -> str:
+    """What a split's head depends on: --resume reuses a saved head or checkpoint only if this matches."""
+    def keys(rows: np.ndarray | None) -> list[str]:
+        return [] if rows is None else sorted(prep.train.keys[i] for i in rows)
+
+    settings = config.model_dump(mode="json")
+    for length in ("epochs", "patience"):  # a longer run may continue a shorter one's checkpoint
+        settings["optim"].pop(length)
+    payload = {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings, "fit": keys(split.fit), "select": keys(split.select),
+               "held": keys(split.held) if split.held is not None else sorted(prep.val.keys)}  # type: ignore[union-attr]
+    return json.dumps({"sha256": hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()})
+
+
+def _read_identity(folder: Path) -> str | None:
+    try:
+        return (folder / "split.json").read_text()
+    except OSError:
+        return None
+
+
 def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], groups: list[np.ndarray],
                             config: TrainConfig) -> np.ndarray:
     """Served probabilities of every held-out row, each fold cut by a calibration fitted without it."""
     confidence = config.validation.cut_confidence
     if len(result.served) == 1:
-        calibration, _ = fit_calibration(result.served[0], labels[0], confidence=confidence, seed=config.seed)
+        calibration, _ = fit_calibration(result.served[0], labels[0], confidence=confidence, seed=config.seed,
+                                         groups=groups[0])
         return calibration(torch.from_numpy(result.served[0])).numpy()
     probabilities = []
     for j, margins in enumerate(result.served):
@@ -159,10 +192,13 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         log.warning("--resume: nothing to resume in %s; starting from scratch", out)
     prep = prepare_data(data, config, val_data=val_data, cache_dir=cache_dir, device=device, progress=progress)
     splits = _splits(prep, config)
-    for split in splits:
-        require_both_classes([prep.train.samples[i] for i in split.fit], "training split")
-        if split.held is not None:
-            require_both_classes([prep.train.samples[i] for i in split.held], "held-out split")
+    hint = (f" (groups from {prep.grouping.source}; try fewer --folds, a larger --val-fraction or a "
+            "different --seed)")
+    for index, split in enumerate(splits):
+        for name, rows in (("training", split.fit), ("checkpoint-selection", split.select), ("held-out", split.held)):
+            found = sorted({prep.train.samples[i].label for i in rows}) if rows is not None else [0, 1]
+            if found != [0, 1]:
+                raise DatasetError(f"split {index}: the {name} photos hold only class {found}{hint}")
     vocab = MetadataVocab.from_samples(
         prep.train.samples if len(splits) > 1 else [prep.train.samples[i] for i in splits[0].fit])
     held_photos = [(prep.val, np.arange(len(prep.val.samples))) if s.held is None else (prep.train, s.held)
@@ -185,13 +221,15 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
 
     served = np.concatenate(result.served)
     calibration, cut = fit_calibration(served, all_labels, confidence=config.validation.cut_confidence,
-                                       seed=config.seed, groups=all_groups if len(splits) > 1 else None)
+                                       seed=config.seed, groups=all_groups)
     probabilities, validation = scores[chosen]
     held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
     write_predictions(out / "validation_predictions.csv", zip(held_names, all_labels.tolist(), probabilities.tolist()))
     kind = (f"out-of-fold over {len(splits)} grouped folds; each fold cut by a calibration fitted on the others"
             if len(splits) > 1 else
             "one held-out set that also chose the checkpoint, the cut and the head: optimistic")
+    if len(names) > 1 and len(splits) > 1:
+        kind += f"; the better of {len(names)} heads on these same photos, so slightly optimistic"
     served_label = "the image alone" if config.validation.served_metadata == "none" else "the dataset's metadata"
     head = HeadEnsemble(result.heads)
     metrics: dict[str, Any] = {
