@@ -69,6 +69,8 @@ def _splits(prep: PreparedData, config: TrainConfig) -> list[Split]:
     labels, groups = prep.train.labels, prep.grouping.ids
     v = config.validation
     if prep.val is not None:
+        if v.folds > 1:
+            log.warning("--val-data is given: the training data is not folded (validation.folds=%d ignored)", v.folds)
         everything = np.arange(len(labels))
         return [Split(everything, None, None)]
     if v.folds == 1:
