@@ -18,10 +18,9 @@ from roadwork.storage import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def training_overlap(predictor: Predictor, samples: list) -> list[str]:
+def training_overlap(predictor: Predictor, samples: list, keys: list[str | None]) -> list[str]:
     """File names of evaluation photos that the bundle was trained on (same bytes)."""
     seen = predictor.bundle.training_fingerprints()
-    keys, _ = content_keys(samples)
     return [s.file_name for s, k in zip(samples, keys) if k is not None and fingerprint(k) in seen]
 
 
@@ -30,11 +29,12 @@ def evaluate(bundle: str | Path, data: str, out: str | Path, *, cache_dir: str |
     out = Path(out)
     predictor = Predictor.from_bundle(bundle, device)
     samples = load_samples(data)
-    overlap = training_overlap(predictor, samples)
+    hashed = content_keys(samples)
+    overlap = training_overlap(predictor, samples, hashed[0])
     if overlap:
         log.warning("%d of %d evaluation photos were in the bundle's training data (e.g. %s): their scores "
                     "are not a test", len(overlap), len(samples), ", ".join(overlap[:3]))
-    probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, progress=None)
+    probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, progress=None, hashed=hashed)
     scored = [(s, p) for s, p in zip(samples, probs) if p is not None]
     if not scored:
         raise DatasetError(f"{data}: no image could be decoded")

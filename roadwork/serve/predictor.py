@@ -59,12 +59,16 @@ class Predictor:
         return self.bundle.calibration(head_margins(self.head, table, self.device, self.batch_size))
 
     def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                        use_cache: bool = True, progress: bool | None = False) -> tuple[list[float | None], dict[str, str]]:
-        """Probabilities (None where an image failed) and the failures by file name."""
+                        use_cache: bool = True, progress: bool | None = False,
+                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                        ) -> tuple[list[float | None], dict[str, str]]:
+        """Probabilities (None where an image failed) and the failures by file name; ``hashed`` passes
+        ``content_keys(samples)`` when the caller already has them."""
         spec = self.bundle.backbone
         if use_cache:
             store = open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device)
-            result, cached = extract_and_load(samples, lambda: self.backbone, spec.views, store, progress=progress)
+            result, cached = extract_and_load(samples, lambda: self.backbone, spec.views, store, progress=progress,
+                                              hashed=hashed)
             good = [i for i, f in enumerate(cached) if f is not None]
             features = [cached[i] for i in good]
             failures = result.failures
