@@ -72,7 +72,7 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     readable = [i for i, k in enumerate(keys[:len(samples)]) if k is not None]
     keep = check_label_conflicts([samples[i] for i in readable], [keys[i] for i in readable],
                                  config.validation.conflicting_labels)
-    dropped = set(range(len(samples))) - {readable[i] for i in keep}
+    dropped = set(range(len(samples))) - {readable[i] for i in keep}   # unreadable or conflicting
 
     data = config.data
     info = describe_backbone(data.backbone, weights=data.backbone_weights, input_size=data.input_size)
@@ -104,16 +104,16 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     if val is not None:
         require_both_classes(val.samples, "validation (after dropping undecodable images)")
     similarity = config.validation.near_duplicate_similarity
-    grouping = group_samples(train.samples, train.keys, train.global_features(), groups=config.validation.groups,
+    train_global = train.global_features()
+    grouping = group_samples(train.samples, train.keys, train_global, groups=config.validation.groups,
                              similarity=similarity)
     leakage = None
     if val is not None:
-        leakage = leakage_report([s.file_name for s in train.samples], train.keys, train.global_features(),
+        leakage = leakage_report([s.file_name for s in train.samples], train.keys, train_global,
                                  [s.file_name for s in val.samples], val.keys, val.global_features(), similarity)
     text = None
     if config.model.metadata and config.model.text:
         text = TextEncoder().embed(s.description for s in everything if s.description is not None)
     extraction = {"extracted": result.extracted, "cached": result.cached, "failed": result.failures,
-                  "seconds": round(result.seconds, 2), "label_conflicts_dropped": len(dropped - set(
-                      i for i in range(len(samples)) if keys[i] is None))}
+                  "seconds": round(result.seconds, 2), "label_conflicts_dropped": len(readable) - len(keep)}
     return PreparedData(train, val, grouping, spec, text, leakage, extraction)

@@ -27,17 +27,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
+from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
-from roadwork.serve.calibration import fit_calibration
-from roadwork.config import TrainConfig
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.evaluate.metrics import binary_metrics, mcc_interval
 from roadwork.evaluate.report import write_predictions
 from roadwork.features.table import FeatureTable, head_margins
-from roadwork.config import HeadConfig
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
+from roadwork.serve.calibration import fit_calibration
 from roadwork.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
 from roadwork.train.prepare import Photos, PreparedData, prepare_data
@@ -148,7 +147,8 @@ def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, pre
     settings = config.model_dump(mode="json")
     for length in ("epochs", "patience"):  # a longer run may continue a shorter one's checkpoint
         settings["optim"].pop(length)
-    payload = {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings, "fit": keys(split.fit), "select": keys(split.select),
+    payload = {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings,
+               "fit": keys(split.fit), "select": keys(split.select),
                "held": keys(split.held) if split.held is not None else sorted(prep.val.keys)}  # type: ignore[union-attr]
     return json.dumps({"sha256": hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()})
 
@@ -241,7 +241,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         "chosen_head": chosen,
         "candidates": {n: {k: scores[n][1][k] for k in ("mcc", "mcc_ci95", "auroc", "accuracy")} for n in names},
         "calibration": {**calibration.to_dict(), "cut": cut.__dict__, "fitted_on": int(len(served))},
-        "folds": len(splits) if len(splits) > 1 else 1,
+        "folds": len(splits),
         "groups": prep.grouping.summary(),
         "leakage_with_val_data": prep.leakage,
         "fits": {n: results[n].info for n in names},
