@@ -6,10 +6,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from roadwork.data.records import Sample
-from roadwork.config import LossConfig
+from roadwork.config import HeadConfig, LossConfig
 from roadwork.losses import RoadworkLoss
 from roadwork.model.attention import GatedAttentionStack, attention_mask
-from roadwork.config import HeadConfig
 from roadwork.model.gafm import GatedAttentionFusion, MeanFusion
 from roadwork.model.head import HeadEnsemble, MultiViewHead, ProbeHead, build_head
 from roadwork.model.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch, MetadataEncoder, MetadataVocab
@@ -364,7 +363,6 @@ def test_text_encoder_embeds_distinct_strings_once():
 def test_view_logits_use_the_main_classifier_so_agreement_is_not_trivial():
     """With one view and mean fusion the pooled vector is that view's token: both logits must match."""
     from roadwork.data.records import Sample
-    from roadwork.config import HeadConfig
     from roadwork.model.head import build_head
     from roadwork.model.metadata import MetadataBatch, MetadataVocab
 

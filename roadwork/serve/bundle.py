@@ -26,12 +26,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from roadwork import __version__
-from roadwork.serve.calibration import Calibration
-from roadwork.config import TrainConfig
+from roadwork.config import HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
-from roadwork.config import HeadConfig
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
+from roadwork.serve.calibration import Calibration
 from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"

@@ -12,11 +12,10 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from roadwork.config import TrainConfig
+from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import CATEGORY_FIELDS, Sample
 from roadwork.features.table import FeatureTable
 from roadwork.losses import RoadworkLoss
-from roadwork.config import HeadConfig
 from roadwork.model.head import MultiViewHead, build_head
 from roadwork.model.metadata import NULL_INDEX, MetadataVocab
 from roadwork.train.data import FeatureDataModule
