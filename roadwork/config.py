@@ -110,6 +110,44 @@ class ValidationConfig(_Strict):
     cut_confidence: float = Field(default=0.9, ge=0.5, le=1.0)
 
 
+class BackboneTrainingConfig(_Strict):
+    """Whether and how the backbone learns (see roadwork.train.finetune and roadwork.backbones.adapt).
+
+    ``frozen`` trains heads on cached features; ``last_blocks``, ``lora``, ``dora`` and ``full``
+    first fine-tune the backbone on augmented photos, then fit the heads on its features; ``auto``
+    picks per backbone and data size from measurements (README, bench/RESULTS.md) and says which.
+    """
+
+    mode: Literal["auto", "frozen", "last_blocks", "lora", "dora", "full"] = "auto"
+    blocks: int = Field(2, ge=1, le=256, description="last_blocks: how many of the last blocks train")
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA/DoRA dropout")
+    targets: list[str] | None = Field(None, description="LoRA/DoRA module names; None = the family's defaults")
+    batchnorm: Literal["frozen", "train"] = "frozen"
+    epochs: int = Field(12, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="backbone (or adapter) rate; None = 3e-4, "
+                             "1e-3 for LoRA/DoRA adapters")
+    head_lr: float = Field(3e-3, gt=0.0, le=1.0, description="the linear classifier trained with it")
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    augment: Literal["none", "light", "heavy"] = "heavy"
+    crop_scale: tuple[float, float] = Field((0.3, 1.0), description="random resized crop: area range kept")
+    gradient_checkpointing: bool = False
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= value[1] <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {list(value)}")
+        return value
+
+    @property
+    def backbone_lr(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.mode in ("lora", "dora") else 3e-4)
+
+
 class OptimConfig(_Strict):
     epochs: int = Field(default=40, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
@@ -131,6 +169,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
     model: HeadConfig = HeadConfig()
+    backbone_training: BackboneTrainingConfig = BackboneTrainingConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     validation: ValidationConfig = ValidationConfig()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -47,3 +48,37 @@ def small_folder(tmp_path: Path) -> Path:
     rows = [{"file_name": f"img/{i}.jpg", "label": i % 2, "weather": "rain" if i % 3 else "", "latitude": 52.5,
              "longitude": 13.4} for i in range(8)]
     return write_folder(tmp_path / "ds", rows)
+
+
+def orange_block_folder(root: Path, n: int, seed: int) -> Path:
+    """Gray noise; positives carry an orange block: learnable in a few epochs from frozen features."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        array = rng.integers(70, 130, size=(112, 112, 3), dtype=np.uint8)
+        label = i % 2
+        if label:
+            x, y = rng.integers(0, 60, size=2)
+            array[y : y + 50, x : x + 50] = (255, 120, 0)
+        Image.fromarray(array).save(root / f"img/{i}.jpg", quality=90)
+        rows.append({"file_name": f"img/{i}.jpg", "label": label, "weather": ["rain", "", "fog"][i % 3],
+                     "latitude": 40 + i % 5, "longitude": 2.0, "description": "cones ahead" if i % 4 == 1 else ""})
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_folder(tmp_path_factory) -> Path:
+    """A tiny random DINOv3 ViT saved with ``save_pretrained``: the real loading code, no download."""
+    from transformers import AutoModel, DINOv3ViTConfig
+
+    folder = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                             patch_size=16, num_register_tokens=4, image_size=32)
+    AutoModel.from_config(config).save_pretrained(folder)
+    return folder

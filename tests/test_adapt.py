@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModel, DINOv3ViTConfig
 
 from roadwork.backbones.adapt import adapt_backbone, lora_target_names, merge_adapters
 from roadwork.backbones.base import BATCHNORM, create_backbone
 from roadwork.errors import RoadworkError
-
-
-@pytest.fixture(scope="module")
-def vit_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vit")
-    torch.manual_seed(0)
-    config = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                             patch_size=16, num_register_tokens=4, image_size=32)
-    AutoModel.from_config(config).save_pretrained(folder)
-    return folder
 
 
 def _backbone(kind: str, folder):
@@ -38,9 +27,9 @@ def _step(backbone, views: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("kind", ["vit", "convnet"])
 @pytest.mark.parametrize("mode", ["frozen", "last_blocks", "lora", "dora", "full"])
-def test_each_mode_trains_only_its_part_and_merges_to_the_same_function(kind, mode, vit_folder):
+def test_each_mode_trains_only_its_part_and_merges_to_the_same_function(kind, mode, tiny_vit_folder):
     torch.manual_seed(0)
-    backbone = _backbone(kind, vit_folder)
+    backbone = _backbone(kind, tiny_vit_folder)
     size = backbone.input_size
     views = torch.rand(4, 3, size, size)
     total = len(list(backbone.parameters()))
@@ -84,10 +73,10 @@ def test_frozen_batchnorm_keeps_its_statistics_while_training():
     assert norm.training and not torch.equal(norm.running_mean, stats)
 
 
-def test_lora_targets_per_family_and_bad_settings(vit_folder):
-    vit = _backbone("vit", vit_folder)
+def test_lora_targets_per_family_and_bad_settings(tiny_vit_folder):
+    vit = _backbone("vit", tiny_vit_folder)
     assert lora_target_names(vit) == ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-    convnet = _backbone("convnet", vit_folder)
+    convnet = _backbone("convnet", tiny_vit_folder)
     assert lora_target_names(convnet) == ["conv_pw", "conv_pwl"]
     with pytest.raises(RoadworkError, match="none of the LoRA target modules"):
         lora_target_names(convnet, ["nothing_here"])

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from roadwork.cli import app
 from roadwork.data.augment import OPS, ViewAugmenter, _fog, _glare, preset
-from tests.conftest import write_folder
+from conftest import write_folder
 
 
 def _only(op: str, p: float = 1.0) -> ViewAugmenter:

@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 from typer.testing import CliRunner
 
+from conftest import orange_block_folder
 from roadwork.cli import app
 from roadwork.config import load_config
 from roadwork.data.sources import load_samples
@@ -24,27 +25,6 @@ from roadwork.train.run import train
 
 TINY = ["validation.groups=rows", "validation.folds=1", "model.type=multiview", "model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
         "optim.epochs=8", "optim.lr=3e-3", "optim.batch_size=8", "optim.patience=50"]
-
-
-def _dataset(root: Path, n: int, seed: int) -> Path:
-    """Gray noise; positives carry an orange block: learnable in a few epochs from frozen features."""
-    rng = np.random.default_rng(seed)
-    (root / "img").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        array = rng.integers(70, 130, size=(112, 112, 3), dtype=np.uint8)
-        label = i % 2
-        if label:
-            x, y = rng.integers(0, 60, size=2)
-            array[y : y + 50, x : x + 50] = (255, 120, 0)
-        Image.fromarray(array).save(root / f"img/{i}.jpg", quality=90)
-        rows.append({"file_name": f"img/{i}.jpg", "label": label, "weather": ["rain", "", "fog"][i % 3],
-                     "latitude": 40 + i % 5, "longitude": 2.0, "description": "cones ahead" if i % 4 == 1 else ""})
-    with open(root / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
 
 
 def _resave(bundle, path: Path) -> Path:
@@ -59,8 +39,8 @@ def _resave(bundle, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
-    data = _dataset(base / "train", 40, seed=0)
-    test = _dataset(base / "test", 16, seed=1)
+    data = orange_block_folder(base / "train", 40, seed=0)
+    test = orange_block_folder(base / "test", 16, seed=1)
     cache = base / "cache"
     metrics = train(str(data), base / "run", load_config(None, TINY), cache_dir=cache, progress=False)
     return {"base": base, "data": data, "test": test, "cache": cache, "run": base / "run", "metrics": metrics}
@@ -89,14 +69,14 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
     bundle = load_bundle(trained["run"] / "bundle")
     samples = load_samples(trained["test"])
     predictor = Predictor(bundle)
-    backbone = predictor.backbone
+    backbone = predictor.backbone()
     store = open_store(trained["cache"], backbone.name, backbone.input_size, "auto")
     keys = extract_features(samples, backbone, "auto", store, num_workers=0, progress=False).keys
     loaded = store.load(keys)
     features = [loaded[k] for k in keys]
-    before = predictor.probabilities_from_features(features, samples)
+    before = predictor.probabilities_from_features([features], samples)
     _resave(bundle, tmp_path / "copy")
-    after = Predictor.from_bundle(tmp_path / "copy").probabilities_from_features(features, samples)
+    after = Predictor.from_bundle(tmp_path / "copy").probabilities_from_features([features], samples)
     assert torch.equal(before, after)
     assert before.min() >= 0 and before.max() <= 1 and before.std() > 0
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from roadwork.backbones.base import BATCHNORM, Backbone
+from roadwork.backbones.base import BATCHNORM, Backbone, create_backbone
 from roadwork.errors import RoadworkError
 
 Mode = Literal["frozen", "last_blocks", "lora", "dora", "full"]
@@ -80,3 +81,39 @@ def merge_adapters(backbone: Backbone) -> Backbone:
             parent = backbone.get_submodule(parent_name) if parent_name else backbone
             setattr(parent, child, module.get_base_layer())
     return backbone
+
+
+def weight_snapshot(backbone: Backbone) -> dict[str, Tensor]:
+    """A copy of every weight and buffer, to find later which ones training changed."""
+    return {name: value.detach().clone() for name, value in backbone.state_dict().items()}
+
+
+def changed_weights(backbone: Backbone, before: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors (adapters merged first) that differ from ``before``: what a bundle stores beside the
+    base weights' name. Full fine-tuning changes them all; the last blocks or LoRA/DoRA a part."""
+    merge_adapters(backbone)
+    after = backbone.state_dict()
+    if set(after) != set(before):
+        raise RoadworkError(f"{backbone.name}: merged weights do not match the base model's names")
+    return {name: value.detach().cpu().contiguous() for name, value in after.items()
+            if not torch.equal(value.cpu(), before[name].cpu())}
+
+
+def load_changed_weights(backbone: Backbone, changed: dict[str, Tensor]) -> Backbone:
+    """Put stored changed tensors into a freshly built base backbone (in place), checking every name and shape."""
+    state = backbone.state_dict()
+    for name, value in changed.items():
+        if name not in state:
+            raise RoadworkError(f"{backbone.name}: adapted weight {name!r} does not exist in the base model")
+        if state[name].shape != value.shape:
+            raise RoadworkError(f"{backbone.name}: adapted weight {name!r} has shape {list(value.shape)}, "
+                                f"the base model {list(state[name].shape)}")
+    backbone.load_state_dict(changed, strict=False)
+    return backbone
+
+
+def create_adapted_backbone(name: str, changed: dict[str, Tensor], *, weights: str | None, input_size: int | None,
+                            device: str | torch.device) -> Backbone:
+    """The base backbone ``create_backbone`` builds, with fine-tuned ``changed`` weights put in, frozen."""
+    base = create_backbone(name, weights=weights, device="cpu", input_size=input_size)
+    return load_changed_weights(base, changed).freeze(device)

@@ -58,6 +58,9 @@ class TimmBackbone(Backbone):
         head_norm = getattr(getattr(self.model, "head", None), "norm", None)
         return found + ([head_norm] if isinstance(head_norm, torch.nn.Module) else [])
 
+    def gradient_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
     def logits(self, views: Tensor) -> Tensor:
         """Class logits of the pretrained head: the check that weights were loaded correctly."""
         return self.run(views, lambda x: (self.model(x),))[0]

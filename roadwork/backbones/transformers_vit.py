@@ -68,6 +68,14 @@ class TransformersViT(Backbone):
         return [m for m in (getattr(self.model, "layernorm", None), getattr(self.model, "norm", None))
                 if isinstance(m, torch.nn.Module)]
 
+    def gradient_checkpointing(self, enable: bool = True) -> None:
+        if not self.model.supports_gradient_checkpointing:
+            raise RoadworkError(f"{self.name}: this transformers model does not support gradient checkpointing")
+        if enable:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_disable()
+
     def encode(self, x: Tensor, return_tokens: bool) -> tuple[Tensor, ...]:
         hidden = self.model(pixel_values=x).last_hidden_state
         patches = hidden[:, self.num_prefix_tokens :]

@@ -60,7 +60,9 @@ def content_keys(samples: Sequence[Sample], progress: bool | None = False) -> tu
     return keys, failures
 
 
-class _ViewsDataset(Dataset):
+class ViewsDataset(Dataset):
+    """(index, uint8 views or None, error or None) per sample: decoding failures are data, not exceptions."""
+
     def __init__(self, samples: Sequence[Sample], plan: str, input_size: int) -> None:
         self.samples, self.plan, self.input_size = samples, plan, input_size
 
@@ -82,7 +84,7 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _one_thread(worker_id: int) -> None:
+def one_thread_per_worker(worker_id: int) -> None:
     """Decoding workers resize with one thread each, leaving the other cores to the backbone."""
     torch.set_num_threads(1)
 
@@ -125,11 +127,11 @@ def extract_features(
         backbone = backbone()
     num_workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
-        _ViewsDataset(todo, plan, backbone.input_size),
+        ViewsDataset(todo, plan, backbone.input_size),
         batch_size=images_per_batch,
         num_workers=num_workers,
         collate_fn=as_is,
-        worker_init_fn=_one_thread,
+        worker_init_fn=one_thread_per_worker,
         prefetch_factor=2 if num_workers else None,
     )
     pending: dict[str, torch.Tensor] = {}

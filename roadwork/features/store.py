@@ -70,6 +70,11 @@ def namespace_for(backbone: str, input_size: int, plan: str, weights: str | None
     return f"{readable}-{input_size}-{plan}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 
+def adapted_variant(digest: str) -> str:
+    """The cache variant of features from a fine-tuned backbone, named by its stored weights' SHA-256."""
+    return f"adapted-{digest[:12]}|{digest}"
+
+
 class CorruptShardError(RoadworkError):
     """A shard's bytes changed after it was indexed; it has been removed, a rerun re-extracts it."""
 

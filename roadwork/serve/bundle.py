@@ -1,11 +1,13 @@
 """The bundle: everything needed to predict, in a folder, verified before use.
 
 ``model.safetensors`` holds the served heads (one, or the k heads of a k-fold run, served as the
-mean of their calibrated probabilities); ``fingerprints.safetensors`` the first 8 bytes of the
-SHA-256 of every training image (so ``evaluate`` can warn when it is shown photos the model learnt from); ``manifest.json`` names
-the kind and holds the head configuration, backbone and view plan, metadata vocabularies,
-calibration, what served requests carry, the training configuration and data summary, metrics,
-library versions and the SHA-256 of every other file. Nothing is ever unpickled.
+mean of their calibrated probabilities); ``backbone-<i>.safetensors``, when the backbone was
+fine-tuned, the weights that member i changed in the base backbone the manifest names (adapters
+merged); ``fingerprints.safetensors`` the first 8 bytes of the SHA-256 of every training image (so
+``evaluate`` can warn when it is shown photos the model learnt from); ``manifest.json`` names the
+kind and holds the head configuration, backbone and view plan, how the backbone was trained,
+metadata vocabularies, calibration, what served requests carry, the training configuration and data
+summary, metrics, library versions and the SHA-256 of every other file. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from roadwork import __version__
-from roadwork.config import HeadConfig, TrainConfig
+from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
@@ -63,6 +65,12 @@ class Bundle:
     served_metadata: str   # "none": requests carry the image alone, so metadata is hidden when scoring
     manifest: dict[str, Any]
     path: Path
+    adapted: list[str]     # per member, the file of its fine-tuned backbone's changed weights; [] = frozen
+
+    def adapted_weights(self, member: int) -> tuple[dict[str, torch.Tensor], str]:
+        """Member ``member``'s changed backbone weights and their SHA-256 (its features' cache name)."""
+        name = self.adapted[member]
+        return load_file(str(self.path / name)), self.manifest["files"][name]
 
     def training_fingerprints(self) -> set[int]:
         """First 8 bytes (as a signed int) of the SHA-256 of every training image."""
@@ -92,8 +100,12 @@ def _versions() -> dict[str, str]:
 
 def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig, config: TrainConfig,
                 vocab: MetadataVocab, backbone: BackboneSpec, calibration: Calibration, served_metadata: str,
-                metrics: dict[str, Any], data_summary: dict[str, Any], fingerprints: list[str]) -> Path:
-    """Write the bundle into a temporary sibling folder, then swap it into place whole."""
+                metrics: dict[str, Any], data_summary: dict[str, Any], fingerprints: list[str],
+                adapted_backbones: list[dict[str, torch.Tensor]] | None = None,
+                backbone_training: BackboneTrainingConfig | None = None) -> Path:
+    """Write the bundle into a temporary sibling folder, then swap it into place whole.
+
+    ``adapted_backbones`` holds, per head, the weights fine-tuning changed in the base backbone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -103,6 +115,11 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
         prints = torch.tensor(sorted({fingerprint(k) for k in fingerprints}), dtype=torch.int64)
         atomic_write_bytes(staging / FINGERPRINTS, save({"sha256_prefix": prints}))
         members = len(head.members)
+        adapted = [f"backbone-{i}.safetensors" for i in range(len(adapted_backbones or []))]
+        if adapted and len(adapted) != members:
+            raise ValueError(f"{len(adapted)} adapted backbones for {members} heads")
+        for name, changed in zip(adapted, adapted_backbones or []):
+            atomic_write_bytes(staging / name, save(changed))
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": "head" if members == 1 else "fold_ensemble",
@@ -112,6 +129,8 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "served_metadata": served_metadata,
             "config": config.model_dump(mode="json"),
             "backbone": backbone.__dict__,
+            "backbone_training": (backbone_training or BackboneTrainingConfig(mode="frozen")).model_dump(mode="json"),
+            "adapted_backbones": adapted,
             "vocabulary": vocab.to_dict(),
             "calibration": calibration.to_dict(),
             "decision_threshold": 0.5,
@@ -119,7 +138,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "data": data_summary,
             "metrics": metrics,
             "versions": _versions(),
-            "files": {name: sha256_file(staging / name) for name in (WEIGHTS, FINGERPRINTS)},
+            "files": {name: sha256_file(staging / name) for name in (WEIGHTS, FINGERPRINTS, *adapted)},
         }
         manifest["manifest_sha256"] = manifest_digest(manifest)
         atomic_write_json(staging / MANIFEST, manifest)
@@ -190,9 +209,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         members = manifest["members"]
         if not isinstance(members, int) or not 1 <= members <= 1000:
             raise ValueError(f"members must be an integer from 1 to 1000, got {members!r}")
+        # Bundles written before fine-tuning existed have no entry: their backbone is the frozen base.
+        adapted = manifest.get("adapted_backbones", [])
+        if not isinstance(adapted, list) or (adapted and len(adapted) != members) or \
+                not all(isinstance(name, str) and name in manifest["files"] for name in adapted):
+            raise ValueError(f"adapted_backbones must list one verified file per member, got {adapted!r}")
         head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab) for _ in range(members)])
         head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as error:
         raise BundleError(f"{path}: manifest and weights do not fit together: {error}") from error
     head.to(device).eval()
-    return Bundle(head, head_config, vocab, backbone, calibration, served_metadata, manifest, path)
+    return Bundle(head, head_config, vocab, backbone, calibration, served_metadata, manifest, path, adapted)

@@ -8,24 +8,30 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import create_backbone
+from roadwork.backbones.adapt import create_adapted_backbone
+from roadwork.backbones.base import Backbone, create_backbone
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views
-from roadwork.features.extract import extract_and_load, open_store
+from roadwork.features.extract import content_keys, extract_and_load, open_store
+from roadwork.features.store import FeatureStore, adapted_variant
 from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, load_bundle
 
 
 class Predictor:
-    """Holds the head, and loads the backbone and text encoder only when first needed."""
+    """Holds the heads, and loads the backbone(s) and text encoder only when first needed.
+
+    A frozen-backbone bundle has one feature source shared by every head; a fine-tuned one has a
+    source per head (its own adapted backbone, with features cached under that backbone's digest).
+    """
 
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", batch_size: int = 256) -> None:
         self.bundle = bundle
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.head = bundle.head.to(self.device).eval()
-        self._backbone: torch.nn.Module | None = None
+        self._backbones: dict[int, Backbone] = {}
         self._text: TextEncoder | None = None
 
     @classmethod
@@ -33,11 +39,25 @@ class Predictor:
         return cls(load_bundle(path, device), device)
 
     @property
-    def backbone(self) -> torch.nn.Module:
-        if self._backbone is None:
+    def sources(self) -> int:
+        """How many backbones produce features: 1, or one per head for a fine-tuned bundle."""
+        return len(self.bundle.adapted) or 1
+
+    def backbone(self, source: int = 0) -> Backbone:
+        if source not in self._backbones:
             spec = self.bundle.backbone
-            self._backbone = create_backbone(spec.name, weights=spec.weights, device=self.device, input_size=spec.input_size)
-        return self._backbone
+            if self.bundle.adapted:
+                built = create_adapted_backbone(spec.name, self.bundle.adapted_weights(source)[0], weights=spec.weights,
+                                                input_size=spec.input_size, device=self.device)
+            else:
+                built = create_backbone(spec.name, weights=spec.weights, device=self.device, input_size=spec.input_size)
+            self._backbones[source] = built
+        return self._backbones[source]
+
+    def _store(self, source: int, cache_dir: str | Path | None) -> FeatureStore:
+        spec = self.bundle.backbone
+        variant = adapted_variant(self.bundle.adapted_weights(source)[1]) if self.bundle.adapted else None
+        return open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device, variant=variant)
 
     def _text_embeddings(self, samples: Sequence[Sample]) -> dict[str, Tensor] | None:
         model = self.bundle.head_config
@@ -47,16 +67,25 @@ class Predictor:
             self._text = TextEncoder()
         return self._text.embed(s.description for s in samples if s.description is not None)
 
-    def probabilities_from_features(self, features: Sequence[Tensor], samples: Sequence[Sample]) -> Tensor:
-        """Calibrated P(roadwork) per sample from its cached ``[n_views, dim]`` features.
+    def probabilities_from_features(self, features: Sequence[Sequence[Tensor]], samples: Sequence[Sample]) -> Tensor:
+        """Calibrated P(roadwork) per sample from its cached ``[n_views, dim]`` features, one list per
+        source (``self.sources``).
 
         A bundle calibrated for image-only requests scores every sample without its metadata, so
         ``evaluate`` measures what is served.
         """
-        table = FeatureTable.build(samples, features, self.bundle.vocab, self._text_embeddings(samples))
+        if len(features) != self.sources:
+            raise ValueError(f"this bundle reads features from {self.sources} backbone(s), got {len(features)} lists")
+        text = self._text_embeddings(samples)
+        tables = [FeatureTable.build(samples, f, self.bundle.vocab, text) for f in features]
         if self.bundle.served_metadata == "none":
-            table = table.image_only()
-        return self.bundle.calibration(head_margins(self.head, table, self.device, self.batch_size))
+            tables = [t.image_only() for t in tables]
+        if self.sources == 1:
+            margins = head_margins(self.head, tables[0], self.device, self.batch_size)
+        else:
+            margins = torch.stack([head_margins(member, table, self.device, self.batch_size)
+                                   for member, table in zip(self.head.members, tables)], dim=-1)
+        return self.bundle.calibration(margins)
 
     def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                         use_cache: bool = True, progress: bool | None = False,
@@ -66,14 +95,18 @@ class Predictor:
         ``content_keys(samples)`` when the caller already has them."""
         spec = self.bundle.backbone
         if use_cache:
-            store = open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device)
-            result, cached = extract_and_load(samples, lambda: self.backbone, spec.views, store, progress=progress,
-                                              hashed=hashed)
-            good = [i for i, f in enumerate(cached) if f is not None]
-            features = [cached[i] for i in good]
-            failures = result.failures
+            if hashed is None:
+                hashed = content_keys(samples, progress)
+            loaded, failures = [], {}
+            for source in range(self.sources):
+                result, cached = extract_and_load(samples, lambda s=source: self.backbone(s), spec.views,
+                                                  self._store(source, cache_dir), progress=progress, hashed=hashed)
+                loaded.append(cached)
+                failures |= result.failures
+            good = [i for i in range(len(samples)) if all(cached[i] is not None for cached in loaded)]
+            features = [[cached[i] for i in good] for cached in loaded]
         else:
-            good, features, failures = [], [], {}
+            good, features, failures = [], [[] for _ in range(self.sources)], {}
             for i, sample in enumerate(samples):
                 try:
                     views = image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
@@ -82,7 +115,8 @@ class Predictor:
                     failures[sample.file_name] = str(error)
                     continue
                 good.append(i)
-                features.append(self.backbone.features(views).cpu())
+                for source in range(self.sources):
+                    features[source].append(self.backbone(source).features(views).cpu())
         probs: list[float | None] = [None] * len(samples)
         if good:
             values = self.probabilities_from_features(features, [samples[i] for i in good])

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 MONITOR = "val_served_mcc"
 
 
-class _ProgressBar(RichProgressBar):
+class ProgressBar(RichProgressBar):
     """Rich bar without Lightning's logger version number, which means nothing to a user."""
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
@@ -34,7 +34,7 @@ class _ProgressBar(RichProgressBar):
         return metrics
 
 
-def _precision(setting: str, accelerator: str) -> str:
+def precision_setting(setting: str, accelerator: str) -> str:
     if setting != "auto":
         return "32-true" if setting == "32" else setting
     return "bf16-mixed" if accelerator == "cuda" else "32-true"
@@ -73,10 +73,10 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
     callbacks: list[L.Callback] = [checkpoints, EarlyStopping(monitor=MONITOR, mode="max",
                                                               patience=config.optim.patience)]
     if progress:
-        callbacks.append(_ProgressBar(leave=False))
+        callbacks.append(ProgressBar(leave=False))
     trainer = L.Trainer(
         max_epochs=config.optim.epochs, accelerator=accelerator, devices=1,
-        precision=_precision(config.optim.precision, accelerator),
+        precision=precision_setting(config.optim.precision, accelerator),
         gradient_clip_val=config.optim.gradient_clip, accumulate_grad_batches=config.optim.accumulate_grad_batches,
         callbacks=callbacks, logger=CSVLogger(out, name="logs"), enable_progress_bar=progress,
         enable_model_summary=False, log_every_n_steps=1, deterministic=False, default_root_dir=out,

@@ -78,12 +78,18 @@ class RoadworkModule(L.LightningModule):
                 (decay if matrix else no_decay).append(param)
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(total - 1, round(total * self.optim.warmup_fraction)) if total > 1 else 0
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
-        if warmup:
-            ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup)
-            schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
-        else:
-            schedule = cosine
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches), self.optim.warmup_fraction)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup_fraction: float) -> dict:
+    """Lightning's optimiser dict: a linear warmup over ``warmup_fraction`` of ``steps``, then cosine decay
+    to zero, stepped every batch (every parameter group keeps its own peak rate)."""
+    total = max(1, steps)
+    warmup = min(total - 1, round(total * warmup_fraction)) if total > 1 else 0
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup:
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup)
+        schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    else:
+        schedule = cosine
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

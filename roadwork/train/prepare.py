@@ -52,6 +52,7 @@ class PreparedData:
     text: dict[str, Tensor] | None
     leakage: dict[str, Any] | None
     extraction: dict[str, Any]
+    adapted_digest: str | None = None   # features from a fine-tuned backbone: its weights' SHA-256
 
 
 def require_both_classes(samples: Sequence[Sample], name: str) -> None:

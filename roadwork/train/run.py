@@ -38,6 +38,8 @@ from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
 from roadwork.serve.calibration import fit_calibration
 from roadwork.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from roadwork.progress import console
+from roadwork.train.finetune import adapted_splits, resolve_mode
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
 from roadwork.train.prepare import Photos, PreparedData, prepare_data
 from roadwork.train.probe import fit_probe
@@ -91,12 +93,23 @@ def _table(photos: Photos, rows: np.ndarray | None, vocab: MetadataVocab, text: 
                               copies)
 
 
-def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: MetadataVocab, splits: list[Split],
-                   out: Path, *, device: str, resume: bool, progress: bool) -> CandidateResult:
+def _learning_rows(split: Split) -> np.ndarray:
+    """Every row that may shape a split's model: its training rows, and its selection rows when they
+    are not also the rows it is measured on."""
+    if split.select is None or split.select is split.held:
+        return split.fit
+    return np.union1d(split.fit, split.select)
+
+
+def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vocab: MetadataVocab,
+                   splits: list[Split], out: Path, *, device: str, resume: bool, progress: bool) -> CandidateResult:
+    """Fit head ``name`` on every split; ``preps[i]`` holds split i's features (one backbone for all
+    splits when it is frozen, each split's own fine-tuned one otherwise)."""
     result = CandidateResult(name)
     head_config = config.model.model_copy(update={"type": name})
     served_none = config.validation.served_metadata == "none"
     for index, split in enumerate(splits):
+        prep = preps[index]
         folder = out / "splits" / f"{name}-{index}"
         held_photos, held_rows = (prep.val, None) if split.held is None else (prep.train, split.held)
         held = _table(held_photos, held_rows, vocab, prep.text)
@@ -115,8 +128,7 @@ def _fit_candidate(name: str, prep: PreparedData, config: TrainConfig, vocab: Me
         elif name == "probe":
             # The probe chooses its own regularisation by inner cross-validation, so it learns from
             # every row that is not held out (the multi-view selection rows included).
-            rows = split.fit if split.select is None or split.select is split.held else \
-                np.union1d(split.fit, split.select)
+            rows = _learning_rows(split)
             started = time.perf_counter()
             head = fit_probe(_table(prep.train, rows, vocab, None, augmented=True), prep.grouping.ids[rows],
                              config.seed)
@@ -148,6 +160,7 @@ def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, pre
     for length in ("epochs", "patience"):  # a longer run may continue a shorter one's checkpoint
         settings["optim"].pop(length)
     payload = {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings,
+               "adapted_backbone": prep.adapted_digest,
                "fit": keys(split.fit), "select": keys(split.select),
                "held": keys(split.held) if split.held is not None else sorted(prep.val.keys)}  # type: ignore[union-attr]
     return json.dumps({"sha256": hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()})
@@ -209,11 +222,21 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     groups = [prep.grouping.ids[rows] if photos is prep.train else rows for photos, rows in held_photos]
     all_labels, all_groups = np.concatenate(labels), np.concatenate(groups)
 
-    names = CANDIDATES if config.model.type == "auto" else (config.model.type,)
+    settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples))
+    console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
     fit_started = time.perf_counter()
+    adapted: list[tuple[PreparedData, dict[str, torch.Tensor], dict[str, Any]]] = []
+    if settings.mode != "frozen":
+        if config.data.augment_copies:
+            log.warning("data.augment_copies is for frozen training; fine-tuning augments the photos themselves")
+        adapted = adapted_splits(prep, [_learning_rows(s) for s in splits], config, settings, out,
+                                 cache_dir=cache_dir, device=device, resume=resume, progress=progress)
+    preps = [a[0] for a in adapted] if adapted else [prep] * len(splits)
+
+    names = CANDIDATES if config.model.type == "auto" else (config.model.type,)
     results, scores = {}, {}
     for name in names:
-        results[name] = _fit_candidate(name, prep, config, vocab, splits, out, device=device, resume=resume,
+        results[name] = _fit_candidate(name, preps, config, vocab, splits, out, device=device, resume=resume,
                                        progress=progress)
         probabilities = _held_out_probabilities(results[name], labels, groups, config)
         scores[name] = (probabilities, _scored(probabilities, all_labels, all_groups, config.seed))
@@ -239,6 +262,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         "validation_with_metadata": binary_metrics(
             calibration(torch.from_numpy(np.concatenate(result.metadata))).numpy(), all_labels, 0.5),
         "chosen_head": chosen,
+        "backbone_training": {"mode": settings.mode, "why": reason, "fits": [a[2] for a in adapted]},
         "candidates": {n: {k: scores[n][1][k] for k in ("mcc", "mcc_ci95", "auroc", "accuracy")} for n in names},
         "calibration": {**calibration.to_dict(), "cut": cut.__dict__, "fitted_on": int(len(served))},
         "folds": len(splits),
@@ -256,7 +280,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     save_bundle(out / "bundle", head=head, head_config=config.model.model_copy(update={"type": chosen}),
                 config=config, vocab=vocab, backbone=prep.spec, calibration=calibration,
                 served_metadata=config.validation.served_metadata, metrics=metrics["validation"],
-                data_summary=data_summary, fingerprints=prep.train.keys)
+                data_summary=data_summary, fingerprints=prep.train.keys,
+                adapted_backbones=[a[1] for a in adapted], backbone_training=settings)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

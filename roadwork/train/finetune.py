@@ -1,0 +1,247 @@
+"""Fine-tune the backbone on decoded photos: ``backbone_training.mode`` last_blocks, lora, dora or full.
+
+The backbone (made partly trainable by ``roadwork.backbones.adapt``) and a new linear classifier learn
+from the global view of each training photo, cropped at random (``crop_scale``) and augmented per
+view (the ``augment`` preset) on the training device, with one learning rate for the backbone and a
+larger one for the classifier. The classifier is then dropped: the adapted backbone replaces the
+frozen one for every view of the plan, its features are cached under the digest of its weights, and
+the usual heads are fitted on them (``roadwork.train.run``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import kornia.augmentation as K
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from roadwork.backbones.adapt import adapt_backbone, changed_weights, create_adapted_backbone, weight_snapshot
+from roadwork.backbones.base import Backbone, create_backbone
+from roadwork.config import BackboneTrainingConfig, OptimConfig, TrainConfig
+from roadwork.data.augment import ViewAugmenter
+from roadwork.data.records import DatasetError, Sample
+from roadwork.features.extract import ViewsDataset, default_workers, extract_and_load, one_thread_per_worker, open_store
+from roadwork.features.store import adapted_variant
+from roadwork.features.table import as_is
+from roadwork.progress import progress_bar
+from roadwork.serve.bundle import BackboneSpec
+from roadwork.storage import atomic_write_bytes, atomic_write_text
+from roadwork.train.prepare import Photos, PreparedData
+from roadwork.train.fit import ProgressBar, precision_setting
+from roadwork.train.module import warmup_cosine
+
+log = logging.getLogger(__name__)
+ADAPTED = "backbone.safetensors"
+# Global views are decoded this much larger than the backbone input, so a random crop of a third of
+# the photo is still resized down (or barely up) to the input, as at full resolution.
+DECODE_MARGIN = 1.5
+
+
+def adapted_digest(changed: dict[str, Tensor]) -> str:
+    """SHA-256 of the stored changed weights: names the cache namespace of the adapted backbone's features."""
+    return hashlib.sha256(save(changed)).hexdigest()
+
+
+def decode_global_views(samples: Sequence[Sample], keys: Sequence[str], input_size: int, folder: Path, *,
+                        num_workers: int | None, progress: bool) -> np.ndarray:
+    """uint8 ``[N, 3, S, S]`` global views (S = DECODE_MARGIN x input), decoded once into a memory-mapped
+    file that every fold and epoch reads; reused while the same photos ask for the same size."""
+    side = round(input_size * DECODE_MARGIN)
+    identity = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    path = folder / f"global-{side}-{identity}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".partial.npy")
+    array = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(len(samples), 3, side, side))
+    workers = default_workers() if num_workers is None else num_workers
+    loader = DataLoader(ViewsDataset(samples, "global", side), batch_size=16, num_workers=workers, collate_fn=as_is,
+                        worker_init_fn=one_thread_per_worker, prefetch_factor=2 if workers else None)
+    with progress_bar(len(samples), "decode for fine-tuning", enabled=progress) as advance:
+        for batch in loader:
+            for index, views, error in batch:
+                if views is None:  # these photos decoded for the frozen features a moment ago
+                    raise DatasetError(f"{samples[index].file_name}: {error}")
+                array[index] = views[0].numpy()
+            advance(len(batch))
+    array.flush()
+    del array
+    os.replace(staging, path)
+    for old in folder.glob("global-*.npy"):   # other photo sets or sizes: a finished run's leftovers
+        if old != path:
+            old.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")
+
+
+class _LabelledViews(Dataset):
+    def __init__(self, views: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.views, self.rows, self.labels = views, rows, labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        row = self.rows[index]
+        return torch.from_numpy(np.array(self.views[row])), torch.tensor(float(self.labels[row]))
+
+
+class FinetuneModule(L.LightningModule):
+    """Backbone + linear classifier on augmented global views, label-smoothed binary cross-entropy."""
+
+    def __init__(self, backbone: Backbone, settings: BackboneTrainingConfig, optim: OptimConfig) -> None:
+        super().__init__()
+        self.backbone, self.settings, self.optim = backbone, settings, optim
+        self.classifier = nn.Linear(backbone.feature_dim, 1)
+        size = backbone.input_size
+        self.crop = K.RandomResizedCrop((size, size), scale=settings.crop_scale)
+        self.augment = ViewAugmenter(settings.augment) if settings.augment != "none" else None
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        views, labels = batch   # augmentation runs batched on the training device (the GPU when there is one)
+        with torch.no_grad():
+            x = self.crop(views.float() / 255.0)
+            if self.augment is not None:
+                x = self.augment(x)
+        return x, labels
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, labels = batch
+        logits = self.classifier(self.backbone(x)).squeeze(-1).float()
+        smoothing = self.settings.label_smoothing
+        loss = F.binary_cross_entropy_with_logits(logits, labels * (1.0 - smoothing) + 0.5 * smoothing)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=labels.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        groups = [{"params": [p for p in self.backbone.parameters() if p.requires_grad],
+                   "lr": self.settings.backbone_lr},
+                  {"params": list(self.classifier.parameters()), "lr": self.settings.head_lr}]
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
+        return warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches), self.optim.warmup_fraction)
+
+
+def _base_backbone(config: TrainConfig, device: str) -> Backbone:
+    data = config.data
+    return create_backbone(data.backbone, weights=data.backbone_weights, device=device, input_size=data.input_size)
+
+
+def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
+                      settings: BackboneTrainingConfig, folder: Path, *, device: str, resume: bool,
+                      progress: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Fine-tune on ``rows`` of ``views`` for ``settings.epochs``; return the changed weights (adapters
+    merged) and what happened. A saved result in ``folder`` is reused with ``resume``; an interrupted
+    one continues from its last epoch."""
+    saved = folder / ADAPTED
+    if resume and saved.is_file():
+        return load_file(str(saved)), {"resumed": True}
+    if not log.isEnabledFor(logging.INFO):
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    backbone = _base_backbone(config, "cpu")
+    before = weight_snapshot(backbone)
+    trainable = adapt_backbone(backbone, settings.mode, blocks=settings.blocks, rank=settings.rank,
+                               alpha=settings.alpha, dropout=settings.dropout, targets=settings.targets,
+                               batchnorm=settings.batchnorm)
+    trainable_parameters = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    if settings.gradient_checkpointing:
+        backbone.gradient_checkpointing(True)
+    module = FinetuneModule(backbone, settings, config.optim).train()  # Lightning keeps the mode it is given
+    accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
+    checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0,
+                                  enable_version_counter=False)
+    trainer = L.Trainer(
+        max_epochs=settings.epochs, accelerator=accelerator, devices=1,
+        precision=precision_setting(config.optim.precision, accelerator),
+        gradient_clip_val=config.optim.gradient_clip, accumulate_grad_batches=config.optim.accumulate_grad_batches,
+        callbacks=[checkpoints, *([ProgressBar(leave=False)] if progress else [])],
+        logger=CSVLogger(folder, name="logs"), enable_progress_bar=progress, enable_model_summary=False,
+        log_every_n_steps=1, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=folder,
+    )
+    loader = DataLoader(_LabelledViews(views, rows, labels), batch_size=settings.batch_size, shuffle=True,
+                        drop_last=len(rows) > settings.batch_size,  # a last batch of one upsets BatchNorm
+                        generator=torch.Generator().manual_seed(config.seed))
+    last = folder / "checkpoints" / "last.ckpt"
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resume and last.is_file() else None,
+                weights_only=True)
+    seconds = time.perf_counter() - started
+    backbone = module.backbone.cpu()
+    if settings.gradient_checkpointing:
+        backbone.gradient_checkpointing(False)
+    changed = changed_weights(backbone, before)
+    atomic_write_bytes(saved, save(changed))
+    info = {"mode": settings.mode, "trainable_tensors": len(trainable),
+            "trainable_parameters": trainable_parameters,
+            "changed_tensors": len(changed), "epochs": int(trainer.current_epoch), "fit_s": round(seconds, 2),
+            "images_per_s": round(len(rows) * settings.epochs / seconds, 2) if seconds else None}
+    return changed, info
+
+
+def resolve_mode(settings: BackboneTrainingConfig, spec: BackboneSpec, photos: int) -> tuple[BackboneTrainingConfig, str]:
+    """The mode to train with, and why: ``auto`` is decided by the measurements in bench/RESULTS.md."""
+    if settings.mode != "auto":
+        return settings, "as configured"
+    return settings.model_copy(update={"mode": "frozen"}), "auto"
+
+
+def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config: TrainConfig,
+                   settings: BackboneTrainingConfig, out: Path, *, cache_dir: str | Path | None, device: str,
+                   resume: bool, progress: bool) -> list[tuple[PreparedData, dict[str, Tensor], dict[str, Any]]]:
+    """Per split: fine-tune a backbone on its training rows, then every photo's features from it (cached
+    under its weights' digest, never mixed with the frozen features), as that split's prepared data."""
+    train = prep.train
+    views = decode_global_views(train.samples, train.keys, prep.spec.input_size, out / "decoded",
+                                num_workers=config.data.num_workers, progress=progress)
+    labels = np.asarray(train.labels)
+    everything = train.samples + (prep.val.samples if prep.val is not None else [])
+    keys = train.keys + (prep.val.keys if prep.val is not None else [])
+    results = []
+    for index, rows in enumerate(rows_per_split):
+        folder = out / "splits" / f"backbone-{index}"
+        identity = json.dumps({"backbone_training": settings.model_dump(mode="json"), "seed": config.seed,
+                               "data": config.data.model_dump(mode="json"),
+                               "optim": config.optim.model_dump(mode="json"),
+                               "rows": hashlib.sha256("\n".join(sorted(train.keys[i] for i in rows)).encode()).hexdigest()})
+        claimed = folder / "split.json"
+        if folder.is_dir() and (not resume or not claimed.is_file() or claimed.read_text() != identity):
+            shutil.rmtree(folder)   # another run's (or an unfinished unknown) fine-tuning: start this one afresh
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(claimed, identity)
+        changed, info = finetune_backbone(views, rows, labels, config, settings, folder, device=device, resume=resume,
+                                          progress=progress)
+        digest = adapted_digest(changed)
+        data = config.data
+        backbone = create_adapted_backbone(data.backbone, changed, weights=data.backbone_weights,
+                                           input_size=data.input_size, device=device)
+        spec = prep.spec
+        store = open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, device,
+                           variant=adapted_variant(digest))
+        result, features = extract_and_load(everything, backbone, spec.views, store, num_workers=config.data.num_workers,
+                                            progress=progress, hashed=(list(keys), {}))
+        if result.failures:
+            raise DatasetError(f"the adapted backbone of split {index} failed on: "
+                               + "; ".join(list(result.failures.values())[:3]))
+        n = len(train.samples)
+        adapted = dataclasses.replace(
+            prep, adapted_digest=digest, train=Photos(train.samples, train.keys, features[:n]),  # type: ignore[arg-type]
+            val=None if prep.val is None else Photos(prep.val.samples, prep.val.keys, features[n:]))  # type: ignore[arg-type]
+        info |= {"digest": digest, "extract_s": round(result.seconds, 2)}
+        results.append((adapted, changed, info))
+    return results

@@ -1,0 +1,143 @@
+"""Fine-tuning end to end: every backbone training mode on a tiny random ViT (saved with save_pretrained)
+and on the embedded convnet trains, saves, reloads and predicts identically; adapted features live in
+their own cache namespace."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import orange_block_folder
+from roadwork.backbones.base import BATCHNORM, create_backbone
+from roadwork.config import ConfigError, load_config
+from roadwork.data.sources import load_samples
+from roadwork.features.extract import content_keys, open_store
+from roadwork.features.store import adapted_variant
+from roadwork.serve.bundle import BundleError, load_bundle
+from roadwork.serve.predictor import Predictor
+from roadwork.train.run import train
+
+SMALL = ["validation.groups=rows", "validation.folds=2", "validation.fraction=0.5", "model.type=probe",
+         "backbone_training.epochs=1", "backbone_training.batch_size=8", "backbone_training.blocks=1",
+         "backbone_training.rank=4", "backbone_training.augment=light"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return orange_block_folder(tmp_path_factory.mktemp("finetune") / "data", 16, seed=3)
+
+
+def _backbone_settings(kind: str, vit_folder) -> list[str]:
+    if kind == "vit":
+        return [f"data.backbone=hf:{vit_folder}", "data.input_size=32"]
+    return ["data.input_size=64"]
+
+
+def _train(photos, out, cache, kind, mode, vit_folder, *extra):
+    config = load_config(None, [*SMALL, f"backbone_training.mode={mode}", *_backbone_settings(kind, vit_folder),
+                                *extra])
+    return train(str(photos), out, config, cache_dir=cache, progress=False), config
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnet"])
+@pytest.mark.parametrize("mode", ["last_blocks", "lora", "dora", "full"])
+def test_mode_trains_saves_reloads_and_predicts_identically(mode, kind, photos, tmp_path, tiny_vit_folder):
+    metrics, config = _train(photos, tmp_path / "run", tmp_path / "cache", kind, mode, tiny_vit_folder)
+    assert metrics["backbone_training"]["mode"] == mode
+    fits = metrics["backbone_training"]["fits"]
+    assert len(fits) == 2 and all(f["changed_tensors"] > 0 for f in fits)
+    assert fits[0]["digest"] != fits[1]["digest"]   # each fold fine-tuned its own backbone
+
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    assert len(bundle.adapted) == 2 and bundle.manifest["backbone_training"]["mode"] == mode
+    changed, digest = bundle.adapted_weights(0)
+    assert digest == fits[0]["digest"]
+    base = create_backbone(config.data.backbone, input_size=config.data.input_size)
+    base_state = base.state_dict()
+    assert set(changed) <= set(base_state)
+    if mode == "full":   # every weight but the frozen BatchNorm layers' (a few ViT tensors get no gradient)
+        norms = {id(p) for m in base.modules() if isinstance(m, BATCHNORM) for p in m.parameters()}
+        weights = {name for name, p in base.named_parameters() if id(p) not in norms}
+        assert set(changed) <= weights and len(changed) > 0.8 * len(weights)
+    elif mode == "last_blocks":
+        last = {id(p) for m in (base.blocks()[-1], *base.final_modules()) for p in m.parameters()}
+        trainable = {name for name, p in base.named_parameters() if id(p) in last}
+        assert set(changed) <= trainable
+    else:   # merged adapters change only the targeted layers' weights
+        targets = base.lora_targets
+        assert all(name.endswith(".weight") and name.rsplit(".", 2)[-2] in targets for name in changed)
+
+    samples = load_samples(str(photos))
+    cached_predictor = Predictor(bundle)
+    cached, failures = cached_predictor.predict_samples(samples, cache_dir=tmp_path / "cache")
+    assert not failures and not cached_predictor._backbones   # served from the features training cached
+    fresh, _ = Predictor.from_bundle(tmp_path / "run" / "bundle").predict_samples(samples, use_cache=False)
+    np.testing.assert_allclose(np.array(cached), np.array(fresh), atol=1e-5)
+    assert np.std(fresh) > 0
+
+
+def test_adapted_features_never_reuse_frozen_cache_entries(photos, tmp_path, tiny_vit_folder):
+    cache = tmp_path / "cache"
+    _train(photos, tmp_path / "frozen", cache, "convnet", "frozen", tiny_vit_folder)
+    metrics, _ = _train(photos, tmp_path / "full", cache, "convnet", "full", tiny_vit_folder)
+    again, _ = _train(photos, tmp_path / "other-seed", cache, "convnet", "full", tiny_vit_folder, "seed=1")
+    digests = [f["digest"] for m in (metrics, again) for f in m["backbone_training"]["fits"]]
+    assert len(set(digests)) == 4
+
+    samples = load_samples(str(photos))
+    key = content_keys(samples[:1])[0][0]
+    frozen = open_store(cache, "efficientnet-lite0", 64, "auto")
+    stores = [open_store(cache, "efficientnet-lite0", 64, "auto", variant=adapted_variant(d)) for d in digests]
+    assert len({frozen.root, *(s.root for s in stores)}) == 5
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted(s.root.name for s in [frozen, *stores])
+    reference = frozen.load([key])[key]
+    for store in stores:
+        assert not torch.allclose(store.load([key])[key], reference)
+
+
+def test_resume_reuses_finished_fine_tuning_only_for_the_same_settings(photos, tmp_path, tiny_vit_folder):
+    first, _ = _train(photos, tmp_path / "run", tmp_path / "cache", "convnet", "last_blocks", tiny_vit_folder)
+    config = load_config(None, [*SMALL, "backbone_training.mode=last_blocks", "data.input_size=64"])
+    resumed = train(str(photos), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False, resume=True)
+    assert all(f.get("resumed") for f in resumed["backbone_training"]["fits"])
+    assert [f["digest"] for f in resumed["backbone_training"]["fits"]] == \
+        [f["digest"] for f in first["backbone_training"]["fits"]]
+    changed = load_config(None, [*SMALL, "backbone_training.mode=last_blocks", "data.input_size=64",
+                                 "backbone_training.epochs=2"])
+    refit = train(str(photos), tmp_path / "run", changed, cache_dir=tmp_path / "cache", progress=False, resume=True)
+    assert not any(f.get("resumed") for f in refit["backbone_training"]["fits"])
+    assert all(f["epochs"] == 2 for f in refit["backbone_training"]["fits"])
+
+
+def test_bundle_without_adapted_backbones_is_frozen_and_a_wrong_list_is_refused(photos, tmp_path, tiny_vit_folder):
+    from roadwork.serve.bundle import MANIFEST, manifest_digest
+
+    _train(photos, tmp_path / "run", tmp_path / "cache", "convnet", "lora", tiny_vit_folder)
+    path = tmp_path / "run" / "bundle"
+    manifest = json.loads((path / MANIFEST).read_text())
+
+    def rewrite(**changes):
+        edited = {**manifest, **changes}
+        edited = {k: v for k, v in edited.items() if v is not None}
+        edited["manifest_sha256"] = manifest_digest(edited)
+        (path / MANIFEST).write_text(json.dumps(edited))
+
+    rewrite(adapted_backbones=["backbone-0.safetensors"])   # one file for two heads
+    with pytest.raises(BundleError, match="adapted_backbones"):
+        load_bundle(path)
+    rewrite(adapted_backbones=None, backbone_training=None)  # a bundle from before fine-tuning existed
+    assert load_bundle(path).adapted == []
+
+
+def test_backbone_training_settings_are_validated_and_auto_is_announced(photos, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="backbone_training.crop_scale"):
+        load_config(None, ["backbone_training.crop_scale=[0.8, 0.3]"])
+    with pytest.raises(ConfigError, match="backbone_training.mode"):
+        load_config(None, ["backbone_training.mode=half"])
+    config = load_config(None, [*SMALL, "backbone_training.mode=auto", "data.input_size=64"])
+    metrics = train(str(photos), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False)
+    assert metrics["backbone_training"]["mode"] in ("frozen", "last_blocks", "lora", "dora", "full")
+    assert f"backbone training: {metrics['backbone_training']['mode']}" in capsys.readouterr().err
