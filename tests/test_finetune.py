@@ -141,3 +141,22 @@ def test_backbone_training_settings_are_validated_and_auto_is_announced(photos, 
     metrics = train(str(photos), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False)
     assert metrics["backbone_training"]["mode"] in ("frozen", "last_blocks", "lora", "dora", "full")
     assert f"backbone training: {metrics['backbone_training']['mode']}" in capsys.readouterr().err
+
+
+def test_an_interrupted_fine_tuning_continues_from_its_last_epoch(photos, tmp_path, tiny_vit_folder, monkeypatch):
+    from roadwork.train.finetune import FinetuneModule
+
+    def crash(module):
+        if module.current_epoch == 1:   # the first epoch's checkpoint is written; the run dies in the second
+            raise RuntimeError("killed")
+
+    settings = ["backbone_training.epochs=3", "validation.folds=1"]
+    with monkeypatch.context() as patch:
+        patch.setattr(FinetuneModule, "on_train_epoch_end", crash, raising=False)
+        with pytest.raises(RuntimeError, match="killed"):
+            _train(photos, tmp_path / "run", tmp_path / "cache", "convnet", "full", tiny_vit_folder, *settings)
+    assert not (tmp_path / "run" / "bundle").exists()
+    config = load_config(None, [*SMALL, "backbone_training.mode=full", "data.input_size=64", *settings])
+    resumed = train(str(photos), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False, resume=True)
+    (fit,) = resumed["backbone_training"]["fits"]
+    assert fit["continued_from_epoch"] == 1 and fit["epochs"] == 3

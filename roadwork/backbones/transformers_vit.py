@@ -71,7 +71,13 @@ class TransformersViT(Backbone):
     def gradient_checkpointing(self, enable: bool = True) -> None:
         if not self.model.supports_gradient_checkpointing:
             raise RoadworkError(f"{self.name}: this transformers model does not support gradient checkpointing")
-        if enable:
+        # transformers 5 renamed the switch; >= 4.56 (our floor) has only the old name.
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            if enable:
+                self.model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.model.activation_checkpointing_disable()
+        elif enable:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             self.model.gradient_checkpointing_disable()

@@ -113,6 +113,9 @@ class FinetuneModule(L.LightningModule):
         self.crop = K.RandomResizedCrop((size, size), scale=settings.crop_scale)
         self.augment = ViewAugmenter(settings.augment) if settings.augment != "none" else None
 
+    def on_train_start(self) -> None:
+        self.first_epoch = self.current_epoch   # > 0 when continuing an interrupted run
+
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         views, labels = batch   # augmentation runs batched on the training device (the GPU when there is one)
         with torch.no_grad():
@@ -164,7 +167,8 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
         backbone.gradient_checkpointing(True)
     module = FinetuneModule(backbone, settings, config.optim).train()  # Lightning keeps the mode it is given
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
-    checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0,
+    # Without a monitored metric, top-1 keeps the newest epoch: one file, rewritten after every epoch.
+    checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", save_top_k=1,
                                   enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=settings.epochs, accelerator=accelerator, devices=1,
@@ -189,7 +193,8 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
     atomic_write_bytes(saved, save(changed))
     info = {"mode": settings.mode, "trainable_tensors": len(trainable),
             "trainable_parameters": trainable_parameters,
-            "changed_tensors": len(changed), "epochs": int(trainer.current_epoch), "fit_s": round(seconds, 2),
+            "changed_tensors": len(changed), "epochs": int(trainer.current_epoch),
+            "continued_from_epoch": module.first_epoch, "fit_s": round(seconds, 2),
             "images_per_s": round(len(rows) * settings.epochs / seconds, 2) if seconds else None}
     return changed, info
 
