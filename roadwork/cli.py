@@ -191,18 +191,20 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file (see configs/).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a configuration value, e.g. --set model.d_model=256 (repeatable).")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (overrides data.backbone).")] = None,
+    backbone_training: Annotated[str | None, typer.Option("--backbone-training", help="auto, frozen, last_blocks, lora, dora or full (overrides backbone_training.mode).")] = None,
     cache_dir: CacheOpt = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (overrides optim.epochs).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (overrides seed).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.ckpt after an interruption.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train heads on cached backbone features, validated on unseen groups of photos, and write a bundle."""
+    """Train heads on backbone features (frozen and cached, or from a backbone fine-tuned first), validated on unseen groups of photos, and write a bundle."""
     from roadwork.config import load_config
     from roadwork.train.run import train as run_training
 
     extra = list(overrides or [])
-    for key, value in (("data.backbone", backbone), ("optim.epochs", epochs), ("seed", seed),
+    for key, value in (("data.backbone", backbone), ("backbone_training.mode", backbone_training),
+                       ("optim.epochs", epochs), ("seed", seed),
                        ("validation.fraction", val_fraction), ("validation.folds", folds),
                        ("validation.groups", group_column)):
         if value is not None:

@@ -42,6 +42,9 @@ def test_input_errors_are_one_line_and_exit_code_2(tmp_path):
     result = runner.invoke(app, ["extract", "--data", str(good), "--backbone", "resnet-9000"])
     assert result.exit_code == 2 and "unknown backbone 'resnet-9000'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["train", "--data", str(good), "--out", str(tmp_path / "run"),
+                                 "--backbone-training", "half"])
+    assert result.exit_code == 2 and "backbone_training.mode" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("name", ["synth", "extract", "train", "evaluate", "predict", "backbones"])
