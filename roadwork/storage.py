@@ -1,4 +1,4 @@
-"""Crash-safe file writing and hashing, shared by every part that persists data."""
+"""Crash-safe file writing, bounded reading and hashing, shared by every part that persists or reads data."""
 
 from __future__ import annotations
 
@@ -6,10 +6,29 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+MAX_FILE_BYTES = 100 * 2**20   # no photo a camera writes comes near it; a 2 GB "image" is an attack or a mistake
+
+
+def read_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, else ``OSError``: a named pipe or device
+    would block or never end, and a huge file would be held in memory before any header check."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{path}: not a regular file")
+    if info.st_size > max_bytes:
+        raise OSError(f"{path}: {info.st_size} bytes exceeds the limit of {max_bytes} bytes per image")
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:   # it grew after the check
+        raise OSError(f"{path}: more than {max_bytes} bytes")
+    return data
 
 
 @contextlib.contextmanager

@@ -241,3 +241,12 @@ def test_hf_imagefolder_and_dataset_dict(tmp_path):
     datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "dict"))
     (sample,) = load_samples(f"hf:{tmp_path / 'dict'}:test")
     assert sample.label == 1 and sample.read_bytes() == jpeg_bytes(seed=5)
+
+
+def test_splits_on_few_photos_of_a_class_hold_out_more_or_say_why():
+    labels = [0] * 9 + [1] * 3
+    groups = np.arange(12)
+    fit, held = train_val_split(labels, groups, 0.15, seed=0)   # 7 folds asked, 3 positives: 3 folds
+    assert {labels[i] for i in fit} == {labels[i] for i in held} == {0, 1}
+    with pytest.raises(DatasetError, match="5 folds need at least 5 photos of each class; the rarer class has 3"):
+        kfold_splits(labels, groups, 5, seed=0)

@@ -36,7 +36,8 @@ def decode_base64(payload: str) -> bytes:
         raise ImageDecodeError(f"invalid base64 image payload: {error}") from error
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16-bit scaled, not clipped; transparency composited on white."""
     if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
         # PIL's own I -> L conversion clips instead of scaling; scale the real range to 8 bits.
         array = np.asarray(image, dtype=np.float64)
@@ -92,7 +93,7 @@ def decode_image(
                 image.draft("RGB", (max(1, round(width * min_scale)), max(1, round(height * min_scale))))
             image.load()
             image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return to_rgb(image)
     except ImageDecodeError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from roadwork.errors import RoadworkError
+from roadwork.storage import read_file
 
 CATEGORY_FIELDS = ("weather", "daytime", "scene")
 METADATA_FIELDS = ("latitude", "longitude", *CATEGORY_FIELDS, "description")
@@ -89,7 +90,7 @@ class Sample:
         if self.path is None:
             raise DatasetError(f"{self.file_name}: sample has neither image bytes nor a path")
         try:
-            return self.path.read_bytes()
+            return read_file(self.path)
         except OSError as error:
             raise DatasetError(f"{self.file_name}: cannot read image {self.path}: {error}") from error
 

@@ -31,6 +31,9 @@ def kfold_splits(labels: Sequence[int], groups: Sequence[int] | np.ndarray, k: i
         raise ValueError(f"k-fold needs k >= 2, got {k}")
     if n_groups < k:
         raise DatasetError(f"{k} folds need at least {k} groups of photos; the data has {n_groups}")
+    fewest = int(np.bincount(labels_array).min()) if len(np.unique(labels_array)) > 1 else 0
+    if fewest < k:
+        raise DatasetError(f"{k} folds need at least {k} photos of each class; the rarer class has {fewest}")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     indices = np.arange(len(labels_array))
     return [(np.sort(train), np.sort(held)) for train, held in splitter.split(indices, labels_array, groups_array)]
@@ -49,7 +52,9 @@ def train_val_split(labels: Sequence[int], groups: Sequence[int] | np.ndarray, v
     if len(labels_array) < 4:
         raise DatasetError(f"need at least 4 labelled samples to hold out validation data, got {len(labels_array)}")
     k = max(2, round(1.0 / val_fraction))
-    k = min(k, len(np.unique(groups_array)))
+    fewest = int(np.bincount(labels_array).min()) if len(np.unique(labels_array)) > 1 else 0
+    # Few groups or few photos of a class: hold out a larger share rather than fail (2 = half).
+    k = min(k, len(np.unique(groups_array)), max(fewest, 2))
     if k < 2:
         raise DatasetError("all photos form a single group: nothing can be held out for validation "
                            "(name a group column or use --val-data)")

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from roadwork.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, check_pixel_limit, decode_image, oriented_size
+from roadwork.data.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, check_pixel_limit, decode_image,
+                                  oriented_size, to_rgb)
 
 VIEW_PLANS = ("auto", "seed12", "global")
 _DRAFT_SCALES = (1.0, 0.5, 0.25, 0.125)
@@ -170,10 +171,14 @@ def image_views(
     needs (PIL draft mode on the CPU, nvJPEG at full size on a GPU, where resizing is cheap).
     """
     device = torch.device(device)
+    if not data:
+        raise ImageDecodeError(f"{source}: empty image (0 bytes)")
     try:
         header = Image.open(io.BytesIO(data))
         width, height = oriented_size(header)
         is_jpeg = isinstance(header, JpegImageFile)
+    except UnidentifiedImageError:   # PIL's own message names a BytesIO object's address
+        raise ImageDecodeError(f"{source}: not an image in a format this decoder reads ({len(data)} bytes)") from None
     except Exception as error:  # any header failure is a decode failure of this input
         raise ImageDecodeError(f"{source}: cannot decode image: {error}") from error
     check_pixel_limit(width, height, max_pixels, source)
@@ -190,3 +195,18 @@ def image_views(
     if (decoded_w, decoded_h) != (width, height):
         boxes = [box.scaled(decoded_w / width, decoded_h / height) for box in boxes]
     return crop_resize(tensor, boxes, input_size)
+
+
+def views_from_image(image: Image.Image | np.ndarray, plan: str, input_size: int, *,
+                     device: str | torch.device = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS,
+                     source: str = "image") -> torch.Tensor:
+    """Views of an image a caller already holds: a PIL image (any mode) or an ``[H, W, 3]`` uint8 array."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ImageDecodeError(f"{source}: an array image must be uint8 [height, width, 3], got "
+                                   f"{image.dtype} {list(image.shape)}")
+        image = Image.fromarray(image, mode="RGB")
+    check_pixel_limit(image.width, image.height, max_pixels, source)
+    rgb = to_rgb(image)
+    tensor = pil_to_tensor(rgb).to(torch.device(device))
+    return crop_resize(tensor, plan_boxes(plan, rgb.width, rgb.height, input_size), input_size)

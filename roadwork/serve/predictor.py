@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from roadwork.backbones.adapt import create_adapted_backbone
 from roadwork.backbones.base import Backbone, create_backbone
+from roadwork.data.decode import ImageDecodeError
 from roadwork.data.records import Sample
-from roadwork.data.views import image_views
+from roadwork.data.views import image_views, views_from_image
+from roadwork.errors import RoadworkError
 from roadwork.features.extract import content_keys, extract_and_load, open_store
 from roadwork.features.store import FeatureStore, adapted_variant
 from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, load_bundle
+from roadwork.storage import read_file
+
+ImageInput = bytes | str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """One request image's answer: a probability, or the reason it has none."""
+
+    name: str
+    probability: float | None = None
+    error: str | None = None
+
+
+def request_views(image: ImageInput, plan: str, input_size: int, device: torch.device, name: str) -> Tensor:
+    """The views of one request image: encoded bytes, a file path, a PIL image or an ``[H, W, 3]`` uint8 array."""
+    if isinstance(image, (str, Path)):
+        try:
+            image = read_file(image)
+        except OSError as error:
+            raise ImageDecodeError(f"{name}: cannot read image: {error}") from error
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return image_views(bytes(image), plan, input_size, device=device, source=name)
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return views_from_image(image, plan, input_size, device=device, source=name)
+    raise ImageDecodeError(f"{name}: unsupported image input {type(image).__name__}")
 
 
 class Predictor:
@@ -32,6 +64,7 @@ class Predictor:
         self.batch_size = batch_size
         self.head = bundle.head.to(self.device).eval()
         self._backbones: dict[int, Backbone] = {}
+        self._lock = threading.RLock()
         self._text: TextEncoder | None = None
 
     @classmethod
@@ -44,6 +77,10 @@ class Predictor:
         return len(self.bundle.adapted) or 1
 
     def backbone(self, source: int = 0) -> Backbone:
+        with self._lock:
+            return self._backbone(source)
+
+    def _backbone(self, source: int) -> Backbone:
         if source not in self._backbones:
             spec = self.bundle.backbone
             if self.bundle.adapted:
@@ -58,6 +95,49 @@ class Predictor:
         spec = self.bundle.backbone
         variant = adapted_variant(self.bundle.adapted_weights(source)[1]) if self.bundle.adapted else None
         return open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device, variant=variant)
+
+    def _features(self, views: Sequence[Tensor]) -> list[list[Tensor]]:
+        """Per source, each image's ``[views, dim]`` features, the views of several images batched together."""
+        if not views:
+            return [[] for _ in range(self.sources)]
+        counts = [v.shape[0] for v in views]
+        stacked = torch.cat(list(views))
+        per_source = []
+        for source in range(self.sources):
+            backbone = self.backbone(source)
+            pooled = torch.cat([backbone.features(chunk).cpu() for chunk in stacked.split(self.batch_size)])
+            per_source.append(list(pooled.split(counts)))
+        return per_source
+
+    def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
+        """Calibrated P(roadwork) for images held in memory or named by path: the request path of a server.
+
+        Nothing is cached or written, no worker process is started, and concurrent callers are
+        serialised (the backbone is built once). A bad image gets an error in its own result only.
+        """
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        spec = self.bundle.backbone
+        views: list[Tensor | None] = []
+        results = [Prediction(name) for name in names]
+        for image, result in zip(images, results):
+            try:
+                views.append(request_views(image, spec.views, spec.input_size, self.device, result.name))
+            except RoadworkError as error:
+                views.append(None)
+                result.error = str(error)
+        good = [i for i, v in enumerate(views) if v is not None]
+        if good:
+            with self._lock:
+                features = self._features([views[i] for i in good])  # type: ignore[misc]
+                samples = [Sample(file_name=names[i], label=None) for i in good]
+                values = self.probabilities_from_features(features, samples).tolist()
+            for i, value in zip(good, values):
+                results[i].probability = value
+        return results
+
+    def warm_up(self) -> None:
+        """Build every backbone and run one image through them, so the first request pays no set-up."""
+        self.predict_images([np.full((64, 64, 3), 128, dtype=np.uint8)])
 
     def _text_embeddings(self, samples: Sequence[Sample]) -> dict[str, Tensor] | None:
         model = self.bundle.head_config
@@ -106,17 +186,16 @@ class Predictor:
             good = [i for i in range(len(samples)) if all(cached[i] is not None for cached in loaded)]
             features = [[cached[i] for i in good] for cached in loaded]
         else:
-            good, features, failures = [], [[] for _ in range(self.sources)], {}
-            for i, sample in enumerate(samples):
+            views, failures = [], {}
+            for sample in samples:
                 try:
-                    views = image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
-                                        source=sample.file_name)
-                except ValueError as error:
+                    views.append(image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
+                                             source=sample.file_name))
+                except RoadworkError as error:
+                    views.append(None)
                     failures[sample.file_name] = str(error)
-                    continue
-                good.append(i)
-                for source in range(self.sources):
-                    features[source].append(self.backbone(source).features(views).cpu())
+            good = [i for i, v in enumerate(views) if v is not None]
+            features = self._features([views[i] for i in good])  # type: ignore[misc]
         probs: list[float | None] = [None] * len(samples)
         if good:
             values = self.probabilities_from_features(features, [samples[i] for i in good])
