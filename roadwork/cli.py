@@ -269,3 +269,39 @@ def predict(
         typer.echo(json.dumps(line))
     if failures:
         raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def serve(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind; the default answers this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    device: DeviceOpt = "auto",
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images the backbone sees at once.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a request waits for others to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Images waiting beyond this get 503 at once.")] = 64,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, MiB (413 beyond).")] = 20.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds a request may wait for its answer (504 beyond).")] = 30.0,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="ROADWORK_API_KEY", help="Require this X-API-Key header (env ROADWORK_API_KEY).")] = None,
+) -> None:
+    """Serve a bundle over HTTP: POST /predict, POST /predict/batch, GET /healthz, GET /metrics, /docs."""
+    import ipaddress
+
+    import uvicorn
+
+    from roadwork.config import serve_config
+    from roadwork.serve.predictor import Predictor
+    from roadwork.serve.server import create_app
+
+    config = serve_config(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s, api_key=api_key)
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost"
+    if not local and api_key is None:
+        console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who reaches it can use it")
+    predictor = Predictor.from_bundle(bundle, _device(device))
+    predictor.warm_up()
+    uvicorn.run(create_app(predictor, config), host=host, port=port, log_level="warning")

@@ -165,6 +165,18 @@ class OptimConfig(_Strict):
         return str(value) if isinstance(value, int) else value  # YAML reads `precision: 32` as a number
 
 
+class ServeConfig(_Strict):
+    """Limits and batching of ``roadwork serve`` (see roadwork.serve.server); its options set them."""
+
+    max_batch: int = Field(16, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10_000)
+    max_queue: int = Field(64, ge=1, le=100_000)
+    max_body_bytes: int = Field(20 * 2**20, ge=1024)
+    max_batch_images: int = Field(64, ge=1, le=4096, description="images per /predict/batch request")
+    timeout_s: float = Field(30.0, gt=0.0)
+    api_key: str | None = Field(None, min_length=8)
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -216,5 +228,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _set_dotted(tree, key.strip(), value)
     try:
         return TrainConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format(error)) from None
+
+
+def serve_config(**values: Any) -> ServeConfig:
+    """A validated ServeConfig; a bad value fails with the option named, like the training configuration."""
+    try:
+        return ServeConfig.model_validate(values)
     except ValidationError as error:
         raise ConfigError(_format(error)) from None

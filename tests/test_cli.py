@@ -47,7 +47,7 @@ def test_input_errors_are_one_line_and_exit_code_2(tmp_path):
     assert result.exit_code == 2 and "backbone_training.mode" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("name", ["synth", "extract", "train", "evaluate", "predict", "backbones"])
+@pytest.mark.parametrize("name", ["synth", "extract", "train", "evaluate", "predict", "serve", "backbones"])
 def test_every_option_is_explained(name):
     command = typer.main.get_command(app).commands[name]
     assert command.help

@@ -18,6 +18,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 from roadwork.errors import RoadworkError
 
 DEFAULT_MAX_PIXELS = 80_000_000
+MIN_SIDE = 16
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
@@ -55,10 +56,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def check_pixel_limit(width: int, height: int, max_pixels: int, source: str) -> None:
-    """Refuse decompression bombs from the header's size, before any pixel is decoded."""
+def check_image_size(width: int, height: int, max_pixels: int, source: str, min_side: int = MIN_SIDE) -> None:
+    """Refuse decompression bombs from the header's size, before any pixel is decoded, and images too
+    small to show anything (a 1x1 pixel blown up to a backbone input would still get a confident score)."""
     if width * height > max_pixels:
         raise ImageDecodeError(f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+    if min(width, height) < min_side:
+        raise ImageDecodeError(f"{source}: {width}x{height} is too small to classify (at least {min_side} px a side)")
 
 
 def oriented_size(image: Image.Image) -> tuple[int, int]:
@@ -88,7 +92,7 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            check_pixel_limit(width, height, max_pixels, source)
+            check_image_size(width, height, max_pixels, source, min_side=1)   # views check the minimum
             if isinstance(image, JpegImageFile) and min_scale < 1.0:  # MPO phone photos are JPEGs too
                 image.draft("RGB", (max(1, round(width * min_scale)), max(1, round(height * min_scale))))
             image.load()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from roadwork.data.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, check_pixel_limit, decode_image,
+from roadwork.data.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, check_image_size, decode_image,
                                   oriented_size, to_rgb)
 
 VIEW_PLANS = ("auto", "seed12", "global")
@@ -181,7 +181,7 @@ def image_views(
         raise ImageDecodeError(f"{source}: not an image in a format this decoder reads ({len(data)} bytes)") from None
     except Exception as error:  # any header failure is a decode failure of this input
         raise ImageDecodeError(f"{source}: cannot decode image: {error}") from error
-    check_pixel_limit(width, height, max_pixels, source)
+    check_image_size(width, height, max_pixels, source)
     boxes = plan_boxes(plan, width, height, input_size)
     if device.type == "cuda" and is_jpeg:
         try:
@@ -206,7 +206,7 @@ def views_from_image(image: Image.Image | np.ndarray, plan: str, input_size: int
             raise ImageDecodeError(f"{source}: an array image must be uint8 [height, width, 3], got "
                                    f"{image.dtype} {list(image.shape)}")
         image = Image.fromarray(image, mode="RGB")
-    check_pixel_limit(image.width, image.height, max_pixels, source)
+    check_image_size(image.width, image.height, max_pixels, source)
     rgb = to_rgb(image)
     tensor = pil_to_tensor(rgb).to(torch.device(device))
     return crop_resize(tensor, plan_boxes(plan, rgb.width, rgb.height, input_size), input_size)

@@ -1,0 +1,234 @@
+"""``roadwork serve``: the HTTP front of a Predictor (FastAPI; run by uvicorn).
+
+Concurrent requests are gathered into micro-batches (at most ``max_batch`` images, waiting at most
+``max_wait_ms`` for company) so the backbone sees one batch instead of many single images. The queue
+is bounded: when it is full a request gets 503 at once instead of memory growing, and a request that
+waits longer than ``timeout_s`` gets 504. Bodies are read up to ``max_body_bytes`` (413 beyond). A bad
+image is a 4xx with one clear message, and the server keeps serving. Metrics are Prometheus text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from roadwork.config import ServeConfig
+from roadwork.data.decode import ImageDecodeError, decode_base64
+from roadwork.serve.predictor import Prediction, Predictor
+
+log = logging.getLogger(__name__)
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+class Overloaded(Exception):
+    """The request queue is full."""
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MicroBatcher:
+    """Gathers images submitted concurrently into one ``predict`` call, run in a worker thread."""
+
+    def __init__(self, predict: Callable[[list[bytes]], list[Prediction]], config: ServeConfig,
+                 batch_sizes: Histogram) -> None:
+        self.predict, self.config, self.batch_sizes = predict, config, batch_sizes
+        self.queue: asyncio.Queue[tuple[bytes, asyncio.Future[Prediction]]] = asyncio.Queue(config.max_queue)
+
+    def submit(self, image: bytes) -> asyncio.Future[Prediction]:
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((image, future))
+        except asyncio.QueueFull:
+            raise Overloaded from None
+        return future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.config.max_wait_ms / 1000
+            while len(batch) < self.config.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait() if loop.time() >= deadline else
+                                 await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+            live = [(image, future) for image, future in batch if not future.done()]  # timed-out callers left
+            if not live:
+                continue
+            self.batch_sizes.observe(len(live))
+            try:
+                results = await asyncio.to_thread(self.predict, [image for image, _ in live])
+            except Exception as error:   # a bug must fail these requests, not the server
+                log.exception("prediction failed")
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(live, results):
+                if not future.done():
+                    future.set_result(result)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "body is not valid JSON") from None
+
+
+def _base64_image(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise RequestError(400, f"{where} must be a base64 string")
+    try:
+        return decode_base64(value)
+    except ImageDecodeError as error:
+        raise RequestError(400, f"{where}: {error}") from None
+
+
+def _images(body: bytes, content_type: str, batch: bool, most: int) -> list[bytes | RequestError]:
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/json":
+        payload = _json(body)
+        key = "images" if batch else "image"
+        if not isinstance(payload, dict) or key not in payload:
+            raise RequestError(400, f'JSON body must be an object with "{key}"'
+                               + (" (a list of base64 strings)" if batch else " (a base64 string)"))
+        if not batch:
+            return [_base64_image(payload["image"], "image")]
+        images = payload["images"]
+        if not isinstance(images, list) or not images:
+            raise RequestError(400, '"images" must be a non-empty list of base64 strings')
+        if len(images) > most:
+            raise RequestError(413, f"{len(images)} images exceed the limit of {most} per request")
+        decoded: list[bytes | RequestError] = []
+        for i, value in enumerate(images):   # a bad entry fails alone, like a bad image
+            try:
+                decoded.append(_base64_image(value, f"images[{i}]"))
+            except RequestError as error:
+                decoded.append(error)
+        return decoded
+    if batch:
+        raise RequestError(415, '/predict/batch takes JSON {"images": [base64, ...]}')
+    if kind and not kind.startswith(RAW_TYPES):
+        raise RequestError(415, f"content type {kind!r} is not accepted: send image bytes (image/* or "
+                                "application/octet-stream) or JSON {\"image\": base64}")
+    return [body]
+
+
+def _answer(prediction: Prediction) -> dict[str, Any]:
+    probability = prediction.probability
+    return {"probability": probability, "roadwork": bool(probability > 0.5)} if probability is not None else \
+        {"error": prediction.error}
+
+
+def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastAPI:
+    config = config or ServeConfig()
+    registry = CollectorRegistry()
+    requests = Counter("roadwork_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
+    latency = Histogram("roadwork_request_seconds", "Request latency", ["endpoint"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+    batch_sizes = Histogram("roadwork_batch_images", "Images per backbone batch", registry=registry,
+                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    depth = Gauge("roadwork_queue_images", "Images waiting for the backbone", registry=registry)
+    batcher = MicroBatcher(lambda images: predictor.predict_images(images, names=["image"] * len(images)), config,
+                           batch_sizes)
+    depth.set_function(batcher.queue.qsize)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = asyncio.create_task(batcher.run())
+        yield
+        worker.cancel()
+
+    bundle = predictor.bundle
+    app = FastAPI(title="roadwork", version=str(bundle.manifest.get("versions", {}).get("roadwork", "")),
+                  description="Calibrated P(roadwork) for street-level photos; `roadwork` is probability > 0.5.",
+                  lifespan=lifespan)
+
+    def authorised(request: Request) -> bool:
+        given = request.headers.get("x-api-key", "")
+        return config.api_key is None or hmac.compare_digest(given.encode(), config.api_key.encode())
+
+    async def handle(request: Request, endpoint: str, batch: bool) -> Response:
+        started = time.perf_counter()
+        try:
+            if not authorised(request):
+                raise RequestError(401, "missing or wrong X-API-Key header")
+            images = _images(await _body(request, config.max_body_bytes), request.headers.get("content-type", ""),
+                             batch, config.max_batch_images)
+            futures = [batcher.submit(image) for image in images if isinstance(image, bytes)]
+            try:
+                answered = iter(await asyncio.wait_for(asyncio.gather(*futures), config.timeout_s))
+            except TimeoutError:
+                raise RequestError(504, f"no answer within {config.timeout_s} s") from None
+            results = [next(answered) if isinstance(image, bytes) else Prediction("image", error=str(image))
+                       for image in images]
+            if batch:
+                status, content = 200, {"results": [_answer(r) for r in results]}
+            else:
+                content = _answer(results[0])
+                status = 400 if "error" in content else 200
+        except Overloaded:
+            status, content = 503, {"error": "server overloaded: request queue full, retry later"}
+        except RequestError as error:
+            status, content = error.status, {"error": str(error)}
+        except Exception:   # never a traceback to the client, never a dead server
+            log.exception("request failed")
+            status, content = 500, {"error": "internal error"}
+        requests.labels(endpoint, str(status)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - started)
+        return JSONResponse(content, status_code=status)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness, and which bundle answers."""
+        return {"status": "ok", "bundle": str(bundle.path), "kind": bundle.manifest.get("kind"),
+                "backbone": bundle.backbone.name}
+
+    @app.post("/predict", responses={200: {"description": '{"probability": p, "roadwork": bool}'}})
+    async def predict(request: Request) -> Response:
+        """One image: raw bytes (image/* or application/octet-stream) or JSON {"image": base64}."""
+        return await handle(request, "predict", batch=False)
+
+    @app.post("/predict/batch", responses={200: {"description": '{"results": [{"probability", "roadwork"} '
+                                                               'or {"error"}, ...]}'}})
+    async def predict_batch(request: Request) -> Response:
+        """Several images: JSON {"images": [base64, ...]}; a bad image fails alone."""
+        return await handle(request, "predict_batch", batch=True)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Request counts, latency and batch-size histograms, queue depth (Prometheus text format)."""
+        if not authorised(request):
+            return JSONResponse({"error": "missing or wrong X-API-Key header"}, status_code=401)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

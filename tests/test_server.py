@@ -1,0 +1,151 @@
+"""The HTTP server: answers, hostile inputs, limits, overload, API key and metrics (in-process client)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import base64
+import io
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import orange_block_folder
+from roadwork.config import ConfigError, ServeConfig, load_config, serve_config
+from roadwork.data.sources import load_samples
+from roadwork.serve.predictor import Predictor
+from roadwork.serve.server import create_app
+from roadwork.train.run import train
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("server")
+    data = orange_block_folder(base / "data", 24, seed=7)
+    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "model.type=probe",
+                                "backbone_training.mode=frozen"])
+    train(str(data), base / "run", config, cache_dir=base / "cache", progress=False)
+    predictor = Predictor.from_bundle(base / "run" / "bundle")
+    samples = load_samples(str(data))
+    return {"predictor": predictor, "good": samples[1].read_bytes(), "other": samples[2].read_bytes()}
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _hostile(good: bytes) -> dict[str, tuple[bytes, str, int]]:
+    """name -> (body, content type, expected status)"""
+    colour = Image.new("RGB", (64, 48), (200, 90, 20))
+    frames = [Image.new("P", (64, 48), i) for i in range(3)]
+    animated = io.BytesIO()
+    frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:])
+    return {
+        "empty body": (b"", "image/jpeg", 400),
+        "not an image": (b"%PDF-1.4 not an image", "application/octet-stream", 400),
+        "truncated JPEG": (good[: len(good) // 2], "image/jpeg", 400),
+        "invalid base64": (b'{"image": "***not base64***"}', "application/json", 400),
+        "JSON without image": (b'{"picture": "abc"}', "application/json", 400),
+        "invalid JSON": (b'{"image": ', "application/json", 400),
+        "decompression bomb": (_encoded(Image.new("1", (12_000, 12_000)), "PNG"), "image/png", 400),
+        "1x1 image": (_encoded(Image.new("RGB", (1, 1)), "PNG"), "image/png", 400),
+        "wrong content type": (good, "text/plain", 415),
+        "CMYK": (_encoded(colour.convert("CMYK"), "JPEG"), "image/jpeg", 200),
+        "16-bit PNG": (_encoded(Image.fromarray(np.full((48, 64), 40_000, dtype=np.uint16)), "PNG"), "image/png", 200),
+        "animated GIF": (animated.getvalue(), "image/gif", 200),
+        "huge but allowed": (_encoded(Image.new("RGB", (6000, 4000), (90, 90, 90)), "JPEG"), "image/jpeg", 200),
+    }
+
+
+def test_hostile_inputs_get_a_clear_answer_and_the_server_keeps_serving(served):
+    predictor, good = served["predictor"], served["good"]
+    (expected,) = predictor.predict_images([good])
+    with TestClient(create_app(predictor)) as client:
+        for name, (body, content_type, status) in _hostile(good).items():
+            response = client.post("/predict", content=body, headers={"content-type": content_type})
+            assert response.status_code == status, (name, response.text)
+            answer = response.json()
+            if status == 200:
+                assert 0.0 <= answer["probability"] <= 1.0, name
+            else:
+                assert answer["error"] and "Traceback" not in answer["error"], name
+                assert not re.search("0x[0-9a-f]{6}", answer["error"]), name   # no Python object addresses
+        response = client.post("/predict", content=good, headers={"content-type": "image/jpeg"})
+        assert response.status_code == 200
+        assert response.json()["probability"] == pytest.approx(expected.probability, abs=1e-6)
+        assert response.json()["roadwork"] == (expected.probability > 0.5)
+
+
+def test_json_and_batch_requests_match_the_predictor(served):
+    predictor, good, other = served["predictor"], served["good"], served["other"]
+    expected = [p.probability for p in predictor.predict_images([good, other])]
+    encoded = [base64.b64encode(b).decode() for b in (good, other)]
+    with TestClient(create_app(predictor)) as client:
+        single = client.post("/predict", json={"image": "data:image/jpeg;base64," + encoded[0]}).json()
+        assert single["probability"] == pytest.approx(expected[0], abs=1e-6)
+        batch = client.post("/predict/batch", json={"images": [encoded[0], "!!", encoded[1]]})
+        assert batch.status_code == 200
+        results = batch.json()["results"]
+        assert [r.get("probability") for r in (results[0], results[2])] == pytest.approx(expected, abs=1e-6)
+        assert "base64" in results[1]["error"]
+        assert client.post("/predict/batch", content=good, headers={"content-type": "image/jpeg"}).status_code == 415
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["backbone"] == "efficientnet-lite0"
+        assert client.get("/openapi.json").json()["paths"].keys() >= {"/predict", "/predict/batch", "/healthz"}
+
+
+def test_limits_api_key_and_metrics(served):
+    predictor, good = served["predictor"], served["good"]
+    config = ServeConfig(max_body_bytes=len(good) - 1, max_batch_images=2, api_key="s3cret-key")
+    with TestClient(create_app(predictor, config)) as client:
+        headers = {"content-type": "image/jpeg", "x-api-key": "s3cret-key"}
+        assert client.post("/predict", content=good, headers={"content-type": "image/jpeg"}).status_code == 401
+        assert client.post("/predict", content=good, headers=headers).status_code == 413
+        assert client.post("/predict/batch", json={"images": ["a", "b", "c"]},
+                           headers={"x-api-key": "s3cret-key"}).status_code == 413
+        assert client.get("/metrics").status_code == 401
+        text = client.get("/metrics", headers={"x-api-key": "s3cret-key"}).text
+        assert 'roadwork_requests_total{endpoint="predict",status="401"} 1.0' in text
+        assert 'roadwork_requests_total{endpoint="predict",status="413"} 1.0' in text
+        assert "roadwork_request_seconds_bucket" in text and "roadwork_queue_images" in text
+    with pytest.raises(ConfigError, match="api_key"):
+        serve_config(api_key="short")
+
+
+def test_concurrent_requests_are_batched_and_overload_is_a_fast_503(served):
+    predictor, good = served["predictor"], served["good"]
+    release = threading.Event()
+    calls: list[int] = []
+
+    class Slow:   # holds the backbone until released, so requests pile up in the queue
+        bundle = predictor.bundle
+
+        def predict_images(self, images, names=None):
+            release.wait(10)
+            calls.append(len(images))
+            return predictor.predict_images(images, names)
+
+    app = create_app(Slow(), ServeConfig(max_batch=8, max_wait_ms=50, max_queue=4))  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        async def burst() -> list[int]:
+            import httpx
+
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                async def one():
+                    return (await http.post("/predict", content=good, headers={"content-type": "image/jpeg"})).status_code
+
+                tasks = [asyncio.create_task(one()) for _ in range(12)]
+                await asyncio.sleep(0.5)
+                release.set()
+                return await asyncio.gather(*tasks)
+
+        statuses = client.portal.call(burst)
+    assert statuses.count(503) >= 1 and statuses.count(200) >= 4
+    assert set(statuses) <= {200, 503}
+    assert max(calls) > 1   # queued requests shared a backbone batch
