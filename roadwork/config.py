@@ -177,6 +177,14 @@ class ServeConfig(_Strict):
     api_key: str | None = Field(None, min_length=8)
 
 
+class DetectorConfig(_Strict):
+    """The StreetVision miner adapter's YAML (roadwork.serve.streetvision)."""
+
+    bundle: str = Field(min_length=1)
+    device: str = "cpu"
+    fallback: float = Field(0.5, ge=0.0, le=1.0, description="answered when a request cannot be scored")
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -236,5 +244,19 @@ def serve_config(**values: Any) -> ServeConfig:
     """A validated ServeConfig; a bad value fails with the option named, like the training configuration."""
     try:
         return ServeConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_format(error)) from None
+
+
+def detector_config(path: str | Path) -> DetectorConfig:
+    """The miner adapter's YAML file, validated (a bad or missing key is named)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read configuration: {error}") from error
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: must be a mapping with at least `bundle: PATH`")
+    try:
+        return DetectorConfig.model_validate(loaded)
     except ValidationError as error:
         raise ConfigError(_format(error)) from None

@@ -82,3 +82,18 @@ def tiny_vit_folder(tmp_path_factory) -> Path:
                              patch_size=16, num_register_tokens=4, image_size=32)
     AutoModel.from_config(config).save_pretrained(folder)
     return folder
+
+
+
+@pytest.fixture(scope="session")
+def probe_bundle(tmp_path_factory) -> dict[str, Path]:
+    """A small trained bundle (frozen embedded backbone, probe head, 2 folds) for the serving tests."""
+    from roadwork.config import load_config
+    from roadwork.train.run import train
+
+    base = tmp_path_factory.mktemp("probe-bundle")
+    data = orange_block_folder(base / "data", 24, seed=5)
+    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "model.type=probe",
+                                "backbone_training.mode=frozen"])
+    train(str(data), base / "run", config, cache_dir=base / "cache", progress=False)
+    return {"bundle": base / "run" / "bundle", "data": data, "cache": base / "cache"}

@@ -13,24 +13,17 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import orange_block_folder
-from roadwork.config import ConfigError, ServeConfig, load_config, serve_config
+from roadwork.config import ConfigError, ServeConfig, serve_config
 from roadwork.data.sources import load_samples
 from roadwork.serve.predictor import Predictor
 from roadwork.serve.server import create_app
-from roadwork.train.run import train
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    base = tmp_path_factory.mktemp("server")
-    data = orange_block_folder(base / "data", 24, seed=7)
-    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "model.type=probe",
-                                "backbone_training.mode=frozen"])
-    train(str(data), base / "run", config, cache_dir=base / "cache", progress=False)
-    predictor = Predictor.from_bundle(base / "run" / "bundle")
-    samples = load_samples(str(data))
-    return {"predictor": predictor, "good": samples[1].read_bytes(), "other": samples[2].read_bytes()}
+def served(probe_bundle):
+    samples = load_samples(str(probe_bundle["data"]))
+    return {"predictor": Predictor.from_bundle(probe_bundle["bundle"]), "good": samples[1].read_bytes(),
+            "other": samples[2].read_bytes()}
 
 
 def _encoded(image: Image.Image, fmt: str, **options) -> bytes:

@@ -13,22 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import orange_block_folder
-from roadwork.config import load_config
 from roadwork.data.decode import decode_base64
 from roadwork.data.sources import load_samples
 from roadwork.serve.predictor import Predictor
-from roadwork.train.run import train
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    base = tmp_path_factory.mktemp("serving")
-    data = orange_block_folder(base / "data", 24, seed=5)
-    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "model.type=probe",
-                                "backbone_training.mode=frozen"])
-    train(str(data), base / "run", config, cache_dir=base / "cache", progress=False)
-    return {"bundle": base / "run" / "bundle", "data": data, "cache": base / "cache"}
+def served(probe_bundle):
+    return probe_bundle
 
 
 def test_every_input_kind_gives_the_probability_of_predict_and_evaluate(served):
