@@ -56,10 +56,24 @@ def _friendly(func: F) -> F:
 
 
 def _device(name: str) -> str:
+    """auto, cpu, cuda or cuda:N, checked before any work: a typo or a missing GPU is one clear line."""
+    import re
+
     import torch
+
+    from roadwork.errors import RoadworkError
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise RoadworkError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise RoadworkError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here (use --device cpu)")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise RoadworkError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return name
 
 

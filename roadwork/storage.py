@@ -12,6 +12,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from roadwork.errors import RoadworkError
+
+
+def writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """Create ``path`` if needed and return it; a file in its place, or no permission, is a clear
+    RoadworkError before any long work starts."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise RoadworkError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RoadworkError(f"{what} {folder} cannot be created: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RoadworkError(f"{what} {folder} is not writable")
+    return folder
+
 
 MAX_FILE_BYTES = 100 * 2**20   # no photo a camera writes comes near it; a 2 GB "image" is an attack or a mistake
 

@@ -199,3 +199,10 @@ def test_image_views_uses_draft_decoding_with_equivalent_boxes(monkeypatch):
     full = crop_resize(torch.from_numpy(np.asarray(decode_image(data)).copy()).permute(2, 0, 1), boxes, 224)
     # Noise images are the worst case for DCT-domain downscaling; views must still agree on average.
     assert (views.float() - full.float()).abs().mean() / 255 < 0.05
+
+
+def test_formats_without_draft_decoding_are_shrunk_to_what_the_views_need():
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1600, 2000, 3), dtype=np.uint8)).save(buffer, "PNG")
+    assert decode_image(buffer.getvalue(), min_scale=0.25).size == (500, 400)
+    assert decode_image(buffer.getvalue()).size == (2000, 1600)

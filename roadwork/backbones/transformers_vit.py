@@ -121,6 +121,8 @@ def _source(name: str, weights: str | Path | None) -> tuple[str, str]:
     source = str(weights) if weights is not None else repo
     if not source:
         raise RoadworkError("an hf: backbone needs a model id or a local path, e.g. hf:facebook/dinov2-small")
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+        raise FileNotFoundError(f"local model folder not found: {source}")   # not a hub id to download
     return repo, source
 
 

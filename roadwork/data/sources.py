@@ -37,15 +37,35 @@ def _resolve_inside(root: Path, file_name: str, where: str) -> Path:
     return path
 
 
+# A long description is fine; a cell of megabytes is a broken file (an unclosed quote swallowing the rest).
+MAX_CELL_CHARS = 1_000_000
+
+
 def _folder_rows(metadata: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs of metadata.csv / metadata.jsonl."""
+    """(line number, row) pairs of metadata.csv / metadata.jsonl; undecodable text and broken CSV are
+    a DatasetError naming the line."""
+    try:
+        yield from _read_rows(metadata)
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{metadata}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                           f"{error.start}); save it as UTF-8") from None
+
+
+def _read_rows(metadata: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(metadata, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
         if metadata.suffix == ".csv":
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "file_name" not in [c.strip() for c in reader.fieldnames]:
-                raise DatasetError(f"{metadata}: missing required column 'file_name' (columns: {reader.fieldnames})")
-            for row in reader:
-                yield reader.line_num, {(k or "").strip(): v for k, v in row.items()}
+            previous = csv.field_size_limit(MAX_CELL_CHARS)
+            try:
+                reader = csv.DictReader(handle)
+                if reader.fieldnames is None or "file_name" not in [c.strip() for c in reader.fieldnames]:
+                    raise DatasetError(f"{metadata}: missing required column 'file_name' (columns: {reader.fieldnames})")
+                for row in reader:
+                    yield reader.line_num, {(k or "").strip(): v for k, v in row.items()}
+            except csv.Error as error:
+                raise DatasetError(f"{metadata}:{reader.line_num}: unreadable CSV ({error}; a cell may hold at "
+                                   f"most {MAX_CELL_CHARS} characters; is a quote left open?)") from None
+            finally:
+                csv.field_size_limit(previous)
             return
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():

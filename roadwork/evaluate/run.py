@@ -13,7 +13,7 @@ from roadwork.evaluate.report import write_predictions, write_report
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
 from roadwork.serve.predictor import Predictor
-from roadwork.storage import atomic_write_json
+from roadwork.storage import atomic_write_json, writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def training_overlap(predictor: Predictor, samples: list, keys: list[str | None]
 
 def evaluate(bundle: str | Path, data: str, out: str | Path, *, cache_dir: str | Path | None = None,
              device: str = "cpu") -> dict[str, Any]:
-    out = Path(out)
+    out = writable_folder(out, "report folder")
     predictor = Predictor.from_bundle(bundle, device)
     samples = load_samples(data)
     hashed = content_keys(samples)

@@ -22,7 +22,7 @@ from roadwork.data.views import image_views
 from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
 from roadwork.features.table import as_is
 from roadwork.progress import progress_bar
-from roadwork.storage import sha256_bytes
+from roadwork.storage import sha256_bytes, writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,6 @@ def open_store(cache_dir: str | Path | None, backbone: str, input_size: int, pla
 
     Takes names, not a built backbone, so a fully cached evaluation never loads the model.
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
     precision = "bf16" if torch.device(device).type == "cuda" else "fp32"  # Backbone.run autocasts on CUDA
     return FeatureStore(root, namespace_for(backbone, input_size, plan, weights, precision, variant))

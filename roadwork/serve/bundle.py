@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from roadwork import __version__
@@ -216,7 +216,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             raise ValueError(f"adapted_backbones must list one verified file per member, got {adapted!r}")
         head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab) for _ in range(members)])
         head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as error:
-        raise BundleError(f"{path}: manifest and weights do not fit together: {error}") from error
+        for name in (FINGERPRINTS, *adapted):   # readable now, not at the first request that needs them
+            with safe_open(str(path / name), framework="pt"):
+                pass
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, OSError, SafetensorError) as error:
+        # load_state_dict lists every mismatched tensor; the first two lines say enough.
+        reason = " ".join(str(error).split("\n")[:2]).strip()
+        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+        raise BundleError(f"{path}: manifest and weights do not fit together: {type(error).__name__}: {reason}") \
+            from error
     head.to(device).eval()
     return Bundle(head, head_config, vocab, backbone, calibration, served_metadata, manifest, path, adapted)

@@ -37,7 +37,7 @@ from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
 from roadwork.serve.calibration import fit_calibration
-from roadwork.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from roadwork.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, writable_folder
 from roadwork.progress import console
 from roadwork.train.finetune import adapted_splits, resolve_mode
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
@@ -201,7 +201,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
           cache_dir: str | Path | None = None, device: str = "cpu", resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Train on DATA and write OUT/bundle, OUT/metrics.json and OUT/validation_predictions.csv."""
-    out = Path(out)
+    out = writable_folder(out, "output folder")   # before hours of extraction, not after
     started = time.perf_counter()
     if resume and not (out / "splits").is_dir():
         log.warning("--resume: nothing to resume in %s; starting from scratch", out)
