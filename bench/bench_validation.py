@@ -58,7 +58,9 @@ def run(data: Path, out: Path, cache: Path, overrides: list[str]) -> tuple[dict,
     """Train, or reuse a finished run in ``out`` (so a rerun re-scores saved bundles with current code)."""
     if (out / "metrics.json").is_file() and (out / "bundle" / "manifest.json").is_file():
         return json.loads((out / "metrics.json").read_text()), out / "bundle"
-    metrics = train(str(data), out, load_config(CONFIG, overrides), cache_dir=cache, progress=False)
+    # Frozen features, as when these results were recorded (fine-tuning is measured in bench_adapt.py).
+    config = load_config(CONFIG, ["backbone_training.mode=frozen", *overrides])
+    metrics = train(str(data), out, config, cache_dir=cache, progress=False)
     return metrics, out / "bundle"
 
 

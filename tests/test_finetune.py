@@ -160,3 +160,20 @@ def test_an_interrupted_fine_tuning_continues_from_its_last_epoch(photos, tmp_pa
     resumed = train(str(photos), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False, resume=True)
     (fit,) = resumed["backbone_training"]["fits"]
     assert fit["continued_from_epoch"] == 1 and fit["epochs"] == 3
+
+
+def test_auto_fine_tunes_only_what_was_measured_and_only_where_it_is_affordable():
+    from roadwork.config import BackboneTrainingConfig
+    from roadwork.serve.bundle import BackboneSpec
+    from roadwork.train.finetune import AUTO_MAX_PHOTOS_ON_CPU, AUTO_MODES, resolve_mode
+
+    auto = BackboneTrainingConfig()
+    embedded = BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto")
+    mode = AUTO_MODES["efficientnet-lite0"]
+    assert resolve_mode(auto, embedded, 400, "cpu")[0].mode == mode != "frozen"
+    assert resolve_mode(auto, embedded, AUTO_MAX_PHOTOS_ON_CPU + 1, "cpu")[0].mode == "frozen"
+    assert resolve_mode(auto, embedded, AUTO_MAX_PHOTOS_ON_CPU + 1, "cuda")[0].mode == mode
+    vit = BackboneSpec("dinov3-vit7b16", None, 512, 8192, "auto")
+    assert resolve_mode(auto, vit, 400, "cuda")[0].mode == "frozen"
+    chosen, why = resolve_mode(BackboneTrainingConfig(mode="dora"), vit, 400, "cpu")
+    assert chosen.mode == "dora" and why == "as configured"

@@ -23,7 +23,7 @@ from roadwork.serve.bundle import BundleError, load_bundle, save_bundle
 from roadwork.serve.predictor import Predictor
 from roadwork.train.run import train
 
-TINY = ["validation.groups=rows", "validation.folds=1", "model.type=multiview", "model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
+TINY = ["validation.groups=rows", "backbone_training.mode=frozen", "validation.folds=1", "model.type=multiview", "model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
         "optim.epochs=8", "optim.lr=3e-3", "optim.batch_size=8", "optim.patience=50"]
 
 

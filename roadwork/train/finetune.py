@@ -199,11 +199,29 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
     return changed, info
 
 
-def resolve_mode(settings: BackboneTrainingConfig, spec: BackboneSpec, photos: int) -> tuple[BackboneTrainingConfig, str]:
-    """The mode to train with, and why: ``auto`` is decided by the measurements in bench/RESULTS.md."""
+# What ``auto`` fine-tunes, per backbone, from grouped 5-fold measurements on real photos
+# (bench/RESULTS.md, "Fine-tuning"). Backbones not measured here stay frozen: a DINOv3 7B fine-tuned
+# on a CPU would take days, and nothing shows yet that it pays.
+AUTO_MODES = {"efficientnet-lite0": "last_blocks"}
+# Above this many photos on a CPU, fine-tuning every fold takes hours (about 100 s per fold per 340
+# photos on 2 cores); frozen features are then the default and fine-tuning is asked for by name.
+AUTO_MAX_PHOTOS_ON_CPU = 5_000
+
+
+def resolve_mode(settings: BackboneTrainingConfig, spec: BackboneSpec, photos: int,
+                 device: str) -> tuple[BackboneTrainingConfig, str]:
+    """The mode to train with, and why: ``auto`` follows the measurements behind AUTO_MODES."""
     if settings.mode != "auto":
         return settings, "as configured"
-    return settings.model_copy(update={"mode": "frozen"}), "auto"
+    mode = AUTO_MODES.get(spec.name) if spec.weights is None else None
+    if mode is None:
+        why = "auto: this backbone stays frozen unless backbone_training.mode asks (only the embedded one is measured)"
+        return settings.model_copy(update={"mode": "frozen"}), why
+    if photos > AUTO_MAX_PHOTOS_ON_CPU and not str(device).startswith("cuda"):
+        why = (f"auto: {photos} photos is too many to fine-tune every fold on a CPU; frozen features "
+               f"(ask for backbone_training.mode={mode} to fine-tune anyway)")
+        return settings.model_copy(update={"mode": "frozen"}), why
+    return settings.model_copy(update={"mode": mode}), f"auto: {mode} measured best for {spec.name} on small data"
 
 
 def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config: TrainConfig,

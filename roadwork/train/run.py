@@ -222,7 +222,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     groups = [prep.grouping.ids[rows] if photos is prep.train else rows for photos, rows in held_photos]
     all_labels, all_groups = np.concatenate(labels), np.concatenate(groups)
 
-    settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples))
+    settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples), device)
     console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
     fit_started = time.perf_counter()
     adapted: list[tuple[PreparedData, dict[str, torch.Tensor], dict[str, Any]]] = []
