@@ -2,6 +2,7 @@
 
     python bench/bench_adapt.py real      --work bench/out --data ../shared/data/real-dev
     python bench/bench_adapt.py synthetic --work bench/out
+    python bench/bench_adapt.py throughput --work bench/out   # training images/s per mode, nothing else running
 
 Every variant is one `roadwork train --folds 5` run from configs/cpu.yaml (the embedded
 EfficientNet-Lite0 at 224 px): the reported MCC and AUROC are its out-of-fold estimate, every fold cut by
@@ -98,9 +99,39 @@ def evaluate(bundle: Path, data: Path, out: Path, cache: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def throughput(batch: int = 32, steps: int = 3) -> None:
+    """Training images per second of each mode on the embedded backbone at 224 px (one warm-up step)."""
+    import time
+
+    import torch
+
+    from roadwork.backbones.adapt import adapt_backbone
+    from roadwork.backbones.base import create_backbone
+
+    print("| mode | trainable parameters | training images/s (batch 32, 224 px) |")
+    print("|---|---|---|")
+    views = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
+    for mode in ("last_blocks", "lora", "dora", "full"):
+        torch.manual_seed(0)
+        backbone = create_backbone("efficientnet-lite0")
+        adapt_backbone(backbone, mode, blocks=2)
+        backbone.train()
+        classifier = torch.nn.Linear(backbone.feature_dim, 1)
+        parameters = [p for p in backbone.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters + list(classifier.parameters()), lr=1e-4)
+        for step in range(steps + 1):
+            if step == 1:
+                started = time.perf_counter()
+            classifier(backbone(views)).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        rate = batch * steps / (time.perf_counter() - started)
+        print(f"| {mode} | {sum(p.numel() for p in parameters):,} | {rate:.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suite", choices=("real", "synthetic"))
+    parser.add_argument("suite", choices=("real", "synthetic", "throughput"))
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--data", type=Path, help="real: a photo folder with group and ambiguous columns")
     parser.add_argument("--only", nargs="*", help="run only variants whose name contains one of these")
@@ -108,7 +139,9 @@ def main() -> None:
     cache = args.work / "cache"
     chosen = {n: o for n, o in VARIANTS.items() if not args.only or any(s in n for s in args.only)}
     print(f"{args.suite}: {machine()}, {today()}, `python bench/bench_adapt.py {args.suite}`\n")
-    if args.suite == "real":
+    if args.suite == "throughput":
+        throughput()
+    elif args.suite == "real":
         data = subset(args.data, args.work / "real-data")
         print("| variant | out-of-fold MCC [95% CI] | AUROC | fine-tune s/fold | extract s/fold | wall s/fold |")
         print("|---|---|---|---|---|---|")
