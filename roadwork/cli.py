@@ -272,7 +272,7 @@ def predict(
     from roadwork.data.records import Sample
     from roadwork.serve.predictor import Predictor
 
-    predictor = Predictor.from_bundle(bundle, _device(device))
+    predictor = Predictor.load(bundle, _device(device))
     samples = [Sample(file_name=str(p), label=None, path=p) for p in paths]
     probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, use_cache=not no_cache)
     for sample, prob in zip(samples, probs):
@@ -316,6 +316,24 @@ def serve(
         local = host == "localhost"
     if not local and api_key is None:
         console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who reaches it can use it")
-    predictor = Predictor.from_bundle(bundle, _device(device))
+    predictor = Predictor.load(bundle, _device(device))
     predictor.warm_up()
     uvicorn.run(create_app(predictor, config), host=host, port=port, log_level="warning")
+
+
+@app.command()
+@_friendly
+def export(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the exported graphs, onnx.json and a copy of the bundle.")],
+    format: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
+) -> None:
+    """Export backbone(s) and heads to ONNX (dynamic batch), checked against PyTorch; `predict`, `evaluate` and `serve` take the folder as --bundle."""
+    from roadwork.errors import RoadworkError
+    from roadwork.serve.onnx import export_onnx
+
+    if format != "onnx":
+        raise RoadworkError(f"unknown export format {format!r}: onnx is supported")
+    manifest = export_onnx(bundle, out)
+    worst = max(manifest["max_difference_from_pytorch"].values())
+    console.print(f"exported {len(manifest['files'])} graphs to {out} (largest difference from PyTorch {worst:.1e})")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import jpeg_bytes
 from roadwork.data.decode import ImageDecodeError, decode_base64, decode_image
-from roadwork.data.views import crop_resize, decode_scale, image_views, plan_boxes
+from roadwork.data.views import MAX_VIEWS, crop_resize, decode_scale, image_views, plan_boxes
 
 
 def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -143,7 +143,7 @@ def test_boxes_lie_inside_are_distinct_and_few(plan, width, height):
     assert boxes[0].name == "global"
     assert all(_inside(b, width, height) for b in boxes)
     assert len({(b.x0, b.y0, b.x1, b.y1) for b in boxes}) == len(boxes)
-    assert len(boxes) <= 1 + 36 + 2
+    assert len(boxes) <= MAX_VIEWS
 
 
 @pytest.mark.parametrize(("width", "height"), [(1920, 1080), (1000, 1000), (640, 480), (960, 540), (3000, 1000)])

@@ -29,6 +29,9 @@ from roadwork.data.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, check_im
                                   oriented_size, to_rgb)
 
 VIEW_PLANS = ("auto", "seed12", "global")
+# The most views any plan gives one photo: the global view, at most 6 x 6 tiles (3 per long side,
+# up to twice that for extreme aspect ratios) and two squares.
+MAX_VIEWS = 1 + (2 * 3) ** 2 + 2
 _DRAFT_SCALES = (1.0, 0.5, 0.25, 0.125)
 
 

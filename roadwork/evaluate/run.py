@@ -27,7 +27,7 @@ def training_overlap(predictor: Predictor, samples: list, keys: list[str | None]
 def evaluate(bundle: str | Path, data: str, out: str | Path, *, cache_dir: str | Path | None = None,
              device: str = "cpu") -> dict[str, Any]:
     out = writable_folder(out, "report folder")
-    predictor = Predictor.from_bundle(bundle, device)
+    predictor = Predictor.load(bundle, device)
     samples = load_samples(data)
     hashed = content_keys(samples)
     overlap = training_overlap(predictor, samples, hashed[0])

@@ -21,7 +21,8 @@ def attention_mask(view_mask: Tensor, exclude_self: bool = False) -> Tensor:
     is NaN on some kernels.
     """
     allowed = view_mask[:, None, :].expand(-1, view_mask.shape[1], -1)
-    eye = torch.eye(view_mask.shape[1], dtype=torch.bool, device=view_mask.device)
+    index = torch.arange(view_mask.shape[1], device=view_mask.device)
+    eye = index[:, None] == index[None, :]   # not torch.eye: onnxruntime has no boolean EyeLike
     if exclude_self:
         allowed = allowed & ~eye
     allowed = allowed | (eye & ~allowed.any(dim=-1, keepdim=True))

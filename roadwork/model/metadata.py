@@ -82,7 +82,7 @@ class MetadataBatch:
     text_present: Tensor  # [B] bool
 
     def __post_init__(self) -> None:
-        rows = {f.name: getattr(self, f.name).shape[0] for f in fields(self)}
+        rows = {f.name: int(getattr(self, f.name).shape[0]) for f in fields(self)}   # ints also while tracing
         if len(set(rows.values())) != 1:
             raise ValueError(f"metadata fields disagree on the number of rows: {rows}")
         if self.gps.shape[1:] != (2,) or self.text.shape[1:] != (TEXT_DIM,):

@@ -23,6 +23,7 @@ from roadwork.features.store import FeatureStore, adapted_variant
 from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, load_bundle
+from roadwork.serve.onnx import ONNX_MANIFEST, OnnxRuntime
 from roadwork.storage import read_file
 
 ImageInput = bytes | str | Path | Image.Image | np.ndarray
@@ -58,10 +59,12 @@ class Predictor:
     source per head (its own adapted backbone, with features cached under that backbone's digest).
     """
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", batch_size: int = 256,
+                 runtime: OnnxRuntime | None = None) -> None:
         self.bundle = bundle
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.runtime = runtime   # an ONNX export run by onnxruntime instead of the PyTorch modules
         self.head = bundle.head.to(self.device).eval()
         self._backbones: dict[int, Backbone] = {}
         self._lock = threading.RLock()
@@ -70,6 +73,16 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
         return cls(load_bundle(path, device), device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        """A bundle folder, or a folder ``roadwork export --format onnx`` wrote (then run by onnxruntime)."""
+        return cls.from_onnx(path) if (Path(path) / ONNX_MANIFEST).is_file() else cls.from_bundle(path, device)
+
+    @classmethod
+    def from_onnx(cls, folder: str | Path) -> Predictor:
+        """The export ``roadwork export --format onnx`` wrote, run by onnxruntime on the CPU."""
+        return cls(load_bundle(Path(folder) / "bundle"), "cpu", runtime=OnnxRuntime(folder))
 
     @property
     def sources(self) -> int:
@@ -104,8 +117,9 @@ class Predictor:
         stacked = torch.cat(list(views))
         per_source = []
         for source in range(self.sources):
-            backbone = self.backbone(source)
-            pooled = torch.cat([backbone.features(chunk).cpu() for chunk in stacked.split(self.batch_size)])
+            encode = (lambda x, s=source: self.runtime.features(s, x)) if self.runtime is not None else \
+                self.backbone(source).features
+            pooled = torch.cat([encode(chunk).cpu() for chunk in stacked.split(self.batch_size)])
             per_source.append(list(pooled.split(counts)))
         return per_source
 
@@ -160,7 +174,10 @@ class Predictor:
         tables = [FeatureTable.build(samples, f, self.bundle.vocab, text) for f in features]
         if self.bundle.served_metadata == "none":
             tables = [t.image_only() for t in tables]
-        if self.sources == 1:
+        if self.runtime is not None:
+            margins = torch.cat([self.runtime.margins(i, t.features, t.view_mask) for i, t in enumerate(tables)], -1)
+            margins = margins.squeeze(-1) if margins.shape[-1] == 1 else margins
+        elif self.sources == 1:
             margins = head_margins(self.head, tables[0], self.device, self.batch_size)
         else:
             margins = torch.stack([head_margins(member, table, self.device, self.batch_size)

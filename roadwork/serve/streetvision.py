@@ -33,7 +33,7 @@ class RoadworkBundleDetector:
         self.load_model()
 
     def load_model(self) -> None:
-        self.predictor = Predictor.from_bundle(self.config.bundle, self.device)
+        self.predictor = Predictor.load(self.config.bundle, self.device)
         self.predictor.warm_up()
 
     def __call__(self, image: Image.Image | bytes) -> float:

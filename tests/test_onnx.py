@@ -1,0 +1,70 @@
+"""ONNX export: every graph matches PyTorch, and the Predictor answers the same through onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from roadwork.backbones.base import create_backbone
+from roadwork.cli import app
+from roadwork.config import HeadConfig, TrainConfig
+from roadwork.data.sources import load_samples
+from roadwork.model.head import HeadEnsemble, MultiViewHead
+from roadwork.model.metadata import MetadataVocab
+from roadwork.serve.bundle import BackboneSpec, BundleError, save_bundle
+from roadwork.serve.calibration import Calibration
+from roadwork.serve.predictor import Predictor
+
+TOLERANCE = 1e-4   # on probabilities; README states it
+
+
+def _multiview_bundle(path, adapted: bool):
+    """Two random multi-view heads with metadata on (image-only requests hide it), at 64 px; with
+    ``adapted``, each head has its own slightly changed backbone, as a fine-tuned k-fold bundle has."""
+    torch.manual_seed(0)
+    config = HeadConfig(type="multiview", d_model=32, heads=2, attention_layers=1, prune_k=4)
+    vocab = MetadataVocab.from_samples([])
+    heads = HeadEnsemble([MultiViewHead(config, 1280, vocab).eval() for _ in range(2)])
+    changed = None
+    if adapted:
+        weight = create_backbone("efficientnet-lite0", input_size=64).state_dict()["model.conv_head.weight"]
+        changed = [{"model.conv_head.weight": weight * scale} for scale in (0.9, 1.1)]
+    return save_bundle(path, head=heads, head_config=config, config=TrainConfig(), vocab=vocab,
+                       backbone=BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"),
+                       calibration=Calibration(0.3, 1.5), served_metadata="none", metrics={}, data_summary={},
+                       fingerprints=[], adapted_backbones=changed)
+
+
+@pytest.mark.parametrize("kind", ["probe", "multiview", "adapted multiview"])
+def test_onnx_export_answers_like_pytorch(kind, probe_bundle, tmp_path):
+    bundle = probe_bundle["bundle"] if kind == "probe" else _multiview_bundle(tmp_path / "b", "adapted" in kind)
+    result = CliRunner().invoke(app, ["export", "--bundle", str(bundle), "--format", "onnx", "--out",
+                                      str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
+    assert manifest["sources"] == (2 if "adapted" in kind else 1)
+    assert max(manifest["max_difference_from_pytorch"].values()) < 1e-3
+    samples = load_samples(str(probe_bundle["data"]))[:5]
+    files = [s.read_bytes() for s in samples] + [np.full((900, 1600, 3), 90, dtype=np.uint8)]  # 1 and 12 views
+    expected = [p.probability for p in Predictor.from_bundle(bundle).predict_images(files)]
+    onnx = Predictor.load(tmp_path / "onnx")
+    assert onnx.runtime is not None and not onnx._backbones
+    got = [p.probability for p in onnx.predict_images(files)]
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE)
+    assert not onnx._backbones   # PyTorch backbones were never built
+    assert np.std(expected) > 0
+
+
+def test_a_modified_export_is_refused(probe_bundle, tmp_path):
+    CliRunner().invoke(app, ["export", "--bundle", str(probe_bundle["bundle"]), "--out", str(tmp_path / "onnx")])
+    graph = tmp_path / "onnx" / "head-0.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="does not match"):
+        Predictor.load(tmp_path / "onnx")
+    result = CliRunner().invoke(app, ["export", "--bundle", str(probe_bundle["bundle"]), "--format", "tflite",
+                                      "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "unknown export format" in result.output
