@@ -9,7 +9,8 @@ EfficientNet-Lite0 at 224 px): the reported MCC and AUROC are its out-of-fold es
 a calibration fitted on the other folds, with a 95% group-bootstrap interval. `synthetic` also scores
 the served bundle on unseen drives (`synth --seed 12`). Real photos: rows marked ambiguous are left out.
 Per fold: fine-tuning seconds, extraction seconds with the adapted backbone, and the whole run's wall
-time divided by the folds. A rerun with the same --work reuses finished runs.
+time divided by the folds (of the last, possibly resumed, invocation). A rerun with the same --work
+reuses finished runs and continues interrupted ones.
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ def synth(path: Path, n: int, seed: int, frames: int) -> Path:
 def train(data: Path, out: Path, cache: Path, overrides: list[str]) -> tuple[dict, float]:
     if (out / "metrics.json").is_file() and (out / "wall_s").is_file():
         return json.loads((out / "metrics.json").read_text()), float((out / "wall_s").read_text())
-    shutil.rmtree(out, ignore_errors=True)
+    # --resume: an interrupted variant continues; its finished folds are reused only if the same data,
+    # split and settings made them (train checks), so the numbers are those of one uninterrupted run.
     args = [*ROADWORK, "train", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
-            "--config", str(CONFIG), "--folds", "5"]
+            "--config", str(CONFIG), "--folds", "5", "--resume"]
     for override in overrides:
         args += ["--set", override]
     seconds, _, _ = run_measured(args)
