@@ -142,3 +142,21 @@ def test_concurrent_requests_are_batched_and_overload_is_a_fast_503(served):
     assert statuses.count(503) >= 1 and statuses.count(200) >= 4
     assert set(statuses) <= {200, 503}
     assert max(calls) > 1   # queued requests shared a backbone batch
+
+
+def test_a_request_left_waiting_past_its_timeout_gets_504_and_the_server_recovers(served):
+    predictor, good = served["predictor"], served["good"]
+    release = threading.Event()
+
+    class Stuck:
+        bundle = predictor.bundle
+
+        def predict_images(self, images, names=None):
+            release.wait(10)
+            return predictor.predict_images(images, names)
+
+    with TestClient(create_app(Stuck(), ServeConfig(timeout_s=0.3))) as client:  # type: ignore[arg-type]
+        response = client.post("/predict", content=good, headers={"content-type": "image/jpeg"})
+        assert response.status_code == 504 and "0.3" in response.json()["error"]
+        release.set()
+        assert client.post("/predict", content=good, headers={"content-type": "image/jpeg"}).status_code == 200

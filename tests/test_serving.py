@@ -33,7 +33,8 @@ def test_every_input_kind_gives_the_probability_of_predict_and_evaluate(served):
     pil = [Image.open(io.BytesIO(b)) for b in files]
     arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in files]
     from_base64 = [decode_base64(base64.b64encode(b).decode()) for b in files]
-    for inputs in (files, paths, pil, arrays, from_base64):
+    data_uris = ["data:image/jpeg;base64," + base64.b64encode(b).decode() for b in files]
+    for inputs in (files, paths, pil, arrays, from_base64, data_uris):
         answers = predictor.predict_images(inputs)
         assert all(a.error is None for a in answers)
         np.testing.assert_allclose([a.probability for a in answers], uncached, atol=1e-6)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from roadwork.backbones.adapt import create_adapted_backbone
 from roadwork.backbones.base import Backbone, create_backbone
-from roadwork.data.decode import ImageDecodeError
+from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, views_from_image
 from roadwork.errors import RoadworkError
@@ -39,8 +39,11 @@ class Prediction:
 
 
 def request_views(image: ImageInput, plan: str, input_size: int, device: torch.device, name: str) -> Tensor:
-    """The views of one request image: encoded bytes, a file path, a PIL image or an ``[H, W, 3]`` uint8 array."""
-    if isinstance(image, (str, Path)):
+    """The views of one request image: encoded bytes, a ``data:image/...;base64,`` string, a file path, a PIL
+    image or an ``[H, W, 3]`` uint8 array."""
+    if isinstance(image, str) and image.startswith("data:"):
+        image = decode_base64(image)
+    elif isinstance(image, (str, Path)):
         try:
             image = read_file(image)
         except OSError as error:
