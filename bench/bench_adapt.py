@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROADWORK, machine, run_measured, today  # noqa: E402
+from common import ROADWORK, machine, run_measured, subset_folder, today  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 VARIANTS = {
@@ -41,23 +39,10 @@ VARIANTS = {
 
 
 def subset(source: Path, target: Path) -> Path:
-    """``source`` without its ambiguous rows (images hard-linked, or copied across file systems)."""
-    if (target / "metadata.csv").is_file():
-        return target
+    """``source`` without its ambiguous rows."""
     with open(source / "metadata.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("ambiguous", "0") != "1"]
-    for row in rows:
-        destination = target / row["file_name"]
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source / row["file_name"], destination)
-        except OSError:
-            shutil.copy(source / row["file_name"], destination)
-    with open(target / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return target
+    return subset_folder(source, rows, target)
 
 
 def synth(path: Path, n: int, seed: int, frames: int) -> Path:

@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import torch
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROADWORK, cached_photos, machine, today  # noqa: E402
+from common import ROADWORK, cached_photos, machine, subset_folder, today  # noqa: E402
 
 from roadwork.serve.calibration import bootstrap_mcc_curves, candidate_cuts  # noqa: E402
 from roadwork.config import load_config  # noqa: E402
@@ -147,24 +146,6 @@ def synthetic(work: Path, cache: Path, seeds: list[int]) -> None:
         print(f"| {name} | {fmt([v[0] for v in values])} | {fmt([v[1] for v in values])} | {fmt([v[2] for v in values])} |")
 
 
-def _subset(source: Path, rows: list[dict], target: Path) -> Path:
-    """A dataset folder of some rows of ``source`` (images hard-linked, or copied across file systems)."""
-    if (target / "metadata.csv").is_file():
-        return target
-    for row in rows:
-        destination = target / row["file_name"]
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source / row["file_name"], destination)
-        except OSError:
-            shutil.copy(source / row["file_name"], destination)
-    with open(target / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return target
-
-
 def real(work: Path, cache: Path, data: Path, seed: int) -> None:
     with open(data / "metadata.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("ambiguous", "0") != "1"]
@@ -178,8 +159,8 @@ def real(work: Path, cache: Path, data: Path, seed: int) -> None:
     pooled["auto, --folds 5 (the default)"] = ([], [])
     estimates: list[tuple[int, str, float, float]] = []
     for k, (fit, held) in enumerate(kfold_splits(labels, groups, 5, seed)):
-        train_data = _subset(data, [rows[i] for i in fit], work / "real" / f"fold{k}" / "train")
-        test_data = _subset(data, [rows[i] for i in held], work / "real" / f"fold{k}" / "test")
+        train_data = subset_folder(data, [rows[i] for i in fit], work / "real" / f"fold{k}" / "train")
+        test_data = subset_folder(data, [rows[i] for i in held], work / "real" / f"fold{k}" / "test")
         reported = {}
         for name, overrides in variants.items():
             out = work / "real" / f"fold{k}" / name.replace(" ", "").replace(",", "_")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -73,3 +75,21 @@ def cached_photos(data: str | Path, cache_dir: str | Path, progress: bool = Fals
                                         progress=progress)
     good = [i for i, f in enumerate(features) if f is not None]
     return [samples[i] for i in good], [result.keys[i] for i in good], [features[i] for i in good]
+
+
+def subset_folder(source: Path, rows: list[dict], target: Path) -> Path:
+    """A dataset folder of some rows of ``source`` (images hard-linked, or copied across file systems)."""
+    if (target / "metadata.csv").is_file():
+        return target
+    for row in rows:
+        destination = target / row["file_name"]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / row["file_name"], destination)
+        except OSError:
+            shutil.copy(source / row["file_name"], destination)
+    with open(target / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
