@@ -103,7 +103,7 @@ def test_predict_reports_bad_files_and_exits_nonzero(trained, tmp_path):
                                       "cpu", str(bad), str(trained["test"] / "img/0.jpg"), str(tmp_path / "missing.jpg")])
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.exit_code == 1
-    assert "cannot decode" in lines[0]["error"] and "probability" in lines[1] and "error" in lines[2]
+    assert "not an image" in lines[0]["error"] and "probability" in lines[1] and "error" in lines[2]
 
 
 def test_evaluate_metrics_agree_with_scikit_learn(trained, tmp_path):
