@@ -67,10 +67,13 @@ class Bundle:
     path: Path
     adapted: list[str]     # per member, the file of its fine-tuned backbone's changed weights; [] = frozen
 
-    def adapted_weights(self, member: int) -> tuple[dict[str, torch.Tensor], str]:
-        """Member ``member``'s changed backbone weights and their SHA-256 (its features' cache name)."""
-        name = self.adapted[member]
-        return load_file(str(self.path / name)), self.manifest["files"][name]
+    def adapted_weights(self, member: int) -> dict[str, torch.Tensor]:
+        """Member ``member``'s changed backbone weights."""
+        return load_file(str(self.path / self.adapted[member]))
+
+    def adapted_digest(self, member: int) -> str:
+        """SHA-256 of member ``member``'s changed weights: the name of its features' cache namespace."""
+        return self.manifest["files"][self.adapted[member]]
 
     def training_fingerprints(self) -> set[int]:
         """First 8 bytes (as a signed int) of the SHA-256 of every training image."""

@@ -100,7 +100,7 @@ class Predictor:
         if source not in self._backbones:
             spec = self.bundle.backbone
             if self.bundle.adapted:
-                built = create_adapted_backbone(spec.name, self.bundle.adapted_weights(source)[0], weights=spec.weights,
+                built = create_adapted_backbone(spec.name, self.bundle.adapted_weights(source), weights=spec.weights,
                                                 input_size=spec.input_size, device=self.device)
             else:
                 built = create_backbone(spec.name, weights=spec.weights, device=self.device, input_size=spec.input_size)
@@ -109,7 +109,7 @@ class Predictor:
 
     def _store(self, source: int, cache_dir: str | Path | None) -> FeatureStore:
         spec = self.bundle.backbone
-        variant = adapted_variant(self.bundle.adapted_weights(source)[1]) if self.bundle.adapted else None
+        variant = adapted_variant(self.bundle.adapted_digest(source)) if self.bundle.adapted else None
         return open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device, variant=variant)
 
     def _features(self, views: Sequence[Tensor]) -> list[list[Tensor]]:
