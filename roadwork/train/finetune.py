@@ -240,7 +240,9 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
         folder = out / "splits" / f"backbone-{index}"
         identity = json.dumps({"backbone_training": settings.model_dump(mode="json"), "seed": config.seed,
                                "data": config.data.model_dump(mode="json"),
-                               "optim": config.optim.model_dump(mode="json"),
+                               # only what fine-tuning uses: the heads' epochs or rate do not change it
+                               "optim": config.optim.model_dump(mode="json", include={
+                                   "precision", "gradient_clip", "accumulate_grad_batches", "warmup_fraction"}),
                                "rows": hashlib.sha256("\n".join(sorted(train.keys[i] for i in rows)).encode()).hexdigest()})
         claimed = folder / "split.json"
         if folder.is_dir() and (not resume or not claimed.is_file() or claimed.read_text() != identity):
