@@ -194,7 +194,7 @@ class Predictor:
         """Probabilities (None where an image failed) and the failures by file name; ``hashed`` passes
         ``content_keys(samples)`` when the caller already has them."""
         spec = self.bundle.backbone
-        if use_cache:
+        if use_cache and self.runtime is None:   # an ONNX export computes every feature itself
             if hashed is None:
                 hashed = content_keys(samples, progress)
             loaded, failures = [], {}
