@@ -29,6 +29,12 @@ DataOpt = Annotated[str, typer.Option("--data", help="Dataset: a folder with met
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="ROADWORK_CACHE", help="Feature cache folder (default: $ROADWORK_CACHE or ~/.cache/roadwork).")]
 BackboneOpt = Annotated[str, typer.Option("--backbone", help="Backbone name (see `roadwork backbones`) or hf:<model id or path>.")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local weights (folder saved with save_pretrained, or a checkpoint file) instead of the default download.")]
+ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", help="YAML configuration file (see configs/); repeat to layer files, later ones win.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a configuration value, e.g. --set model.d_model=256 (repeatable).")]
+TargetGpsOpt = Annotated[Path | None, typer.Option("--target-gps", help="GPS-weighted sampling: CSV of latitude/longitude rows where served photos come from (sets sampling.target).")]
+TargetDataOpt = Annotated[str | None, typer.Option("--target-data", help="GPS-weighted sampling: a dataset whose GPS columns are the targets (sets sampling.target).")]
+
+
 class ViewPlan(str, enum.Enum):
     auto = "auto"
     seed12 = "seed12"
@@ -75,6 +81,27 @@ def _device(name: str) -> str:
     if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
         raise RoadworkError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return name
+
+
+def _target(target_gps: Path | None, target_data: str | None) -> str | None:
+    from roadwork.errors import RoadworkError
+
+    if target_gps is not None and target_data is not None:
+        raise RoadworkError("give --target-gps or --target-data, not both")
+    return str(target_gps) if target_gps is not None else target_data
+
+
+def _training_config(files: list[Path] | None, overrides: list[str] | None, options: dict[str, Any], *,
+                     target: str | None = None) -> Any:
+    """--config files, then --set overrides, then the named options that were given. The GPS target is
+    a path or dataset name, set as it is (not read as YAML like a --set value)."""
+    from roadwork.config import load_config
+
+    extra = list(overrides or []) + [f"{key}={value}" for key, value in options.items() if value is not None]
+    config = load_config(files, extra)
+    if target is not None:
+        config.sampling.target = target
+    return config
 
 
 @app.callback()
@@ -202,28 +229,27 @@ def train(
     val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Fraction of DATA's groups held out by a single split, and inside each fold (default 0.15).")] = None,
     folds: Annotated[int | None, typer.Option("--folds", min=1, help="K grouped folds: out-of-fold validation of every photo, the K heads served together (default 5; 1 = one split).")] = None,
     group_column: Annotated[str | None, typer.Option("--group-column", help="Column whose equal values must stay on one side of every split (default: group/sequence/drive/session/video/trip, else near-duplicate photos).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file (see configs/).")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a configuration value, e.g. --set model.d_model=256 (repeatable).")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (overrides data.backbone).")] = None,
     backbone_training: Annotated[str | None, typer.Option("--backbone-training", help="auto, frozen, last_blocks, lora, dora or full (overrides backbone_training.mode).")] = None,
     cache_dir: CacheOpt = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (overrides optim.epochs).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (overrides seed).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.ckpt after an interruption.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT: finished parts are kept, interrupted fits continue from their last epoch.")] = False,
+    target_gps: TargetGpsOpt = None,
+    target_data: TargetDataOpt = None,
+    devices: Annotated[int | None, typer.Option("--devices", min=1, help="Processes to train with (GPUs, or CPU processes); more than 1 needs --strategy ddp.")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="auto or ddp (Lightning's DistributedDataParallel).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train heads on backbone features (frozen and cached, or from a backbone fine-tuned first), validated on unseen groups of photos, and write a bundle."""
-    from roadwork.config import load_config
     from roadwork.train.run import train as run_training
 
-    extra = list(overrides or [])
-    for key, value in (("data.backbone", backbone), ("backbone_training.mode", backbone_training),
-                       ("optim.epochs", epochs), ("seed", seed),
-                       ("validation.fraction", val_fraction), ("validation.folds", folds),
-                       ("validation.groups", group_column)):
-        if value is not None:
-            extra.append(f"{key}={value}")
-    cfg = load_config(config, extra)
+    cfg = _training_config(config, overrides, {
+        "data.backbone": backbone, "backbone_training.mode": backbone_training, "optim.epochs": epochs, "seed": seed,
+        "validation.fraction": val_fraction, "validation.folds": folds, "validation.groups": group_column,
+        "trainer.devices": devices, "trainer.strategy": strategy}, target=_target(target_gps, target_data))
     metrics = run_training(data, out, cfg, val_data=val_data, cache_dir=cache_dir, device=_device(device), resume=resume)
     groups = metrics["groups"]
     console.print(f"groups: {groups['groups']} from {groups['rows']} photos ({groups['source']})", highlight=False)
@@ -237,6 +263,38 @@ def train(
                   f"AUROC {val['auroc']:.3f}, n={val['n']}, {metrics['timing_s']['total']:.0f} s", highlight=False)
     console.print(f"  ({val['estimate']}; inputs: {val['inputs']})", highlight=False)
     console.print(f"bundle written to {out / 'bundle'}")
+
+
+@app.command("gps-report")
+@_friendly
+def gps_report(
+    data: DataOpt,
+    target_gps: TargetGpsOpt = None,
+    target_data: TargetDataOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    batches: Annotated[int, typer.Option("--batches", min=1, help="Batches to draw, as the trainer would.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Photos per batch.")] = 32,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with an error when the targets are missed.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Check GPS-weighted sampling before training: how near to the target regions the drawn photos are, against the sampling.target_* goals, and which weights would meet them."""
+    from roadwork.data.sources import load_samples
+    from roadwork.storage import atomic_write_json
+    from roadwork.train.sampling import GpsSampling, check_report, describe_report
+
+    cfg = _training_config(config, overrides, {"sampling.strict": True if strict else None},
+                           target=_target(target_gps, target_data))
+    samples = load_samples(data)
+    report = GpsSampling.build(samples, cfg.sampling, cfg.seed).report(cfg.sampling, batches=batches,
+                                                                      batch_size=batch_size, seed=cfg.seed)
+    console.print(describe_report(report), highlight=False, soft_wrap=True)
+    if out is not None:
+        atomic_write_json(out, report)
+    check_report(report, cfg.sampling)
+    if report["suggested_weights"]:
+        console.print(f"  weights that would meet them: --set sampling.weights='{report['suggested_weights']}'",
+                      highlight=False)
 
 
 @app.command()

@@ -6,6 +6,7 @@ An invalid value fails before any work starts, with a message naming the dotted 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,7 +149,31 @@ class BackboneTrainingConfig(_Strict):
         return self.lr if self.lr is not None else (1e-3 if self.mode in ("lora", "dora") else 3e-4)
 
 
+class SophiaConfig(_Strict):
+    """SophiaH (pytorch-optimizer): every weight moves at most ``clip`` x ``lr`` per step, scaled by a
+    Hutchinson estimate of the Hessian diagonal refreshed every ``hessian_period`` steps."""
+
+    lr: float | None = Field(None, gt=0.0, le=100.0, description="None = optim.lr / clip: the same largest step "
+                             "per weight as AdamW's typical one")
+    clip: float = Field(0.01, gt=0.0, le=1.0)
+    hessian_period: int = Field(10, ge=1, le=10_000)
+    betas: tuple[float, float] = (0.96, 0.99)
+
+    def step_size(self, adamw_lr: float) -> float:
+        return self.lr if self.lr is not None else adamw_lr / self.clip
+
+
 class OptimConfig(_Strict):
+    """How heads are optimised; ``ema``, ``compile`` and ``precision`` also apply to fine-tuning the backbone."""
+
+    optimizer: Literal["adamw", "sophia"] = "adamw"
+    sophia: SophiaConfig = SophiaConfig()
+    # An exponential moving average of the trained weights is what validation, checkpoint choice,
+    # early stopping and the bundle see; the raw weights keep training.
+    ema: bool = False
+    ema_decay: float = Field(default=0.99, gt=0.0, lt=1.0, description="per optimiser step")
+    compile: bool = Field(default=False, description="torch.compile the trained module (pays on a GPU, "
+                          "rarely on a CPU)")
     epochs: int = Field(default=40, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     lr: float = Field(default=3e-4, gt=0.0, le=1.0)
@@ -163,6 +188,51 @@ class OptimConfig(_Strict):
     @classmethod
     def _precision_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int) else value  # YAML reads `precision: 32` as a number
+
+
+class SamplingConfig(_Strict):
+    """GPS-weighted sampling (plan component 13; roadwork.train.sampling): training photos near the
+    regions served photos come from are drawn more often. Off while ``target`` is None."""
+
+    target: str | None = Field(None, min_length=1, description="CSV of latitude/longitude rows, or a dataset "
+                               "whose GPS columns are used")
+    regions: int = Field(5, ge=1, le=10_000, description="k-means centres fitted on the target positions")
+    brackets_km: list[float] = Field([50.0, 200.0, 500.0], min_length=1)
+    weights: list[float] = Field([5.0, 2.5, 1.0, 0.3], description="one per bracket, then one beyond the last")
+    null_gps_weight: float = Field(1.0, ge=0.0, description="photos without a position")
+    samples_per_epoch: int | None = Field(None, ge=1, description="draws per epoch; None = the training rows")
+    # The plan's check on drawn batches; missed targets warn, or stop the run when ``strict``.
+    target_share_50km: float = Field(0.5, ge=0.0, le=1.0)
+    target_share_100km: float = Field(0.7, ge=0.0, le=1.0)
+    target_mean_km: float = Field(150.0, gt=0.0)
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _check_brackets(self) -> SamplingConfig:
+        edges = self.brackets_km
+        if any(b <= 0 for b in edges) or any(b >= c for b, c in zip(edges, edges[1:])):
+            raise ValueError(f"brackets_km must be positive and increasing, got {edges}")
+        if len(self.weights) != len(edges) + 1:
+            raise ValueError(f"weights needs {len(edges) + 1} values (one per bracket of {edges} km and one beyond "
+                             f"the last), got {len(self.weights)}")
+        if any(w < 0 for w in self.weights) or not any(w > 0 for w in self.weights):
+            raise ValueError(f"weights must be non-negative and not all zero, got {self.weights}")
+        return self
+
+
+class TrainerConfig(_Strict):
+    """Where Lightning runs and what it logs (roadwork.train.trainer)."""
+
+    devices: int = Field(1, ge=1, le=1024, description="processes (one per GPU, or CPU processes with ddp)")
+    strategy: Literal["auto", "ddp"] = "auto"
+    loggers: list[Literal["csv", "tensorboard", "wandb"]] = ["csv", "tensorboard"]
+    step_metrics: bool = Field(False, description="also log loss and MCC every step, not only every epoch")
+
+    @model_validator(mode="after")
+    def _ddp_needs_devices(self) -> TrainerConfig:
+        if self.devices > 1 and self.strategy != "ddp":
+            raise ValueError("devices > 1 needs strategy ddp")
+        return self
 
 
 class ServeConfig(_Strict):
@@ -192,6 +262,8 @@ class TrainConfig(_Strict):
     backbone_training: BackboneTrainingConfig = BackboneTrainingConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    trainer: TrainerConfig = TrainerConfig()
     validation: ValidationConfig = ValidationConfig()
 
 
@@ -214,17 +286,32 @@ def _format(error: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars)."""
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, section by section (a later file changes only the keys it names)."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read configuration: {error}") from error
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return loaded or {}
+
+
+def load_config(paths: str | Path | Sequence[str | Path] | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults <- YAML files in order (e.g. configs/base.yaml, then a backbone preset) <- ``key=value``
+    overrides (values parsed as YAML scalars)."""
     tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot read configuration: {error}") from error
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        tree = loaded or {}
+    for path in [paths] if isinstance(paths, (str, Path)) else (paths or []):
+        tree = _merge(tree, _read_yaml(path))
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
@@ -250,11 +337,8 @@ def serve_config(**values: Any) -> ServeConfig:
 
 def detector_config(path: str | Path) -> DetectorConfig:
     """The miner adapter's YAML file, validated (a bad or missing key is named)."""
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read configuration: {error}") from error
-    if not isinstance(loaded, dict):
+    loaded = _read_yaml(path)
+    if not loaded:
         raise ConfigError(f"{path}: must be a mapping with at least `bundle: PATH`")
     try:
         return DetectorConfig.model_validate(loaded)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from roadwork.data.records import Sample
 from roadwork.model.metadata import MetadataBatch, MetadataVocab
@@ -107,9 +107,9 @@ def as_is(batch: object) -> object:
     return batch
 
 
-def loader(table: FeatureTable, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(table, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=as_is)
+def loader(table: FeatureTable, batch_size: int, *, sampler: Sampler[int] | None = None) -> DataLoader:
+    """Batches of ``table`` in row order, or in the order ``sampler`` draws."""
+    return DataLoader(table, batch_size=batch_size, sampler=sampler, collate_fn=as_is)
 
 
 @torch.inference_mode()

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +24,6 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -42,10 +38,11 @@ from roadwork.features.store import adapted_variant
 from roadwork.features.table import as_is
 from roadwork.progress import progress_bar
 from roadwork.serve.bundle import BackboneSpec
-from roadwork.storage import atomic_write_bytes, atomic_write_text
+from roadwork.storage import atomic_write_bytes
 from roadwork.train.prepare import Photos, PreparedData
-from roadwork.train.fit import ProgressBar, precision_setting
 from roadwork.train.module import warmup_cosine
+from roadwork.train.sampling import EpochSampler
+from roadwork.train.trainer import build_trainer, claim_folder
 
 log = logging.getLogger(__name__)
 ADAPTED = "backbone.safetensors"
@@ -116,16 +113,14 @@ class FinetuneModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.first_epoch = self.current_epoch   # > 0 when continuing an interrupted run
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        views, labels = batch   # augmentation runs batched on the training device (the GPU when there is one)
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        views, labels = batch
+        # Augmentation runs batched on the training device (the GPU when there is one), here rather than
+        # in a transfer hook so that it draws after the per-batch reseed (BatchSeed).
         with torch.no_grad():
             x = self.crop(views.float() / 255.0)
             if self.augment is not None:
                 x = self.augment(x)
-        return x, labels
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, labels = batch
         logits = self.classifier(self.backbone(x)).squeeze(-1).float()
         smoothing = self.settings.label_smoothing
         loss = F.binary_cross_entropy_with_logits(logits, labels * (1.0 - smoothing) + 0.5 * smoothing)
@@ -147,15 +142,14 @@ def _base_backbone(config: TrainConfig, device: str) -> Backbone:
 
 def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
                       settings: BackboneTrainingConfig, folder: Path, *, device: str, resume: bool,
-                      progress: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Fine-tune on ``rows`` of ``views`` for ``settings.epochs``; return the changed weights (adapters
-    merged) and what happened. A saved result in ``folder`` is reused with ``resume``; an interrupted
-    one continues from its last epoch."""
+                      progress: bool, weights: np.ndarray | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Fine-tune on ``rows`` of ``views`` (drawn by ``weights`` when given) for ``settings.epochs``;
+    return the changed weights (adapters merged; averaged with ``optim.ema``) and what happened. A
+    saved result in ``folder`` is reused with ``resume``; an interrupted one continues from its last
+    epoch."""
     saved = folder / ADAPTED
     if resume and saved.is_file():
         return load_file(str(saved)), {"resumed": True}
-    if not log.isEnabledFor(logging.INFO):
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     L.seed_everything(config.seed, workers=True, verbose=False)
     backbone = _base_backbone(config, "cpu")
     before = weight_snapshot(backbone)
@@ -166,25 +160,16 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
     if settings.gradient_checkpointing:
         backbone.gradient_checkpointing(True)
     module = FinetuneModule(backbone, settings, config.optim).train()  # Lightning keeps the mode it is given
-    accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
-    # Without a monitored metric, top-1 keeps the newest epoch: one file, rewritten after every epoch.
-    checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", save_top_k=1,
-                                  enable_version_counter=False)
-    trainer = L.Trainer(
-        max_epochs=settings.epochs, accelerator=accelerator, devices=1,
-        precision=precision_setting(config.optim.precision, accelerator),
-        gradient_clip_val=config.optim.gradient_clip, accumulate_grad_batches=config.optim.accumulate_grad_batches,
-        callbacks=[checkpoints, *([ProgressBar(leave=False)] if progress else [])],
-        logger=CSVLogger(folder, name="logs"), enable_progress_bar=progress, enable_model_summary=False,
-        log_every_n_steps=1, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=folder,
-    )
-    loader = DataLoader(_LabelledViews(views, rows, labels), batch_size=settings.batch_size, shuffle=True,
-                        drop_last=len(rows) > settings.batch_size,  # a last batch of one upsets BatchNorm
-                        generator=torch.Generator().manual_seed(config.seed))
+    trainer, _ = build_trainer(config, folder, max_epochs=settings.epochs, device=device, progress=progress,
+                               batch_size_fn=lambda batch: batch[1].shape[0], validate=False)
+    sampler = EpochSampler(len(rows), weights=weights, seed=config.seed, epoch=lambda: trainer.current_epoch,
+                           samples_per_epoch=config.sampling.samples_per_epoch if weights is not None else None)
+    loader = DataLoader(_LabelledViews(views, rows, labels), batch_size=settings.batch_size, sampler=sampler,
+                        drop_last=len(sampler) > settings.batch_size)  # a last batch of one upsets BatchNorm
     last = folder / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resume and last.is_file() else None,
-                weights_only=True)
+    trainer.fit(torch.compile(module) if config.optim.compile else module, train_dataloaders=loader,
+                ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
     seconds = time.perf_counter() - started
     backbone = module.backbone.cpu()
     if settings.gradient_checkpointing:
@@ -226,9 +211,11 @@ def resolve_mode(settings: BackboneTrainingConfig, spec: BackboneSpec, photos: i
 
 def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config: TrainConfig,
                    settings: BackboneTrainingConfig, out: Path, *, cache_dir: str | Path | None, device: str,
-                   resume: bool, progress: bool) -> list[tuple[PreparedData, dict[str, Tensor], dict[str, Any]]]:
-    """Per split: fine-tune a backbone on its training rows, then every photo's features from it (cached
-    under its weights' digest, never mixed with the frozen features), as that split's prepared data."""
+                   resume: bool, progress: bool, weights: np.ndarray | None = None,
+                   ) -> list[tuple[PreparedData, dict[str, Tensor], dict[str, Any]]]:
+    """Per split: fine-tune a backbone on its training rows (drawn by ``weights``, one per training photo,
+    when given), then every photo's features from it (cached under its weights' digest, never mixed
+    with the frozen features), as that split's prepared data."""
     train = prep.train
     views = decode_global_views(train.samples, train.keys, prep.spec.input_size, out / "decoded",
                                 num_workers=config.data.num_workers, progress=progress)
@@ -238,19 +225,20 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
     results = []
     for index, rows in enumerate(rows_per_split):
         folder = out / "splits" / f"backbone-{index}"
-        identity = json.dumps({"backbone_training": settings.model_dump(mode="json"), "seed": config.seed,
-                               "data": config.data.model_dump(mode="json"),
-                               # only what fine-tuning uses: the heads' epochs or rate do not change it
-                               "optim": config.optim.model_dump(mode="json", include={
-                                   "precision", "gradient_clip", "accumulate_grad_batches", "warmup_fraction"}),
-                               "rows": hashlib.sha256("\n".join(sorted(train.keys[i] for i in rows)).encode()).hexdigest()})
-        claimed = folder / "split.json"
-        if folder.is_dir() and (not resume or not claimed.is_file() or claimed.read_text() != identity):
-            shutil.rmtree(folder)   # another run's (or an unfinished unknown) fine-tuning: start this one afresh
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(claimed, identity)
+        split_weights = None if weights is None else weights[rows]
+        identity = {"backbone_training": settings.model_dump(mode="json", exclude={"epochs"}), "seed": config.seed,
+                    "data": config.data.model_dump(mode="json"),
+                    # only what fine-tuning uses: the heads' epochs or rate do not change it
+                    "optim": config.optim.model_dump(mode="json", include={
+                        "precision", "gradient_clip", "accumulate_grad_batches", "warmup_fraction", "ema",
+                        "ema_decay"}),
+                    "sampling": None if split_weights is None else [config.sampling.samples_per_epoch,
+                                                                    hashlib.sha256(split_weights.tobytes()).hexdigest()],
+                    "rows": hashlib.sha256("\n".join(sorted(train.keys[i] for i in rows)).encode()).hexdigest()}
+        claim_folder(folder, identity, settings.epochs, resume=resume, setting="backbone_training.epochs",
+                     result=ADAPTED)
         changed, info = finetune_backbone(views, rows, labels, config, settings, folder, device=device, resume=resume,
-                                          progress=progress)
+                                          progress=progress, weights=split_weights)
         digest = adapted_digest(changed)
         data = config.data
         backbone = create_adapted_backbone(data.backbone, changed, weights=data.backbone_weights,

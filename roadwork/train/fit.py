@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger
 
 from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import CATEGORY_FIELDS, Sample
@@ -20,24 +19,10 @@ from roadwork.model.head import MultiViewHead, build_head
 from roadwork.model.metadata import NULL_INDEX, MetadataVocab
 from roadwork.train.data import FeatureDataModule
 from roadwork.train.module import RoadworkModule
+from roadwork.train.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 MONITOR = "val_served_mcc"
-
-
-class ProgressBar(RichProgressBar):
-    """Rich bar without Lightning's logger version number, which means nothing to a user."""
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        return metrics
-
-
-def precision_setting(setting: str, accelerator: str) -> str:
-    if setting != "auto":
-        return "32-true" if setting == "32" else setting
-    return "bf16-mixed" if accelerator == "cuda" else "32-true"
 
 
 def forget_unseen_categories(head: MultiViewHead, vocab: MetadataVocab, seen: list[Sample]) -> None:
@@ -59,32 +44,22 @@ def forget_unseen_categories(head: MultiViewHead, vocab: MetadataVocab, seen: li
 
 def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int, vocab: MetadataVocab,
                   train_table: FeatureTable, val_table: FeatureTable, out: Path, *, device: str, resume: bool,
-                  progress: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train on ``train_table``, keep the checkpoint with the best served MCC on ``val_table``."""
-    if not log.isEnabledFor(logging.INFO):
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # hardware tips, not progress
+                  progress: bool, weights: np.ndarray | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train on ``train_table`` (rows drawn by ``weights`` when given), keep the checkpoint with the best
+    served MCC on ``val_table`` (of the averaged weights with ``optim.ema``)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     head = build_head(head_config, feature_dim, vocab)
     module = RoadworkModule(head, RoadworkLoss(config.loss), config.optim, config.data.metadata_dropout,
-                            config.validation.served_metadata)
-    accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
-    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=MONITOR, mode="max",
-                                  save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks: list[L.Callback] = [checkpoints, EarlyStopping(monitor=MONITOR, mode="max",
-                                                              patience=config.optim.patience)]
-    if progress:
-        callbacks.append(ProgressBar(leave=False))
-    trainer = L.Trainer(
-        max_epochs=config.optim.epochs, accelerator=accelerator, devices=1,
-        precision=precision_setting(config.optim.precision, accelerator),
-        gradient_clip_val=config.optim.gradient_clip, accumulate_grad_batches=config.optim.accumulate_grad_batches,
-        callbacks=callbacks, logger=CSVLogger(out, name="logs"), enable_progress_bar=progress,
-        enable_model_summary=False, log_every_n_steps=1, deterministic=False, default_root_dir=out,
-        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1 if train_table.alternatives is not None else 0,
-    )
+                            config.validation.served_metadata, step_metrics=config.trainer.step_metrics)
+    trainer, checkpoints = build_trainer(config, out, max_epochs=config.optim.epochs, device=device,
+                                         progress=progress, batch_size_fn=lambda batch: batch.labels.shape[0],
+                                         monitor=MONITOR, patience=config.optim.patience,
+                                         reload_every_epoch=train_table.alternatives is not None)
     last = out / "checkpoints" / "last.ckpt"
+    data = FeatureDataModule(train_table, val_table, config.optim.batch_size, config.seed, weights=weights,
+                             samples_per_epoch=config.sampling.samples_per_epoch if weights is not None else None)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=FeatureDataModule(train_table, val_table, config.optim.batch_size, config.seed),
+    trainer.fit(torch.compile(module) if config.optim.compile else module, datamodule=data,
                 ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
     best_path = checkpoints.best_model_path or str(last)
     module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])

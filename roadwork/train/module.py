@@ -1,4 +1,4 @@
-"""The Lightning module: head + multi-part loss, AdamW with warmup-cosine, and the served validation MCC.
+"""The Lightning module: head + multi-part loss, AdamW or SophiaH with warmup-cosine, MCC every epoch.
 
 Checkpoints are chosen (and training stopped) by ``val_served_mcc``: the margins of the inputs that
 will be served (the image alone by default), cut where ``roadwork.serve.calibration`` would cut them.
@@ -8,11 +8,13 @@ MCC at margin 0 with metadata present, the old criterion, is not what a validato
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.classification import BinaryAUROC, BinaryMatthewsCorrCoef
 
 from roadwork.serve.calibration import selection_score
 from roadwork.config import OptimConfig
@@ -23,12 +25,15 @@ from roadwork.features.table import Batch
 
 class RoadworkModule(L.LightningModule):
     def __init__(self, head: torch.nn.Module, loss: RoadworkLoss, optim: OptimConfig,
-                 metadata_dropout: float = 0.0, served_metadata: str = "none") -> None:
+                 metadata_dropout: float = 0.0, served_metadata: str = "none", step_metrics: bool = False) -> None:
         super().__init__()
         self.head, self.loss, self.optim = head, loss, optim
         self.metadata_dropout = metadata_dropout
         self.served_metadata = served_metadata
+        self.step_metrics = step_metrics
         self.val_auroc = BinaryAUROC()
+        self.train_mcc = BinaryMatthewsCorrCoef()   # at margin 0, on the rows as trained (metadata and all)
+        self.val_mcc = BinaryMatthewsCorrCoef()
         self._served_margins: list[Tensor] = []
         self._served_labels: list[Tensor] = []
 
@@ -39,8 +44,13 @@ class RoadworkModule(L.LightningModule):
         out = self(batch)
         parts = self.loss(out, batch.labels, batch.weather)
         size = batch.labels.shape[0]
+        per_step = self.step_metrics and stage == "train"
         for name, value in parts.items():
-            self.log(f"{stage}_{name}", value, batch_size=size, prog_bar=name == "loss", on_step=False, on_epoch=True)
+            self.log(f"{stage}_{name}", value, batch_size=size, prog_bar=name == "loss", on_step=per_step,
+                     on_epoch=True)
+        mcc = self.train_mcc if stage == "train" else self.val_mcc
+        mcc(out.margin.detach().float() > 0, batch.labels)
+        self.log(f"{stage}_mcc", mcc, batch_size=size, on_step=per_step, on_epoch=True)
         return out, parts["loss"]
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -68,6 +78,17 @@ class RoadworkModule(L.LightningModule):
         self.log("val_auroc", self.val_auroc.compute().float(), prog_bar=True)
         self.val_auroc.reset()
 
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self.optim.optimizer == "sophia":
+            # SophiaH's Hutchinson estimate differentiates the gradients, so they keep their graph; the
+            # optimiser frees it by zeroing them to None every step.
+            kwargs["create_graph"] = True
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*create_graph=True.*reference cycle")
+                super().backward(loss, *args, **kwargs)
+        else:
+            super().backward(loss, *args, **kwargs)
+
     def configure_optimizers(self) -> dict:
         # Weight decay only on weight matrices: decaying biases, norms, embedding tables and the
         # learned NULL vectors would pull "unknown" toward a fixed zero, which the NULL design avoids.
@@ -77,8 +98,18 @@ class RoadworkModule(L.LightningModule):
                 matrix = param.ndim >= 2 and not isinstance(module, torch.nn.Embedding)
                 (decay if matrix else no_decay).append(param)
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
-        return warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches), self.optim.warmup_fraction)
+        return warmup_cosine(make_optimizer(groups, self.optim), int(self.trainer.estimated_stepping_batches),
+                             self.optim.warmup_fraction)
+
+
+def make_optimizer(groups: list[dict[str, Any]], optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.optimizer == "sophia":
+        from pytorch_optimizer import SophiaH
+
+        sophia = optim.sophia
+        return SophiaH(groups, lr=sophia.step_size(optim.lr), betas=sophia.betas, p=sophia.clip,
+                       update_period=sophia.hessian_period)
+    return torch.optim.AdamW(groups, lr=optim.lr)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup_fraction: float) -> dict:

@@ -18,9 +18,10 @@ INVERSE_L2 = np.logspace(-4, 1, 11)   # C grid: strong to weak regularisation
 INNER_FOLDS = 5
 
 
-def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int) -> ProbeHead:
+def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int, weights: np.ndarray | None = None) -> ProbeHead:
     """A ProbeHead fitted on every row of ``table`` (labels 0/1; ``groups`` keep drives together), and on
-    every augmented copy of it when the table holds a feature bank (a copy keeps its photo's group)."""
+    every augmented copy of it when the table holds a feature bank (a copy keeps its photo's group).
+    ``weights`` (GPS sampling) weight each row's loss as often as a weighted sampler would draw it."""
     features, rows = table.all_versions()
     x = probe_inputs(features.float(), table.view_mask[rows]).double().numpy()
     y = table.labels[rows].numpy()
@@ -34,7 +35,7 @@ def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int) -> ProbeHead:
                                      max_iter=3000, use_legacy_attributes=False)
     else:  # too few groups or positives to cross-validate: the middle of the grid
         model = LogisticRegression(C=float(np.median(INVERSE_L2)), max_iter=3000)
-    model.fit(z, y)
+    model.fit(z, y, sample_weight=None if weights is None else np.asarray(weights, dtype=float)[rows.numpy()])
     head = ProbeHead(table.features.shape[-1])
     with torch.no_grad():
         head.mean.copy_(torch.from_numpy(mean))

@@ -15,9 +15,7 @@ Splits (every one keeps groups of photos together, see ``roadwork.data.groups``)
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +35,14 @@ from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
 from roadwork.serve.calibration import fit_calibration
-from roadwork.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, writable_folder
+from roadwork.storage import atomic_write_bytes, atomic_write_json, writable_folder
 from roadwork.progress import console
 from roadwork.train.finetune import adapted_splits, resolve_mode
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
 from roadwork.train.prepare import Photos, PreparedData, prepare_data
 from roadwork.train.probe import fit_probe
+from roadwork.train.sampling import GpsSampling, check_report, describe_report
+from roadwork.train.trainer import claim_folder
 
 log = logging.getLogger(__name__)
 CANDIDATES = ("probe", "multiview")
@@ -102,9 +102,11 @@ def _learning_rows(split: Split) -> np.ndarray:
 
 
 def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vocab: MetadataVocab,
-                   splits: list[Split], out: Path, *, device: str, resume: bool, progress: bool) -> CandidateResult:
+                   splits: list[Split], out: Path, *, device: str, resume: bool, progress: bool,
+                   weights: np.ndarray | None) -> CandidateResult:
     """Fit head ``name`` on every split; ``preps[i]`` holds split i's features (one backbone for all
-    splits when it is frozen, each split's own fine-tuned one otherwise)."""
+    splits when it is frozen, each split's own fine-tuned one otherwise); ``weights`` (one per training
+    photo) are the GPS sampling weights."""
     result = CandidateResult(name)
     head_config = config.model.model_copy(update={"type": name})
     served_none = config.validation.served_metadata == "none"
@@ -114,13 +116,9 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
         held_photos, held_rows = (prep.val, None) if split.held is None else (prep.train, split.held)
         held = _table(held_photos, held_rows, vocab, prep.text)
         saved = folder / "head.safetensors"
-        identity = _split_identity(name, head_config, config, prep, split)
-        if resume and folder.is_dir() and _read_identity(folder) != identity:
-            # Another seed, fold count, data or configuration made this folder: nothing in it applies.
-            log.warning("--resume: %s was made by a different run; fitting it again", folder)
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "split.json", identity)
+        claim_folder(folder, _split_identity(name, head_config, config, prep, split, weights),
+                     config.optim.epochs if name == "multiview" else None, resume=resume, setting="optim.epochs",
+                     result=saved.name)
         if resume and saved.is_file():
             head = build_head(head_config, prep.spec.feature_dim, vocab)
             head.load_state_dict(load_file(str(saved)))
@@ -131,13 +129,14 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
             rows = _learning_rows(split)
             started = time.perf_counter()
             head = fit_probe(_table(prep.train, rows, vocab, None, augmented=True), prep.grouping.ids[rows],
-                             config.seed)
+                             config.seed, None if weights is None else weights[rows])
             info = {"fit_s": round(time.perf_counter() - started, 2)}
         else:
             select = held if split.select is None else _table(prep.train, split.select, vocab, prep.text)
             head, info = fit_multiview(config, head_config, prep.spec.feature_dim, vocab,
                                        _table(prep.train, split.fit, vocab, prep.text, augmented=True), select, folder,
-                                       device=device, resume=resume, progress=progress)
+                                       device=device, resume=resume, progress=progress,
+                                       weights=None if weights is None else weights[split.fit])
             if len(splits) > 1:
                 forget_unseen_categories(head, vocab, [prep.train.samples[i] for i in split.fit])
         if "resumed" not in info:  # a finished split: --resume reuses it instead of fitting again
@@ -151,26 +150,19 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
 
 
 def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, prep: PreparedData,
-                    split: Split) -> str:
+                    split: Split, weights: np.ndarray | None) -> dict[str, Any]:
     """What a split's head depends on: --resume reuses a saved head or checkpoint only if this matches."""
     def keys(rows: np.ndarray | None) -> list[str]:
         return [] if rows is None else sorted(prep.train.keys[i] for i in rows)
 
-    settings = config.model_dump(mode="json")
-    for length in ("epochs", "patience"):  # a longer run may continue a shorter one's checkpoint
-        settings["optim"].pop(length)
-    payload = {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings,
-               "adapted_backbone": prep.adapted_digest,
-               "fit": keys(split.fit), "select": keys(split.select),
-               "held": keys(split.held) if split.held is not None else sorted(prep.val.keys)}  # type: ignore[union-attr]
-    return json.dumps({"sha256": hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()})
-
-
-def _read_identity(folder: Path) -> str | None:
-    try:
-        return (folder / "split.json").read_text()
-    except OSError:
-        return None
+    settings = config.model_dump(mode="json", exclude={"trainer": {"loggers", "step_metrics"}})
+    settings["optim"].pop("epochs")   # claim_folder compares it on its own
+    settings["optim"].pop("patience")   # a more patient run may continue a less patient one's checkpoint
+    return {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings,
+            "adapted_backbone": prep.adapted_digest,
+            "sampling_weights": None if weights is None else hashlib.sha256(weights.tobytes()).hexdigest(),
+            "fit": keys(split.fit), "select": keys(split.select),
+            "held": keys(split.held) if split.held is not None else sorted(prep.val.keys)}  # type: ignore[union-attr]
 
 
 def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], groups: list[np.ndarray],
@@ -222,6 +214,13 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     groups = [prep.grouping.ids[rows] if photos is prep.train else rows for photos, rows in held_photos]
     all_labels, all_groups = np.concatenate(labels), np.concatenate(groups)
 
+    gps = None
+    if config.sampling.target is not None:
+        gps = GpsSampling.build(prep.train.samples, config.sampling, config.seed)
+        sampling_report = gps.report(config.sampling, seed=config.seed)
+        console.print(describe_report(sampling_report), highlight=False, soft_wrap=True)
+        check_report(sampling_report, config.sampling)
+    weights = None if gps is None else gps.weights
     settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples), device)
     console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
     fit_started = time.perf_counter()
@@ -230,14 +229,15 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         if config.data.augment_copies:
             log.warning("data.augment_copies is for frozen training; fine-tuning augments the photos themselves")
         adapted = adapted_splits(prep, [_learning_rows(s) for s in splits], config, settings, out,
-                                 cache_dir=cache_dir, device=device, resume=resume, progress=progress)
+                                 cache_dir=cache_dir, device=device, resume=resume, progress=progress,
+                                 weights=weights)
     preps = [a[0] for a in adapted] if adapted else [prep] * len(splits)
 
     names = CANDIDATES if config.model.type == "auto" else (config.model.type,)
     results, scores = {}, {}
     for name in names:
         results[name] = _fit_candidate(name, preps, config, vocab, splits, out, device=device, resume=resume,
-                                       progress=progress)
+                                       progress=progress, weights=weights)
         probabilities = _held_out_probabilities(results[name], labels, groups, config)
         scores[name] = (probabilities, _scored(probabilities, all_labels, all_groups, config.seed))
     fit_seconds = time.perf_counter() - fit_started
@@ -263,6 +263,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
             calibration(torch.from_numpy(np.concatenate(result.metadata))).numpy(), all_labels, 0.5),
         "chosen_head": chosen,
         "backbone_training": {"mode": settings.mode, "why": reason, "fits": [a[2] for a in adapted]},
+        "sampling": None if gps is None else sampling_report,
         "candidates": {n: {k: scores[n][1][k] for k in ("mcc", "mcc_ci95", "auroc", "accuracy")} for n in names},
         "calibration": {**calibration.to_dict(), "cut": cut.__dict__, "fitted_on": int(len(served))},
         "folds": len(splits),
