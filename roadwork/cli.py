@@ -244,6 +244,7 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train heads on backbone features (frozen and cached, or from a backbone fine-tuned first), validated on unseen groups of photos, and write a bundle."""
+    from roadwork.distributed import is_main
     from roadwork.train.run import train as run_training
 
     cfg = _training_config(config, overrides, {
@@ -251,6 +252,8 @@ def train(
         "validation.fraction": val_fraction, "validation.folds": folds, "validation.groups": group_column,
         "trainer.devices": devices, "trainer.strategy": strategy}, target=_target(target_gps, target_data))
     metrics = run_training(data, out, cfg, val_data=val_data, cache_dir=cache_dir, device=_device(device), resume=resume)
+    if not is_main():   # ddp: process 0 reports
+        return
     groups = metrics["groups"]
     console.print(f"groups: {groups['groups']} from {groups['rows']} photos ({groups['source']})", highlight=False)
     for name, score in metrics["candidates"].items():

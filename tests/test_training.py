@@ -131,3 +131,51 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights(photos, tmp
     expected = load_file(str(tmp_path / "whole" / "bundle" / "model.safetensors"))
     resumed = load_file(str(killed / "bundle" / "model.safetensors"))
     assert expected.keys() == resumed.keys() and all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_config_files_load_layer_in_order_and_base_is_the_defaults():
+    from roadwork.config import TrainConfig
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    assert load_config(configs / "base.yaml") == TrainConfig()   # base.yaml documents the real defaults
+    for path in sorted(configs.rglob("*.yaml")):
+        load_config([configs / "base.yaml", path])
+    layered = load_config([configs / "cpu.yaml", configs / "backbones" / "dinov3-vith16plus.yaml"],
+                          ["optim.epochs=3"])
+    assert layered.model.d_model == 512 and layered.model.heads == 8   # the later file wins
+    assert layered.data.backbone == "dinov3-vith16plus" and layered.optim.epochs == 3   # then --set
+    assert load_config([configs / "backbones" / "dinov3-vith16plus.yaml", configs / "cpu.yaml"]).model.d_model == 256
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["frozen", "last_blocks"])
+def test_two_ddp_processes_on_cpu_write_one_valid_bundle(mode, photos, tmp_path):
+    """Lightning's DDP with gloo: two processes extract their shares, train on their shares of every
+    epoch, and process 0 writes a bundle that loads and predicts like any other."""
+    import json
+
+    from roadwork.serve.predictor import Predictor
+
+    out = tmp_path / mode
+    args = ["train", "--data", str(photos["data"]), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+            "--device", "cpu", "--devices", "2", "--strategy", "ddp", "--epochs", "2",
+            "--backbone-training", mode]
+    for override in [*HEAD, "data.input_size=64", "backbone_training.epochs=1", "backbone_training.blocks=1",
+                     "backbone_training.batch_size=8", "trainer.step_metrics=true"]:
+        args += ["--set", override]
+    run = subprocess.run([*ROADWORK, *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (run.stdout + run.stderr).count("bundle written to") == 1   # process 0 reports; the other is quiet
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["extraction"]["processes"] == 2
+    assert metrics["backbone_training"]["mode"] == mode
+    assert len(metrics["backbone_training"]["fits"]) == (1 if mode == "last_blocks" else 0)
+    # Each process took half of every epoch: 34 rows at 8 per batch is 3 steps per process, not 5.
+    with open(out / "splits" / "multiview-0" / "logs" / "version_0" / "metrics.csv") as handle:
+        steps = {int(r["step"]) for r in csv.DictReader(handle) if r.get("train_loss_step")}
+    assert max(steps) == 5   # 2 epochs x 3 steps, counted from 0
+    predictor = Predictor.load(out / "bundle", device="cpu")
+    images = sorted((photos["data"] / "img").glob("*.jpg"))[:4]
+    scores = predictor.predict_images([p.read_bytes() for p in images])
+    assert len(scores) == 4 and all(0.0 <= s.probability <= 1.0 for s in scores)

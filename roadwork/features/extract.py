@@ -21,6 +21,7 @@ from roadwork.data.records import DatasetError, Sample
 from roadwork.data.views import image_views
 from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
 from roadwork.features.table import as_is
+from roadwork.distributed import barrier, rank_and_world
 from roadwork.progress import progress_bar
 from roadwork.storage import sha256_bytes, writable_folder
 
@@ -178,6 +179,15 @@ def extract_and_load(samples: Sequence[Sample], backbone: torch.nn.Module | Call
                      store: FeatureStore, **options: object) -> tuple[ExtractionResult, list[torch.Tensor | None]]:
     """The one path from samples to features: extract what the store lacks, then load every sample's
     ``[views, dim]`` features in sample order (None where it failed). Train, evaluate and predict use it."""
+    rank, world = rank_and_world()
+    if world > 1:
+        # Each training process extracts its share of what the store lacks; then every process loads all.
+        share = slice(rank, None, world)
+        hashed = options.get("hashed")
+        extract_features(samples[share], backbone, plan, store,  # type: ignore[arg-type]
+                         **{**options, "hashed": (hashed[0][share], hashed[1])} if hashed else options)  # type: ignore[index]
+        barrier()
+        store.refresh()
     result = extract_features(samples, backbone, plan, store, **options)  # type: ignore[arg-type]
     loaded = store.load(k for k in result.keys if k is not None)
     return result, [None if k is None else loaded[k] for k in result.keys]

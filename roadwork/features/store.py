@@ -94,7 +94,7 @@ class FeatureStore:
         self._key_to_shard: dict[str, str] = {}
         self._verified: set[str] = set()
         self.dropped_shards: list[str] = []
-        self._reconcile()
+        self.refresh()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -123,8 +123,8 @@ class FeatureStore:
         self.dropped_shards.append(path.name)
         path.unlink(missing_ok=True)
 
-    def _reconcile(self) -> None:
-        """Index what is on disk: listed shards whose size and time are unchanged are trusted as they
+    def refresh(self) -> None:
+        """Index what is on disk (also shards other processes wrote since): listed shards whose size and time are unchanged are trusted as they
         are (their hash is checked when loaded); changed or unlisted shards are hashed and read."""
         with self._locked():
             listed = self._read_index()

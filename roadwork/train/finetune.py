@@ -33,6 +33,7 @@ from roadwork.backbones.base import Backbone, create_backbone
 from roadwork.config import BackboneTrainingConfig, OptimConfig, TrainConfig
 from roadwork.data.augment import ViewAugmenter
 from roadwork.data.records import DatasetError, Sample
+from roadwork.distributed import barrier, is_main
 from roadwork.features.extract import ViewsDataset, default_workers, extract_and_load, one_thread_per_worker, open_store
 from roadwork.features.store import adapted_variant
 from roadwork.features.table import as_is
@@ -59,12 +60,20 @@ def adapted_digest(changed: dict[str, Tensor]) -> str:
 def decode_global_views(samples: Sequence[Sample], keys: Sequence[str], input_size: int, folder: Path, *,
                         num_workers: int | None, progress: bool) -> np.ndarray:
     """uint8 ``[N, 3, S, S]`` global views (S = DECODE_MARGIN x input), decoded once into a memory-mapped
-    file that every fold and epoch reads; reused while the same photos ask for the same size."""
+    file that every fold, epoch and training process reads; reused while the same photos ask for the
+    same size."""
     side = round(input_size * DECODE_MARGIN)
     identity = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
     path = folder / f"global-{side}-{identity}.npy"
-    if path.is_file():
-        return np.load(path, mmap_mode="r")
+    if is_main() and not path.is_file():
+        _decode_into(path, samples, side, num_workers=num_workers, progress=progress)
+    barrier()
+    return np.load(path, mmap_mode="r")
+
+
+def _decode_into(path: Path, samples: Sequence[Sample], side: int, *, num_workers: int | None,
+                 progress: bool) -> None:
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".partial.npy")
     array = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(len(samples), 3, side, side))
@@ -84,7 +93,6 @@ def decode_global_views(samples: Sequence[Sample], keys: Sequence[str], input_si
     for old in folder.glob("global-*.npy"):   # other photo sets or sizes: a finished run's leftovers
         if old != path:
             old.unlink(missing_ok=True)
-    return np.load(path, mmap_mode="r")
 
 
 class _LabelledViews(Dataset):
@@ -175,7 +183,8 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
     if settings.gradient_checkpointing:
         backbone.gradient_checkpointing(False)
     changed = changed_weights(backbone, before)
-    atomic_write_bytes(saved, save(changed))
+    if is_main():
+        atomic_write_bytes(saved, save(changed))
     info = {"mode": settings.mode, "trainable_tensors": len(trainable),
             "trainable_parameters": trainable_parameters,
             "changed_tensors": len(changed), "epochs": int(trainer.current_epoch),

@@ -21,6 +21,7 @@ from roadwork.data.augment import SeededCopy
 from roadwork.data.groups import Grouping, check_label_conflicts, group_samples, leakage_report
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
+from roadwork.distributed import rank_and_world
 from roadwork.features.extract import content_keys, extract_and_load, open_store
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import BackboneSpec
@@ -115,6 +116,7 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     text = None
     if config.model.metadata and config.model.text:
         text = TextEncoder().embed(s.description for s in everything if s.description is not None)
-    extraction = {"extracted": result.extracted, "cached": result.cached, "failed": result.failures,
+    extraction = {"processes": rank_and_world()[1],   # ddp: each extracted its share, then all read all
+                  "extracted": result.extracted, "cached": result.cached, "failed": result.failures,
                   "seconds": round(result.seconds, 2), "label_conflicts_dropped": len(readable) - len(keep)}
     return PreparedData(train, val, grouping, spec, text, leakage, extraction)

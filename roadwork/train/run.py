@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save
 
 from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
+from roadwork.distributed import is_main, launch
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.evaluate.metrics import binary_metrics, mcc_interval
 from roadwork.evaluate.report import write_predictions
@@ -139,7 +140,7 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
                                        weights=None if weights is None else weights[split.fit])
             if len(splits) > 1:
                 forget_unseen_categories(head, vocab, [prep.train.samples[i] for i in split.fit])
-        if "resumed" not in info:  # a finished split: --resume reuses it instead of fitting again
+        if "resumed" not in info and is_main():  # a finished split: --resume reuses it instead of fitting again
             atomic_write_bytes(saved, save({k: v.contiguous() for k, v in head.state_dict().items()}))
         with_metadata = head_margins(head, held).numpy()
         result.metadata.append(with_metadata)
@@ -195,6 +196,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     """Train on DATA and write OUT/bundle, OUT/metrics.json and OUT/validation_predictions.csv."""
     out = writable_folder(out, "output folder")   # before hours of extraction, not after
     started = time.perf_counter()
+    launch(config.trainer, device)   # ddp: the other processes start here and follow the same steps
+    progress = progress and is_main()
     if resume and not (out / "splits").is_dir():
         log.warning("--resume: nothing to resume in %s; starting from scratch", out)
     prep = prepare_data(data, config, val_data=val_data, cache_dir=cache_dir, device=device, progress=progress)
@@ -218,11 +221,13 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     if config.sampling.target is not None:
         gps = GpsSampling.build(prep.train.samples, config.sampling, config.seed)
         sampling_report = gps.report(config.sampling, seed=config.seed)
-        console.print(describe_report(sampling_report), highlight=False, soft_wrap=True)
+        if is_main():
+            console.print(describe_report(sampling_report), highlight=False, soft_wrap=True)
         check_report(sampling_report, config.sampling)
     weights = None if gps is None else gps.weights
     settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples), device)
-    console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
+    if is_main():
+        console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
     fit_started = time.perf_counter()
     adapted: list[tuple[PreparedData, dict[str, torch.Tensor], dict[str, Any]]] = []
     if settings.mode != "frozen":
@@ -248,6 +253,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     calibration, cut = fit_calibration(served, all_labels, confidence=config.validation.cut_confidence,
                                        seed=config.seed, groups=all_groups)
     probabilities, validation = scores[chosen]
+    if not is_main():   # the same result, written once (by process 0)
+        return {"validation": validation, "chosen_head": chosen}
     held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
     write_predictions(out / "validation_predictions.csv", zip(held_names, all_labels.tolist(), probabilities.tolist()))
     kind = (f"out-of-fold over {len(splits)} grouped folds; each fold cut by a calibration fitted on the others"

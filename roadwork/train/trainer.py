@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from roadwork.config import ConfigError, TrainConfig
+from roadwork.distributed import barrier, is_main
 from roadwork.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -140,13 +141,16 @@ def claim_folder(folder: Path, identity: dict[str, Any], epochs: int | None, *, 
     claim = {"sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(), "epochs": epochs}
     interrupted = isinstance(stored, dict) and stored.get("sha256") == claim["sha256"] and \
         stored.get("epochs") != epochs and not (folder / result).is_file()
-    if resume and interrupted:
+    if resume and interrupted:   # every process reads and refuses alike, so none waits for another
         raise ConfigError(f"--resume: {folder} was interrupted while training with {setting}={stored['epochs']}, "
                           f"not {epochs}; its learning-rate schedule is built for that length. Resume with "
                           f"{setting}={stored['epochs']}, or train into a new --out")
-    if folder.is_dir() and (not resume or stored != claim):
-        if resume and stored is not None:
-            log.warning("--resume: %s was made by a different run; fitting it again", folder)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "split.json", claim)
+    barrier()   # all have read the folder before it changes
+    if is_main():
+        if folder.is_dir() and (not resume or stored != claim):
+            if resume and stored is not None:
+                log.warning("--resume: %s was made by a different run; fitting it again", folder)
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "split.json", claim)
+    barrier()   # the others use the folder only once it is this fit's
