@@ -1,8 +1,8 @@
 """Distances on the Earth, target coordinates, and the target regions GPS-weighted sampling aims at.
 
-Regions are k-means centres of the target photos' positions taken as points on the unit sphere: in
+Regions are k-means clusters of the target photos' positions taken as points on the unit sphere (in
 raw degrees a degree of longitude shrinks with latitude and wraps at +-180, so "near" would mean
-different things in Oslo, Quito and across the date line.
+different things in Oslo, Quito and across the date line), each centred on its medoid.
 """
 
 from __future__ import annotations
@@ -40,12 +40,6 @@ def unit_vectors(coordinates: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
 
 
-def _degrees(vectors: np.ndarray) -> np.ndarray:
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.stack([np.degrees(np.arcsin(np.clip(vectors[:, 2], -1, 1))),
-                     np.degrees(np.arctan2(vectors[:, 1], vectors[:, 0]))], axis=1)
-
-
 def read_target_coordinates(source: str | Path) -> np.ndarray:
     """``[N, 2]`` valid (latitude, longitude) rows of a CSV file (columns latitude/longitude or lat/lon)
     or of a dataset's GPS columns (any source ``--data`` accepts). Rows without a valid position are
@@ -81,9 +75,27 @@ def _csv_pairs(path: Path) -> list[tuple[Any, Any]]:
         raise DatasetError(f"{path}: cannot read target coordinates: {error}") from None
 
 
+MEDOID_CANDIDATES = 2000   # above this many points a cluster's medoid is sought among a random sample
+
+
+def _medoid(coordinates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The point of a cluster nearest (summed great-circle distance) to all its others.
+
+    Not the k-means centroid: a cluster of one city plus a few scattered far photos has its centroid
+    between them, often 100 km from the city, in no place any photo comes from.
+    """
+    candidates = coordinates
+    if len(coordinates) > MEDOID_CANDIDATES:
+        candidates = coordinates[rng.choice(len(coordinates), MEDOID_CANDIDATES, replace=False)]
+    total = haversine_km(candidates[:, None, 0], candidates[:, None, 1], coordinates[None, :, 0],
+                         coordinates[None, :, 1]).sum(axis=1)
+    return candidates[int(np.argmin(total))]
+
+
 @dataclass(frozen=True)
 class TargetRegions:
-    """Centres (latitude, longitude in degrees) of the regions the served photos come from."""
+    """Centres (latitude, longitude in degrees: each a target photo's position) of the regions the
+    served photos come from."""
 
     centres: np.ndarray   # [k, 2]
     sizes: tuple[int, ...]   # target photos nearest each centre
@@ -96,9 +108,10 @@ class TargetRegions:
             log.warning("%d target regions asked for, but the targets hold only %d distinct positions: using %d",
                         k, distinct, distinct)
             k = distinct
-        model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(points)
-        sizes = np.bincount(model.labels_, minlength=k)
-        return cls(_degrees(model.cluster_centers_), tuple(int(s) for s in sizes))
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(points).labels_
+        rng = np.random.default_rng(seed)
+        centres = [_medoid(coordinates[labels == c], rng) for c in range(k)]
+        return cls(np.array(centres), tuple(int(s) for s in np.bincount(labels, minlength=k)))
 
     def nearest_km(self, coordinates: np.ndarray) -> np.ndarray:
         """Distance in km from each ``[N, 2]`` position to the nearest centre (NaN rows stay NaN)."""
