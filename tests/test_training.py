@@ -169,6 +169,11 @@ def test_two_ddp_processes_on_cpu_write_one_valid_bundle(mode, photos, tmp_path)
     assert (run.stdout + run.stderr).count("bundle written to") == 1   # process 0 reports; the other is quiet
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["extraction"]["processes"] == 2
+    # Extraction was shared: one shard per process, each with a different half of the photos.
+    frozen = [d for d in (tmp_path / "cache").iterdir() if d.is_dir() and "adapted" not in d.name]
+    shards = [set(load_file(str(path))) for path in frozen[0].glob("shard-*.safetensors")]
+    assert len(frozen) == 1 and len(shards) == 2 and not shards[0] & shards[1]
+    assert len(shards[0]) == len(shards[1]) == 20
     assert metrics["backbone_training"]["mode"] == mode
     assert len(metrics["backbone_training"]["fits"]) == (1 if mode == "last_blocks" else 0)
     # Each process took half of every epoch: 34 rows at 8 per batch is 3 steps per process, not 5.
@@ -179,3 +184,23 @@ def test_two_ddp_processes_on_cpu_write_one_valid_bundle(mode, photos, tmp_path)
     images = sorted((photos["data"] / "img").glob("*.jpg"))[:4]
     scores = predictor.predict_images([p.read_bytes() for p in images])
     assert len(scores) == 4 and all(0.0 <= s.probability <= 1.0 for s in scores)
+
+
+@pytest.mark.slow
+def test_compiled_head_trains_and_saves_under_the_plain_names(photos, tmp_path):
+    plain = tmp_path / "plain"
+    train(str(photos["data"]), plain, load_config(None, [*HEAD, "optim.epochs=1"]), cache_dir=photos["cache"],
+          progress=False)
+    compiled = tmp_path / "compiled"
+    train(str(photos["data"]), compiled, load_config(None, [*HEAD, "optim.epochs=1", "optim.compile=true"]),
+          cache_dir=photos["cache"], progress=False)
+    a = load_file(str(plain / "bundle" / "model.safetensors"))
+    b = load_file(str(compiled / "bundle" / "model.safetensors"))
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
+    assert all(a[k].shape == b[k].shape for k in a)
+    # (Not equal to the eager run's weights: the compiled kernels draw their own dropout masks.)
+    from roadwork.serve.predictor import Predictor
+
+    predictor = Predictor.load(compiled / "bundle", device="cpu")
+    image = sorted((photos["data"] / "img").glob("*.jpg"))[0].read_bytes()
+    assert 0.0 <= predictor.predict_images([image])[0].probability <= 1.0

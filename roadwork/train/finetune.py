@@ -176,8 +176,10 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
                         drop_last=len(sampler) > settings.batch_size)  # a last batch of one upsets BatchNorm
     last = folder / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
-    trainer.fit(torch.compile(module) if config.optim.compile else module, train_dataloaders=loader,
-                ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
+    if config.optim.compile:
+        backbone.compile()   # in place: weight names stay those the bundle stores
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resume and last.is_file() else None,
+                weights_only=True)
     seconds = time.perf_counter() - started
     backbone = module.backbone.cpu()
     if settings.gradient_checkpointing:

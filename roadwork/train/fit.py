@@ -59,9 +59,12 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
     data = FeatureDataModule(train_table, val_table, config.optim.batch_size, config.seed, weights=weights,
                              samples_per_epoch=config.sampling.samples_per_epoch if weights is not None else None)
     started = time.perf_counter()
-    trainer.fit(torch.compile(module) if config.optim.compile else module, datamodule=data,
-                ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
+    if config.optim.compile:
+        head.compile()   # in place: the state dict keeps its names; the Lightning step stays eager
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None,
+                weights_only=True)
     best_path = checkpoints.best_model_path or str(last)
+    module.head = build_head(head_config, feature_dim, vocab)   # uncompiled, for inference on any shape
     module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     info = {"epochs_run": int(trainer.current_epoch),
             "best_val_served_mcc": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None
