@@ -204,3 +204,13 @@ def test_compiled_head_trains_and_saves_under_the_plain_names(photos, tmp_path):
     predictor = Predictor.load(compiled / "bundle", device="cpu")
     image = sorted((photos["data"] / "img").glob("*.jpg"))[0].read_bytes()
     assert 0.0 <= predictor.predict_images([image])[0].probability <= 1.0
+
+
+def test_a_logger_that_is_not_installed_fails_before_any_work(photos, tmp_path, monkeypatch):
+    from roadwork.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "wandb", None)   # import wandb raises ImportError
+    config = load_config(None, [*HEAD, "trainer.loggers=[csv, wandb]"])
+    with pytest.raises(ConfigError, match="wandb is asked for but not installed"):
+        train(str(photos["data"]), tmp_path / "run", config, cache_dir=tmp_path / "empty-cache", progress=False)
+    assert not (tmp_path / "empty-cache").exists()   # nothing was extracted

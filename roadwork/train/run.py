@@ -43,7 +43,7 @@ from roadwork.train.fit import fit_multiview, forget_unseen_categories
 from roadwork.train.prepare import Photos, PreparedData, prepare_data
 from roadwork.train.probe import fit_probe
 from roadwork.train.sampling import GpsSampling, check_report, describe_report
-from roadwork.train.trainer import claim_folder
+from roadwork.train.trainer import check_loggers, claim_folder
 
 log = logging.getLogger(__name__)
 CANDIDATES = ("probe", "multiview")
@@ -195,6 +195,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
           progress: bool = True) -> dict[str, Any]:
     """Train on DATA and write OUT/bundle, OUT/metrics.json and OUT/validation_predictions.csv."""
     out = writable_folder(out, "output folder")   # before hours of extraction, not after
+    check_loggers(config)
     started = time.perf_counter()
     launch(config.trainer, device)   # ddp: the other processes start here and follow the same steps
     progress = progress and is_main()

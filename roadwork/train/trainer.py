@@ -58,7 +58,17 @@ def precision_setting(setting: str, accelerator: str) -> str:
     return "bf16-mixed" if accelerator == "cuda" else "32-true"
 
 
+def check_loggers(config: TrainConfig) -> None:
+    """Fail at start-up, not after hours of extraction, when a logger asked for is not installed."""
+    if "wandb" in config.trainer.loggers:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("trainer.loggers: wandb is asked for but not installed (pip install wandb)") from None
+
+
 def _loggers(config: TrainConfig, folder: Path) -> list[Logger]:
+    check_loggers(config)
     loggers: list[Logger] = []
     for name in config.trainer.loggers:
         if name == "csv":
@@ -66,11 +76,8 @@ def _loggers(config: TrainConfig, folder: Path) -> list[Logger]:
         elif name == "tensorboard":
             loggers.append(TensorBoardLogger(folder, name="tensorboard", default_hp_metric=False))
         else:
-            try:
-                from lightning.pytorch.loggers import WandbLogger
-                import wandb  # noqa: F401
-            except ImportError:
-                raise ConfigError("trainer.loggers: wandb is asked for but not installed (pip install wandb)") from None
+            from lightning.pytorch.loggers import WandbLogger
+
             loggers.append(WandbLogger(save_dir=str(folder), project="roadwork", name=folder.name))
     return loggers
 
