@@ -200,3 +200,30 @@ def test_target_coordinates_from_csv_or_dataset(tmp_path, caplog):
     for name in ("a.jpg", "b.jpg"):   # only the metadata is read
         (folder / name).write_bytes(b"")
     assert read_target_coordinates(folder).tolist() == [[10.5, 20.5]]
+
+
+def test_gps_report_command_prints_writes_and_fails_when_strict(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from roadwork.cli import app
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = "".join(f"{i}.jpg,{i % 2},{52.5 + i * 1e-3},13.4\n" for i in range(10)) + "far.jpg,0,40.4,-3.7\n"
+    (folder / "metadata.csv").write_text("file_name,label,latitude,longitude\n" + rows)
+    for i in [*range(10), "far"]:
+        (folder / f"{i}.jpg").write_bytes(b"")
+    targets = targets_file(tmp_path / "t.csv", [(52.5, 13.4)])
+    runner = CliRunner()
+    met = runner.invoke(app, ["gps-report", "--data", str(folder), "--target-gps", str(targets), "--set",
+                              "sampling.regions=1", "--out", str(tmp_path / "r.json"), "--batches", "50"])
+    assert met.exit_code == 0 and "targets met" in met.output
+    assert json.loads((tmp_path / "r.json").read_text())["photos_within_50km"] == 10
+    paris = targets_file(tmp_path / "p.csv", [(48.86, 2.35)])
+    missed = runner.invoke(app, ["gps-report", "--data", str(folder), "--target-gps", str(paris), "--strict"])
+    assert missed.exit_code == 2 and "no bracket weights can" in missed.output
+    both = runner.invoke(app, ["gps-report", "--data", str(folder), "--target-gps", str(paris), "--target-data",
+                               str(folder)])
+    assert both.exit_code == 2 and "not both" in both.output
