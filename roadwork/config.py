@@ -169,8 +169,10 @@ class OptimConfig(_Strict):
     optimizer: Literal["adamw", "sophia"] = "adamw"
     sophia: SophiaConfig = SophiaConfig()
     # An exponential moving average of the trained weights is what validation, checkpoint choice,
-    # early stopping and the bundle see; the raw weights keep training.
-    ema: bool = False
+    # early stopping and the bundle see; the raw weights keep training. On by default: it lifted the
+    # multi-view head from MCC 0.25 to 0.81 on real photos and helped on unseen synthetic drives
+    # (bench/RESULTS.md, issue 9).
+    ema: bool = True
     ema_decay: float = Field(default=0.99, gt=0.0, lt=1.0, description="per optimiser step")
     compile: bool = Field(default=False, description="torch.compile the trained module (pays on a GPU, "
                           "rarely on a CPU)")
