@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from roadwork.data.decode import ImageDecodeError
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.views import image_views
+from roadwork.distributed import barrier, rank_and_world
 from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
 from roadwork.features.table import as_is
-from roadwork.distributed import barrier, rank_and_world
 from roadwork.progress import progress_bar
 from roadwork.storage import sha256_bytes, writable_folder
 

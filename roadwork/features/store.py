@@ -124,8 +124,9 @@ class FeatureStore:
         path.unlink(missing_ok=True)
 
     def refresh(self) -> None:
-        """Index what is on disk (also shards other processes wrote since): listed shards whose size and time are unchanged are trusted as they
-        are (their hash is checked when loaded); changed or unlisted shards are hashed and read."""
+        """Index what is on disk, shards other processes wrote since included: listed shards whose size
+        and time are unchanged are trusted as they are (their hash is checked when loaded); changed or
+        unlisted shards are hashed and read."""
         with self._locked():
             listed = self._read_index()
             entries: dict[str, dict] = {}

@@ -64,7 +64,8 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None,
                 weights_only=True)
     best_path = checkpoints.best_model_path or str(last)
-    module.head = build_head(head_config, feature_dim, vocab)   # uncompiled, for inference on any shape
+    if config.optim.compile:
+        module.head = build_head(head_config, feature_dim, vocab)   # uncompiled, for inference on any shape
     module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     info = {"epochs_run": int(trainer.current_epoch),
             "best_val_served_mcc": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None

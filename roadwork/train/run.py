@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save
 
 from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
-from roadwork.distributed import is_main, launch
 from roadwork.data.splits import kfold_splits, train_val_split
+from roadwork.distributed import is_main, launch
 from roadwork.evaluate.metrics import binary_metrics, mcc_interval
 from roadwork.evaluate.report import write_predictions
 from roadwork.features.table import FeatureTable, head_margins

@@ -68,7 +68,6 @@ def check_loggers(config: TrainConfig) -> None:
 
 
 def _loggers(config: TrainConfig, folder: Path) -> list[Logger]:
-    check_loggers(config)
     loggers: list[Logger] = []
     for name in config.trainer.loggers:
         if name == "csv":
@@ -120,7 +119,7 @@ def build_trainer(config: TrainConfig, folder: Path, *, max_epochs: int, device:
     else:
         strategy = "auto"
     trainer = L.Trainer(
-        max_epochs=max_epochs, accelerator=accelerator, devices=run.devices if run.strategy == "ddp" else 1,
+        max_epochs=max_epochs, accelerator=accelerator, devices=run.devices,
         strategy=strategy, precision=precision_setting(optim.precision, accelerator),
         # SophiaH clips every weight's update itself; clipping its gradients would also corrupt the
         # graph its Hessian estimate differentiates.
