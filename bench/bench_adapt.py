@@ -71,7 +71,7 @@ def row(name: str, metrics: dict, seconds: float, unseen: dict | None = None) ->
     fits = metrics["backbone_training"]["fits"]
     tune = sum(f.get("fit_s", 0) for f in fits) / len(fits) if fits else 0.0
     extract = sum(f.get("extract_s", 0) for f in fits) / len(fits) if fits else 0.0
-    low, high = v["mcc_ci95"]
+    low, high = v["ci95"]["mcc"]
     cells = [name, f"{v['mcc']:.3f} [{low:.2f}, {high:.2f}]", f"{v['auroc']:.3f}"]
     if unseen is not None:
         cells += [f"{unseen['mcc']:.3f}", f"{unseen['auroc']:.3f}"]

@@ -83,7 +83,7 @@ def leakage(work: Path, cache: Path) -> None:
         metrics, bundle = run(train_data, work / "leakage" / str(abs(hash(name)) % 10**6), cache, overrides)
         test = evaluate(bundle, str(test_data), work / "leakage-reports" / str(abs(hash(name)) % 10**6), cache_dir=cache)
         val = metrics["validation"]
-        print(f"| {name} | {val['mcc']:.3f} [{val['mcc_ci95'][0]:.2f}, {val['mcc_ci95'][1]:.2f}] | {test['mcc']:.3f} "
+        print(f"| {name} | {val['mcc']:.3f} [{val['ci95']['mcc'][0]:.2f}, {val['ci95']['mcc'][1]:.2f}] | {test['mcc']:.3f} "
               f"| {test['auroc']:.3f} | {val['mcc'] - test['mcc']:+.3f} |", flush=True)
 
 

@@ -262,7 +262,7 @@ def train(
                       highlight=False)
     val = metrics["validation"]
     console.print(f"served head: {metrics['chosen_head']}; validation MCC {val['mcc']:.3f} (95% CI "
-                  f"{val['mcc_ci95'][0]:.3f}-{val['mcc_ci95'][1]:.3f}), accuracy {val['accuracy']:.3f}, "
+                  f"{val['ci95']['mcc'][0]:.3f}-{val['ci95']['mcc'][1]:.3f}), accuracy {val['accuracy']:.3f}, "
                   f"AUROC {val['auroc']:.3f}, n={val['n']}, {metrics['timing_s']['total']:.0f} s", highlight=False)
     console.print(f"  ({val['estimate']}; inputs: {val['inputs']})", highlight=False)
     console.print(f"bundle written to {out / 'bundle'}")

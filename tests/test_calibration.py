@@ -14,7 +14,6 @@ from roadwork.serve.calibration import (
     choose_cut,
     fit_calibration,
 )
-from roadwork.evaluate.metrics import binary_metrics, mcc_interval
 
 
 def test_mcc_curves_match_scikit_learn_at_every_cut():
@@ -91,31 +90,6 @@ def test_round_trip_and_validation_of_the_stored_form():
                 [1, 2], {"margin_threshold": 0.0}):
         with pytest.raises((ValueError, KeyError)):
             Calibration.from_dict(bad)
-
-
-def test_binary_metrics_match_scikit_learn_where_the_cut_matters():
-    rng = np.random.default_rng(2)
-    labels = rng.integers(0, 2, 500)
-    probs = np.clip(0.35 + 0.3 * labels + rng.normal(0, 0.2, 500), 0, 1)  # overlapping classes
-    at_half, at_third = binary_metrics(probs, labels, 0.5), binary_metrics(probs, labels, 0.35)
-    assert at_half["mcc"] == pytest.approx(matthews_corrcoef(labels, probs > 0.5), abs=1e-6)
-    assert at_third["mcc"] == pytest.approx(matthews_corrcoef(labels, probs > 0.35), abs=1e-6)
-    assert abs(at_half["mcc"] - at_third["mcc"]) > 0.05
-    assert at_half["accuracy"] == pytest.approx(np.mean((probs > 0.5) == labels), abs=1e-6)
-
-
-def test_group_bootstrap_interval_is_wider_when_rows_are_copies():
-    rng = np.random.default_rng(4)
-    labels = rng.integers(0, 2, 60)
-    probs = np.clip(0.5 + 0.25 * (2 * labels - 1) + rng.normal(0, 0.25, 60), 0, 1)
-    point = matthews_corrcoef(labels, probs > 0.5)
-    low, high = mcc_interval(probs, labels)
-    assert low < point < high
-    # Ten copies of each photo: as rows they look like 600 independent photos, as groups they are 60.
-    copies_low, copies_high = mcc_interval(np.repeat(probs, 10), np.repeat(labels, 10))
-    group_low, group_high = mcc_interval(np.repeat(probs, 10), np.repeat(labels, 10), np.repeat(np.arange(60), 10))
-    assert (group_high - group_low) > 2 * (copies_high - copies_low)
-    assert group_high - group_low == pytest.approx(high - low, rel=0.35)
 
 
 def test_an_ensemble_is_served_the_mean_of_its_calibrated_members():

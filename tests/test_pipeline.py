@@ -54,7 +54,7 @@ def test_train_writes_bundle_and_metrics(trained):
     assert 5 <= n_val <= 7 and metrics["fits"]["multiview"][0]["epochs_run"] == 8
     assert metrics["extraction"]["extracted"] == 40 and metrics["chosen_head"] == "multiview"
     assert metrics["groups"]["groups"] == 40 and metrics["folds"] == 1
-    low, high = metrics["validation"]["mcc_ci95"]
+    low, high = metrics["validation"]["ci95"]["mcc"]
     assert low <= metrics["validation"]["mcc"] <= high
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     assert manifest["backbone"]["name"] == "efficientnet-lite0" and manifest["backbone"]["views"] == "auto"

@@ -29,7 +29,7 @@ from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.distributed import is_main, launch
-from roadwork.evaluate.metrics import binary_metrics, mcc_interval
+from roadwork.evaluate.metrics import binary_metrics, with_intervals
 from roadwork.evaluate.report import write_predictions
 from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.head import HeadEnsemble, build_head
@@ -184,12 +184,6 @@ def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], g
     return np.concatenate(probabilities)
 
 
-def _scored(probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int) -> dict[str, Any]:
-    metrics = binary_metrics(probabilities, labels, 0.5)
-    metrics["mcc_ci95"] = [round(x, 4) for x in mcc_interval(probabilities, labels, groups, seed=seed)]
-    return metrics
-
-
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
           cache_dir: str | Path | None = None, device: str = "cpu", resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
@@ -245,7 +239,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         results[name] = _fit_candidate(name, preps, config, vocab, splits, out, device=device, resume=resume,
                                        progress=progress, weights=weights)
         probabilities = _held_out_probabilities(results[name], labels, groups, config)
-        scores[name] = (probabilities, _scored(probabilities, all_labels, all_groups, config.seed))
+        scores[name] = (probabilities, with_intervals(probabilities, all_labels, all_groups, seed=config.seed))
     fit_seconds = time.perf_counter() - fit_started
     chosen = max(names, key=lambda n: (scores[n][1]["mcc"], n == "probe"))  # ties go to the simpler head
     result = results[chosen]
@@ -272,7 +266,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         "chosen_head": chosen,
         "backbone_training": {"mode": settings.mode, "why": reason, "fits": [a[2] for a in adapted]},
         "sampling": None if gps is None else sampling_report,
-        "candidates": {n: {k: scores[n][1][k] for k in ("mcc", "mcc_ci95", "auroc", "accuracy")} for n in names},
+        "candidates": {n: {"mcc": scores[n][1]["mcc"], "mcc_ci95": scores[n][1]["ci95"]["mcc"],
+                          "auroc": scores[n][1]["auroc"], "accuracy": scores[n][1]["accuracy"]} for n in names},
         "calibration": {**calibration.to_dict(), "cut": cut.__dict__, "fitted_on": int(len(served))},
         "folds": len(splits),
         "groups": prep.grouping.summary(),
