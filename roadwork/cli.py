@@ -303,21 +303,36 @@ def gps_report(
 @app.command()
 @_friendly
 def evaluate(
-    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
+    bundle: Annotated[list[Path], typer.Option(
+        "--bundle", help="Bundle folder written by `roadwork train` (or an ONNX export); repeat to compare "
+                         "several on the same photos, the first being the reference.")],
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Report folder: metrics.json, predictions.csv, report.html.")],
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for every interval.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the reward simulation.")] = 0,
 ) -> None:
-    """Score a bundle on a labelled dataset."""
+    """Score bundles on a labelled dataset: metrics with intervals, slices, reward, an HTML report."""
     from roadwork.evaluate.run import evaluate as run_evaluation
 
-    metrics = run_evaluation(bundle, data, out, cache_dir=cache_dir, device=_device(device))
-    auroc = "n/a (one class)" if metrics["auroc"] is None else f"{metrics['auroc']:.3f}"
-    console.print(f"test MCC {metrics['mcc']:.3f}  accuracy {metrics['accuracy']:.3f}  AUROC {auroc}  n={metrics['n']}")
-    if metrics["seen_in_training"]:
-        console.print(f"[yellow]warning:[/] {metrics['seen_in_training']} of these photos were in the training data")
-    typer.echo(json.dumps({k: metrics[k] for k in ("mcc", "accuracy", "auroc", "threshold", "n")}))
+    report = run_evaluation(bundle, data, out, cache_dir=cache_dir, device=_device(device), resamples=resamples,
+                            seed=seed)
+    for model in [report, *report.get("compared", [])]:
+        auroc = "n/a (one class)" if model["auroc"] is None else f"{model['auroc']:.3f}"
+        low, high = model["ci95"]["mcc"]
+        console.print(f"{model['name']}: test MCC {model['mcc']:.3f} [{low:.3f}, {high:.3f}]  accuracy "
+                      f"{model['accuracy']:.3f}  AUROC {auroc}  ECE {model['calibration']['ece']:.3f}  n={model['n']}",
+                      highlight=False)
+    for comparison in report.get("comparisons", []):
+        interval = comparison["ci95"]
+        shown = "n/a" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+        console.print(f"  {comparison['b']} - {comparison['a']}: MCC {comparison['mcc_difference']:+.3f} {shown} "
+                      "(paired bootstrap)", highlight=False)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False)
+    typer.echo(json.dumps({k: report[k] for k in ("mcc", "accuracy", "auroc", "threshold", "n")}))
 
 
 @app.command()

@@ -109,6 +109,9 @@ class ValidationConfig(_Strict):
     served_metadata: Literal["none", "all"] = "none"
     # Move the cut away from margin 0 only if it wins in this share of bootstrap resamples.
     cut_confidence: float = Field(default=0.9, ge=0.5, le=1.0)
+    # How the served probability is fitted around the cut: a temperature (two numbers) or an
+    # isotonic step function (measured in bench/RESULTS.md, "Calibration").
+    calibration: Literal["temperature", "isotonic"] = "temperature"
 
 
 class BackboneTrainingConfig(_Strict):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import matthews_corrcoef
 
+from roadwork.evaluate.metrics import reliability
 from roadwork.serve.calibration import (
     Calibration,
     bootstrap_mcc_curves,
@@ -104,3 +107,32 @@ def test_an_ensemble_is_served_the_mean_of_its_calibrated_members():
 def test_non_finite_margins_are_refused():
     with pytest.raises(ValueError, match="1 margin"):
         fit_calibration(np.array([0.1, float("nan"), -0.3, 0.5]), np.array([1, 0, 0, 1]))
+
+
+def test_isotonic_calibration_keeps_the_served_decision_and_fixes_a_miscalibrated_shape():
+    rng = np.random.default_rng(7)
+    margins = rng.normal(0, 2, 4000)
+    truth = 1 / (1 + np.exp(-np.sign(margins) * np.abs(margins) ** 2))   # no temperature fits this shape
+    labels = (rng.uniform(size=4000) < truth).astype(int)
+    temperature, cut = fit_calibration(margins, labels)
+    isotonic, same_cut = fit_calibration(margins, labels, method="isotonic")
+    assert isotonic.method == "isotonic" and isotonic.margin_threshold == same_cut.cut == cut.cut
+    fresh = rng.normal(0, 2, 4000)
+    fresh_labels = (rng.uniform(size=4000) < 1 / (1 + np.exp(-np.sign(fresh) * fresh ** 2))).astype(int)
+    served = {c.method: c(torch.from_numpy(fresh)).numpy() for c in (temperature, isotonic)}
+    assert np.array_equal(served["isotonic"] > 0.5, fresh > isotonic.margin_threshold)   # decision unchanged
+    assert np.array_equal(served["temperature"] > 0.5, served["isotonic"] > 0.5)
+    errors = {m: reliability(p, fresh_labels)[0] for m, p in served.items()}
+    assert errors["isotonic"] < 0.6 * errors["temperature"]
+    reloaded = Calibration.from_dict(json.loads(json.dumps(isotonic.to_dict())))
+    assert reloaded == isotonic
+    assert torch.equal(reloaded(torch.from_numpy(fresh)), isotonic(torch.from_numpy(fresh)))
+
+
+def test_isotonic_knots_from_a_manifest_are_checked():
+    with pytest.raises(ValueError, match="isotonic knots"):
+        Calibration.from_dict({"margin_threshold": 0.0, "temperature": 1.0, "isotonic": [[0.0, 0.8], [1.0, 0.2]]})
+    with pytest.raises(ValueError, match="isotonic knots"):
+        Calibration.from_dict({"margin_threshold": 0.0, "temperature": 1.0, "isotonic": [[0.0, 0.1], [0.0, 0.2]]})
+    old = Calibration.from_dict({"margin_threshold": 0.5, "temperature": 2.0})   # bundles from before isotonic
+    assert old.method == "temperature" and old(torch.tensor([0.5])).item() == 0.5

@@ -402,7 +402,7 @@ def test_vocabulary_comes_from_training_rows_and_leakage_is_reported(trained, tm
     result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data",
                                       str(trained["data"]), "--out", str(tmp_path / "r"), "--cache-dir",
                                       str(trained["cache"]), "--device", "cpu"])
-    assert result.exit_code == 0 and "40 of these photos were in the training data" in result.output
+    assert result.exit_code == 0 and "40 of these photos were in its training data" in result.output
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["seen_in_training"] == 40
 
 

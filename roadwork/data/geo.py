@@ -113,11 +113,17 @@ class TargetRegions:
         centres = [_medoid(coordinates[labels == c], rng) for c in range(k)]
         return cls(np.array(centres), tuple(int(s) for s in np.bincount(labels, minlength=k)))
 
+    def _distances_km(self, coordinates: np.ndarray) -> np.ndarray:
+        return haversine_km(coordinates[:, None, 0], coordinates[:, None, 1], self.centres[None, :, 0],
+                            self.centres[None, :, 1])
+
     def nearest_km(self, coordinates: np.ndarray) -> np.ndarray:
         """Distance in km from each ``[N, 2]`` position to the nearest centre (NaN rows stay NaN)."""
-        distances = haversine_km(coordinates[:, None, 0], coordinates[:, None, 1], self.centres[None, :, 0],
-                                 self.centres[None, :, 1])
-        return distances.min(axis=1)
+        return self._distances_km(coordinates).min(axis=1)
+
+    def assign(self, coordinates: np.ndarray) -> np.ndarray:
+        """Index of the nearest centre for each ``[N, 2]`` position."""
+        return self._distances_km(coordinates).argmin(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"centres": [[round(float(a), 5), round(float(b), 5)] for a, b in self.centres],

@@ -1,48 +1,177 @@
-"""``roadwork evaluate``: a bundle on a labelled dataset -> metrics.json, predictions.csv, report.html."""
+"""``roadwork evaluate``: one or more bundles on a labelled dataset -> metrics.json, predictions.csv,
+report.html.
+
+Several bundles are scored on the same photos (those every bundle could decode) under the same
+bootstrap resamples, so their differences come with paired intervals. The first bundle is the
+reference: its numbers are metrics.json's top-level keys, the others are under ``compared``.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roadwork.data.records import DatasetError
+import numpy as np
+import torch
+
+from roadwork.data.groups import group_samples
+from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
-from roadwork.evaluate.metrics import binary_metrics
+from roadwork.evaluate import plots
+from roadwork.evaluate.metrics import (
+    METRICS,
+    ReliabilityBin,
+    binary_metrics,
+    bootstrap_metrics,
+    interval,
+    paired_difference,
+    reliability,
+)
 from roadwork.evaluate.report import write_predictions, write_report
+from roadwork.evaluate.reward import simulate_reward
+from roadwork.evaluate.slices import find_slices, slice_table
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
 from roadwork.serve.predictor import Predictor
 from roadwork.storage import atomic_write_json, writable_folder
 
 log = logging.getLogger(__name__)
+GALLERY = 8   # worst false positives and false negatives shown per model
 
 
-def training_overlap(predictor: Predictor, samples: list, keys: list[str | None]) -> list[str]:
+@dataclass
+class Scored:
+    """One bundle's probabilities on every sample (NaN where the image failed)."""
+
+    name: str
+    bundle: str
+    served: np.ndarray
+    uncalibrated: np.ndarray   # the head's own sigmoid, before the cut and calibration
+    calibration_method: str
+    inputs: str
+    failures: dict[str, str]
+    seen_in_training: list[str]
+
+
+def training_overlap(predictor: Predictor, samples: Sequence[Sample], keys: Sequence[str | None]) -> list[str]:
     """File names of evaluation photos that the bundle was trained on (same bytes)."""
     seen = predictor.bundle.training_fingerprints()
     return [s.file_name for s, k in zip(samples, keys) if k is not None and fingerprint(k) in seen]
 
 
-def evaluate(bundle: str | Path, data: str, out: str | Path, *, cache_dir: str | Path | None = None,
-             device: str = "cpu") -> dict[str, Any]:
-    out = writable_folder(out, "report folder")
+def model_names(bundles: Sequence[str | Path]) -> list[str]:
+    """Short, distinct names: a run folder's name for ``RUN/bundle``, else the folder's own name."""
+    names = []
+    for bundle in bundles:
+        path = Path(bundle).resolve()
+        name = path.parent.name if path.name == "bundle" else path.name
+        names.append(name if name not in names else f"{name} ({len(names) + 1})")
+    return names
+
+
+def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
+                 hashed: tuple[list[str | None], dict[str, str]], *, cache_dir: str | Path | None,
+                 device: str) -> Scored:
     predictor = Predictor.load(bundle, device)
-    samples = load_samples(data)
-    hashed = content_keys(samples)
     overlap = training_overlap(predictor, samples, hashed[0])
     if overlap:
-        log.warning("%d of %d evaluation photos were in the bundle's training data (e.g. %s): their scores "
-                    "are not a test", len(overlap), len(samples), ", ".join(overlap[:3]))
-    probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, progress=None, hashed=hashed)
-    scored = [(s, p) for s, p in zip(samples, probs) if p is not None]
-    if not scored:
+        log.warning("%s: %d of %d evaluation photos were in its training data (e.g. %s): their scores are not "
+                    "a test", name, len(overlap), len(samples), ", ".join(overlap[:3]))
+    margins, good, failures = predictor.sample_margins(samples, cache_dir=cache_dir, progress=None, hashed=hashed)
+    served, uncalibrated = np.full(len(samples), np.nan), np.full(len(samples), np.nan)
+    if margins is not None:
+        raw = torch.sigmoid(margins)
+        served[good] = predictor.bundle.calibration(margins).numpy()
+        uncalibrated[good] = (raw.mean(dim=-1) if raw.ndim == 2 else raw).numpy()
+    inputs = "the image alone" if predictor.bundle.served_metadata == "none" else "image and metadata"
+    return Scored(name, str(bundle), served, uncalibrated, predictor.bundle.calibration.method, inputs, failures,
+                  overlap)
+
+
+def _worst(samples: Sequence[Sample], probabilities: np.ndarray, labels: np.ndarray) -> dict[str, list[dict]]:
+    def pick(mask: np.ndarray, highest: bool) -> list[dict[str, Any]]:
+        rows = np.flatnonzero(mask)
+        rows = rows[np.argsort(-probabilities[rows] if highest else probabilities[rows], kind="stable")][:GALLERY]
+        return [{"file_name": samples[i].file_name, "probability": round(float(probabilities[i]), 4)} for i in rows]
+
+    called = probabilities > 0.5
+    return {"false_positives": pick(called & (labels == 0), True),
+            "false_negatives": pick(~called & (labels == 1), False)}
+
+
+def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence[Sample], labels: np.ndarray,
+                  slices: list, groups: np.ndarray, seed: int) -> dict[str, Any]:
+    probabilities, raw = model.served, model.uncalibrated
+    ece, bins = reliability(probabilities, labels)
+    ece_before, bins_before = reliability(raw, labels)
+    curve = plots.threshold_curve(probabilities, labels)
+    return {
+        "name": model.name, "bundle": model.bundle,
+        **binary_metrics(probabilities, labels, 0.5),
+        "ci95": {name: interval(draws[name]) for name in METRICS},
+        "inputs": model.inputs, "seen_in_training": len(model.seen_in_training),
+        "calibration": {"method": model.calibration_method, "ece": round(ece, 4), "ece_uncalibrated": round(ece_before, 4),
+                        "bins": [b.__dict__ for b in bins], "bins_uncalibrated": [b.__dict__ for b in bins_before]},
+        "reward": simulate_reward(probabilities, labels, seed=seed),
+        "threshold_curve": {"thresholds": plots.THRESHOLDS.tolist(), "mcc": np.round(curve, 4).tolist(),
+                            "best_threshold": float(plots.THRESHOLDS[int(np.argmax(curve))])},
+        "slices": slice_table(slices, probabilities, labels, groups, seed=seed),
+        "worst": _worst(samples, probabilities, labels),
+    }
+
+
+def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | Path, *,
+             cache_dir: str | Path | None = None, device: str = "cpu", resamples: int = 1000,
+             seed: int = 0) -> dict[str, Any]:
+    """Score each bundle on DATA and write OUT/metrics.json, OUT/predictions.csv and OUT/report.html."""
+    bundles = [bundles] if isinstance(bundles, str | Path) else list(bundles)
+    if not bundles:
+        raise ValueError("evaluate needs at least one bundle")
+    out = writable_folder(out, "report folder")
+    all_samples = load_samples(data)
+    hashed = content_keys(all_samples)
+    models = [score_bundle(b, name, all_samples, hashed, cache_dir=cache_dir, device=device)
+              for b, name in zip(bundles, model_names(bundles))]
+    kept = np.flatnonzero(np.all([np.isfinite(m.served) for m in models], axis=0))
+    if not len(kept):
         raise DatasetError(f"{data}: no image could be decoded")
-    metrics = binary_metrics([p for _, p in scored], [s.label for s, _ in scored], threshold=0.5)
-    metrics["undecodable"] = len(failures)
-    metrics["seen_in_training"] = len(overlap)
-    metrics["inputs"] = "the image alone" if predictor.bundle.served_metadata == "none" else "image and metadata"
-    write_predictions(out / "predictions.csv", ((s.file_name, s.label, p) for s, p in zip(samples, probs)))
-    atomic_write_json(out / "metrics.json", {**metrics, "failures": failures, "bundle": str(bundle), "data": str(data)})
-    write_report(out / "report.html", metrics, str(bundle), str(data))
-    return metrics
+    names = [m.name for m in models]
+    write_predictions(out / "predictions.csv",
+                      ((s.file_name, s.label, *(None if np.isnan(m.served[i]) else float(m.served[i]) for m in models))
+                       for i, s in enumerate(all_samples)),
+                      ["probability", *(f"probability_{n}" for n in names[1:])])
+    samples = [all_samples[i] for i in kept]
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    for model in models:
+        model.served, model.uncalibrated = model.served[kept], model.uncalibrated[kept]
+    grouping = group_samples(samples, [k or s.file_name for s, k in zip(samples, (hashed[0][i] for i in kept))], None)
+    draws = bootstrap_metrics([m.served for m in models], labels, grouping.ids, resamples=resamples, seed=seed)
+    slices = find_slices(samples, seed)
+    reports = [_model_report(m, d, samples, labels, slices, grouping.ids, seed) for m, d in zip(models, draws)]
+    failures = {name: error for m in models for name, error in m.failures.items()}
+    warnings = [f"{m.name}: {len(m.seen_in_training)} of these photos were in its training data; their scores are "
+                "not a test" for m in models if m.seen_in_training]
+    if min(int(labels.sum()), int(len(labels) - labels.sum())) < 30:
+        warnings.append(f"only {int(labels.sum())} roadwork and {int(len(labels) - labels.sum())} other photos: "
+                        "read the intervals, not the second decimal")
+    report: dict[str, Any] = {
+        **reports[0],
+        "data": str(data), "undecodable": len(failures), "failures": failures, "warnings": warnings,
+        "bootstrap": {"resamples": resamples, "seed": seed, "grouped_by": grouping.source, "groups": grouping.count},
+    }
+    if len(reports) > 1:
+        report["compared"] = reports[1:]
+        report["comparisons"] = [{"a": models[0].name, "b": m.name, **paired_difference(draws[0], d),
+                                  "mcc_difference": round(r["mcc"] - reports[0]["mcc"], 4)}
+                                 for m, d, r in zip(models[1:], draws[1:], reports[1:])]
+    atomic_write_json(out / "metrics.json", report)
+    figures = {"confusion": [plots.confusion_png(r, r["name"]) for r in reports],
+               "curves": plots.curves_png([(m.name, m.served) for m in models], labels),
+               "reliability": plots.reliability_png(
+                   [(r["name"], *([ReliabilityBin(**b) for b in r["calibration"][k]] for k in ("bins_uncalibrated", "bins")))
+                    for r in reports])}
+    write_report(out / "report.html", report, figures, samples)
+    return report

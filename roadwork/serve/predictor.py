@@ -164,9 +164,9 @@ class Predictor:
             self._text = TextEncoder()
         return self._text.embed(s.description for s in samples if s.description is not None)
 
-    def probabilities_from_features(self, features: Sequence[Sequence[Tensor]], samples: Sequence[Sample]) -> Tensor:
-        """Calibrated P(roadwork) per sample from its cached ``[n_views, dim]`` features, one list per
-        source (``self.sources``).
+    def margins_from_features(self, features: Sequence[Sequence[Tensor]], samples: Sequence[Sample]) -> Tensor:
+        """The head's logit margins before calibration, ``[N]`` (or ``[N, K]`` for K fold members), from
+        each sample's cached ``[n_views, dim]`` features, one list per source (``self.sources``).
 
         A bundle calibrated for image-only requests scores every sample without its metadata, so
         ``evaluate`` measures what is served.
@@ -179,20 +179,22 @@ class Predictor:
             tables = [t.image_only() for t in tables]
         if self.runtime is not None:
             margins = torch.cat([self.runtime.margins(i, t.features, t.view_mask) for i, t in enumerate(tables)], -1)
-            margins = margins.squeeze(-1) if margins.shape[-1] == 1 else margins
-        elif self.sources == 1:
-            margins = head_margins(self.head, tables[0], self.device, self.batch_size)
-        else:
-            margins = torch.stack([head_margins(member, table, self.device, self.batch_size)
-                                   for member, table in zip(self.head.members, tables)], dim=-1)
-        return self.bundle.calibration(margins)
+            return margins.squeeze(-1) if margins.shape[-1] == 1 else margins
+        if self.sources == 1:
+            return head_margins(self.head, tables[0], self.device, self.batch_size)
+        return torch.stack([head_margins(member, table, self.device, self.batch_size)
+                            for member, table in zip(self.head.members, tables)], dim=-1)
 
-    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                        use_cache: bool = True, progress: bool | None = False,
-                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                        ) -> tuple[list[float | None], dict[str, str]]:
-        """Probabilities (None where an image failed) and the failures by file name; ``hashed`` passes
-        ``content_keys(samples)`` when the caller already has them."""
+    def probabilities_from_features(self, features: Sequence[Sequence[Tensor]], samples: Sequence[Sample]) -> Tensor:
+        """Calibrated P(roadwork) per sample (see ``margins_from_features``)."""
+        return self.bundle.calibration(self.margins_from_features(features, samples))
+
+    def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                       use_cache: bool = True, progress: bool | None = False,
+                       hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                       ) -> tuple[Tensor | None, list[int], dict[str, str]]:
+        """Margins of the samples whose images decoded, their indices, and the failures by file name;
+        ``hashed`` passes ``content_keys(samples)`` when the caller already has them."""
         spec = self.bundle.backbone
         if use_cache and self.runtime is None:   # an ONNX export computes every feature itself
             if hashed is None:
@@ -216,9 +218,17 @@ class Predictor:
                     failures[sample.file_name] = str(error)
             good = [i for i, v in enumerate(views) if v is not None]
             features = self._features([views[i] for i in good])  # type: ignore[misc]
+        margins = self.margins_from_features(features, [samples[i] for i in good]) if good else None
+        return margins, good, failures
+
+    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                        use_cache: bool = True, progress: bool | None = False,
+                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                        ) -> tuple[list[float | None], dict[str, str]]:
+        """Probabilities (None where an image failed) and the failures by file name."""
+        margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
         probs: list[float | None] = [None] * len(samples)
-        if good:
-            values = self.probabilities_from_features(features, [samples[i] for i in good])
-            for i, value in zip(good, values.tolist()):
+        if margins is not None:
+            for i, value in zip(good, self.bundle.calibration(margins).tolist()):
                 probs[i] = value
         return probs, failures

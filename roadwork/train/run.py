@@ -169,17 +169,18 @@ def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, pre
 def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], groups: list[np.ndarray],
                             config: TrainConfig) -> np.ndarray:
     """Served probabilities of every held-out row, each fold cut by a calibration fitted without it."""
-    confidence = config.validation.cut_confidence
+    confidence, method = config.validation.cut_confidence, config.validation.calibration
     if len(result.served) == 1:
-        calibration, _ = fit_calibration(result.served[0], labels[0], confidence=confidence, seed=config.seed,
-                                         groups=groups[0])
+        calibration, _ = fit_calibration(result.served[0], labels[0], method=method, confidence=confidence,
+                                         seed=config.seed, groups=groups[0])
         return calibration(torch.from_numpy(result.served[0])).numpy()
     probabilities = []
     for j, margins in enumerate(result.served):
         others = [i for i in range(len(result.served)) if i != j]
         calibration, _ = fit_calibration(np.concatenate([result.served[i] for i in others]),
-                                         np.concatenate([labels[i] for i in others]), confidence=confidence,
-                                         seed=config.seed, groups=np.concatenate([groups[i] for i in others]))
+                                         np.concatenate([labels[i] for i in others]), method=method,
+                                         confidence=confidence, seed=config.seed,
+                                         groups=np.concatenate([groups[i] for i in others]))
         probabilities.append(calibration(torch.from_numpy(margins)).numpy())
     return np.concatenate(probabilities)
 
@@ -245,7 +246,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     result = results[chosen]
 
     served = np.concatenate(result.served)
-    calibration, cut = fit_calibration(served, all_labels, confidence=config.validation.cut_confidence,
+    calibration, cut = fit_calibration(served, all_labels, method=config.validation.calibration,
+                                       confidence=config.validation.cut_confidence,
                                        seed=config.seed, groups=all_groups)
     probabilities, validation = scores[chosen]
     if not is_main():   # the same result, written once (by process 0)
@@ -268,7 +270,9 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         "sampling": None if gps is None else sampling_report,
         "candidates": {n: {"mcc": scores[n][1]["mcc"], "mcc_ci95": scores[n][1]["ci95"]["mcc"],
                           "auroc": scores[n][1]["auroc"], "accuracy": scores[n][1]["accuracy"]} for n in names},
-        "calibration": {**calibration.to_dict(), "cut": cut.__dict__, "fitted_on": int(len(served))},
+        "calibration": {"method": calibration.method, "margin_threshold": calibration.margin_threshold,
+                        "temperature": calibration.temperature, "isotonic_knots": len(calibration.isotonic),
+                        "cut": cut.__dict__, "fitted_on": int(len(served))},
         "folds": len(splits),
         "groups": prep.grouping.summary(),
         "leakage_with_val_data": prep.leakage,
