@@ -29,7 +29,7 @@ from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.distributed import is_main, launch
-from roadwork.evaluate.metrics import binary_metrics, with_intervals
+from roadwork.evaluate.metrics import binary_metrics, reliability, with_intervals
 from roadwork.evaluate.report import write_predictions
 from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.head import HeadEnsemble, build_head
@@ -159,6 +159,7 @@ def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, pre
     settings = config.model_dump(mode="json", exclude={"trainer": {"loggers", "step_metrics"}})
     settings["optim"].pop("epochs")   # claim_folder compares it on its own
     settings["optim"].pop("patience")   # a more patient run may continue a less patient one's checkpoint
+    settings["validation"].pop("calibration")   # fitted after the heads: --resume recalibrates saved heads
     return {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings,
             "adapted_backbone": prep.adapted_digest,
             "sampling_weights": None if weights is None else hashlib.sha256(weights.tobytes()).hexdigest(),
@@ -250,6 +251,9 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
                                        confidence=config.validation.cut_confidence,
                                        seed=config.seed, groups=all_groups)
     probabilities, validation = scores[chosen]
+    head_own = torch.sigmoid(torch.from_numpy(served)).numpy()   # before the cut and calibration
+    validation["ece"] = round(reliability(probabilities, all_labels)[0], 4)
+    validation["ece_uncalibrated"] = round(reliability(head_own, all_labels)[0], 4)
     if not is_main():   # the same result, written once (by process 0)
         return {"validation": validation, "chosen_head": chosen}
     held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
