@@ -123,6 +123,27 @@ def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence
     }
 
 
+def _warnings(models: Sequence[Scored], labels: np.ndarray) -> list[str]:
+    warnings = [f"{m.name}: {len(m.seen_in_training)} of these photos were in its training data; their scores are "
+                "not a test" for m in models if m.seen_in_training]
+    positives = int(labels.sum())
+    if min(positives, len(labels) - positives) < 30:
+        warnings.append(f"only {positives} roadwork and {len(labels) - positives} other photos: read the intervals, "
+                        "not the second decimal")
+    return warnings
+
+
+def _figures(reports: Sequence[dict[str, Any]], probabilities: Sequence[np.ndarray], labels: np.ndarray
+             ) -> dict[str, Any]:
+    def bins(report: dict[str, Any], key: str) -> list[ReliabilityBin]:
+        return [ReliabilityBin(**b) for b in report["calibration"][key]]
+
+    return {"confusion": [plots.confusion_png(r, r["name"]) for r in reports],
+            "curves": plots.curves_png([(r["name"], p) for r, p in zip(reports, probabilities)], labels),
+            "reliability": plots.reliability_png([(r["name"], bins(r, "bins_uncalibrated"), bins(r, "bins"))
+                                                  for r in reports])}
+
+
 def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | Path, *,
              cache_dir: str | Path | None = None, device: str = "cpu", resamples: int = 1000,
              seed: int = 0) -> dict[str, Any]:
@@ -138,40 +159,30 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
     kept = np.flatnonzero(np.all([np.isfinite(m.served) for m in models], axis=0))
     if not len(kept):
         raise DatasetError(f"{data}: no image could be decoded")
-    names = [m.name for m in models]
-    write_predictions(out / "predictions.csv",
-                      ((s.file_name, s.label, *(None if np.isnan(m.served[i]) else float(m.served[i]) for m in models))
-                       for i, s in enumerate(all_samples)),
-                      ["probability", *(f"probability_{n}" for n in names[1:])])
+    rows = ((s.file_name, s.label, *(None if np.isnan(m.served[i]) else float(m.served[i]) for m in models))
+            for i, s in enumerate(all_samples))
+    write_predictions(out / "predictions.csv", rows, ["probability", *(f"probability_{m.name}" for m in models[1:])])
     samples = [all_samples[i] for i in kept]
     labels = np.array([s.label for s in samples], dtype=np.int64)
     for model in models:
         model.served, model.uncalibrated = model.served[kept], model.uncalibrated[kept]
-    grouping = group_samples(samples, [k or s.file_name for s, k in zip(samples, (hashed[0][i] for i in kept))], None)
+    keys = [hashed[0][i] or all_samples[i].file_name for i in kept]
+    grouping = group_samples(samples, keys, None)   # the group column, else rows (identical files together)
     draws = bootstrap_metrics([m.served for m in models], labels, grouping.ids, resamples=resamples, seed=seed)
     slices = find_slices(samples, seed)
     reports = [_model_report(m, d, samples, labels, slices, grouping.ids, seed) for m, d in zip(models, draws)]
     failures = {name: error for m in models for name, error in m.failures.items()}
-    warnings = [f"{m.name}: {len(m.seen_in_training)} of these photos were in its training data; their scores are "
-                "not a test" for m in models if m.seen_in_training]
-    if min(int(labels.sum()), int(len(labels) - labels.sum())) < 30:
-        warnings.append(f"only {int(labels.sum())} roadwork and {int(len(labels) - labels.sum())} other photos: "
-                        "read the intervals, not the second decimal")
     report: dict[str, Any] = {
         **reports[0],
-        "data": str(data), "undecodable": len(failures), "failures": failures, "warnings": warnings,
+        "data": str(data), "undecodable": len(failures), "failures": failures, "warnings": _warnings(models, labels),
         "bootstrap": {"resamples": resamples, "seed": seed, "grouped_by": grouping.source, "groups": grouping.count},
     }
     if len(reports) > 1:
         report["compared"] = reports[1:]
-        report["comparisons"] = [{"a": models[0].name, "b": m.name, **paired_difference(draws[0], d),
+        report["comparisons"] = [{"a": reports[0]["name"], "b": r["name"], **paired_difference(draws[0], d),
                                   "mcc_difference": round(r["mcc"] - reports[0]["mcc"], 4)}
-                                 for m, d, r in zip(models[1:], draws[1:], reports[1:])]
+                                 for d, r in zip(draws[1:], reports[1:])]
     atomic_write_json(out / "metrics.json", report)
-    figures = {"confusion": [plots.confusion_png(r, r["name"]) for r in reports],
-               "curves": plots.curves_png([(m.name, m.served) for m in models], labels),
-               "reliability": plots.reliability_png(
-                   [(r["name"], *([ReliabilityBin(**b) for b in r["calibration"][k]] for k in ("bins_uncalibrated", "bins")))
-                    for r in reports])}
+    figures = _figures(reports, [m.served for m in models], labels)
     write_report(out / "report.html", report, figures, samples)
     return report
