@@ -323,7 +323,7 @@ def evaluate(
         low, high = model["ci95"]["mcc"]
         console.print(f"{model['name']}: test MCC {model['mcc']:.3f} [{low:.3f}, {high:.3f}]  accuracy "
                       f"{model['accuracy']:.3f}  AUROC {auroc}  ECE {model['calibration']['ece']:.3f}  n={model['n']}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     for comparison in report.get("comparisons", []):
         interval = comparison["ci95"]
         shown = "n/a" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"

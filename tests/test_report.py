@@ -144,11 +144,14 @@ def test_slices_find_categories_regions_and_missing_metadata():
                       longitude=(2.35 if i < 20 else 151.2) + i * 1e-3, weather="rain" if i % 3 else None,
                       extra={"id": str(i), "source": "a" if i < 30 else "b"}) for i in range(40)]
     samples += [Sample(f"{i}.jpg", i % 2, weather="fog") for i in range(40, 44)]
+    samples += [Sample(f"{i}.jpg", i % 2) for i in range(44, 48)]
     slices = {(s.column, s.value): s.rows for s in find_slices(samples)}
     regions = [rows for (column, _), rows in slices.items() if column == "gps region"]
     assert len(regions) == 5 and sum(map(len, regions)) == 40
     assert all(max(rows) < 20 or min(rows) >= 20 for rows in regions)   # no region spans Paris and Sydney
-    assert len(slices[("gps metadata", "missing")]) == 4
-    assert set(slices[("weather", "(missing)")]) == {i for i in range(40) if i % 3 == 0}
+    assert len(slices[("gps metadata", "missing")]) == 8
+    assert set(slices[("weather", "(missing)")]) == {i for i in range(40) if i % 3 == 0} | {44, 45, 46, 47}
     assert len(slices[("source", "a")]) == 30 and not any(column == "id" for column, _ in slices)
-    assert ("scene metadata", "missing") not in slices   # no row has a scene: nothing to compare
+    assert ("weather metadata", "missing") not in slices   # the same rows as ("weather", "(missing)")
+    assert list(slices[("metadata present", "none")]) == [44, 45, 46, 47]
+    assert len(slices[("metadata present", "some fields")]) == 44 and ("metadata present", "all fields") not in slices

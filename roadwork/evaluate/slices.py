@@ -23,8 +23,8 @@ MISSING = "(missing)"
 MAX_CATEGORIES = 12   # an extra column with more distinct values is an id, not a category
 SMALL_SLICE, SMALL_CLASS = 30, 5
 GPS_REGIONS = 5
-PRESENCE = {"gps": lambda s: s.has_gps, **{f: (lambda s, f=f: getattr(s, f) is not None)
-                                           for f in (*CATEGORY_FIELDS, "description")}}
+METADATA_PRESENT = {"gps": lambda s: s.has_gps, "description": lambda s: s.description is not None,
+                    **{f: (lambda s, f=f: getattr(s, f) is not None) for f in CATEGORY_FIELDS}}
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,17 @@ def find_slices(samples: Sequence[Sample], seed: int = 0) -> list[Slice]:
     slices += gps_regions(samples, seed)
     extra = sorted({key for s in samples for key in s.extra} - set(GROUP_COLUMNS))   # drives are not categories
     slices += [s for column in extra for s in _categorical(column, [x.extra.get(column) for x in samples])]
-    for field, has in PRESENCE.items():
-        present = np.array([has(s) for s in samples])
+    # Category fields show their missing rows as a value above; GPS and descriptions are not categories.
+    for field in ("gps", "description"):
+        present = np.array([METADATA_PRESENT[field](s) for s in samples])
         if present.any() and not present.all():
             slices += [Slice(f"{field} metadata", "present", np.flatnonzero(present)),
                        Slice(f"{field} metadata", "missing", np.flatnonzero(~present))]
+    count = np.array([sum(has(s) for has in METADATA_PRESENT.values()) for s in samples])
+    levels = {"all fields": count == len(METADATA_PRESENT), "some fields": (count > 0) & (count < len(METADATA_PRESENT)),
+              "none": count == 0}
+    if sum(bool(rows.any()) for rows in levels.values()) > 1:
+        slices += [Slice("metadata present", name, np.flatnonzero(rows)) for name, rows in levels.items() if rows.any()]
     return slices
 
 
