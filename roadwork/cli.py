@@ -226,6 +226,7 @@ def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Run folder: bundle/, metrics.json, checkpoints/, logs/.")],
     val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation dataset (default: a stratified split of DATA).")] = None,
+    add_data: Annotated[list[str] | None, typer.Option("--add-data", help="More labelled training data merged into DATA (e.g. labelled `roadwork active` picks); repeatable.")] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Fraction of DATA's groups held out by a single split, and inside each fold (default 0.15).")] = None,
     folds: Annotated[int | None, typer.Option("--folds", min=1, help="K grouped folds: out-of-fold validation of every photo, the K heads served together (default 5; 1 = one split).")] = None,
     group_column: Annotated[str | None, typer.Option("--group-column", help="Column whose equal values must stay on one side of every split (default: group/sequence/drive/session/video/trip, else near-duplicate photos).")] = None,
@@ -251,7 +252,8 @@ def train(
         "data.backbone": backbone, "backbone_training.mode": backbone_training, "optim.epochs": epochs, "seed": seed,
         "validation.fraction": val_fraction, "validation.folds": folds, "validation.groups": group_column,
         "trainer.devices": devices, "trainer.strategy": strategy}, target=_target(target_gps, target_data))
-    metrics = run_training(data, out, cfg, val_data=val_data, cache_dir=cache_dir, device=_device(device), resume=resume)
+    metrics = run_training(data, out, cfg, val_data=val_data, add_data=add_data or (), cache_dir=cache_dir,
+                           device=_device(device), resume=resume)
     if not is_main():   # ddp: process 0 reports
         return
     groups = metrics["groups"]
@@ -333,6 +335,44 @@ def evaluate(
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"report: {out / 'report.html'}", highlight=False)
     typer.echo(json.dumps({k: report[k] for k in ("mcc", "accuracy", "auroc", "threshold", "n")}))
+
+
+@app.command()
+@_friendly
+def active(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
+    pool: Annotated[str, typer.Option("--pool", help="Unlabelled photos to choose from (any dataset source; labels, if any, are ignored).")],
+    budget: Annotated[int, typer.Option("--budget", min=1, help="How many photos to pick.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the picks: images/ and metadata.csv with an empty label column.")],
+    weights: Annotated[list[str] | None, typer.Option("--weight", help="CRITERION=W for boundary, uncertainty, disagreement (default 1 each); repeatable.")] = None,
+    similarity: Annotated[float | None, typer.Option("--similarity", min=0.0, max=1.0, help="Skip photos at least this similar to a pick (centred cosine of global-view features).")] = 0.8,
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Pick the pool photos most worth labelling next; label them, then `train --add-data OUT`."""
+    from roadwork.data.sources import load_samples
+    from roadwork.serve.predictor import Predictor
+    from roadwork.tune.active import CRITERIA, rank_pool, write_picks
+
+    chosen = dict.fromkeys(CRITERIA, 1.0)
+    for item in weights or []:
+        name, _, value = item.partition("=")
+        if name not in CRITERIA:
+            raise typer.BadParameter(f"{item!r}: the criterion must be one of {', '.join(CRITERIA)}", param_hint="--weight")
+        try:
+            chosen[name] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r}: the weight must be a number", param_hint="--weight") from None
+    if not any(chosen.values()):
+        raise typer.BadParameter("at least one criterion needs a non-zero weight", param_hint="--weight")
+    samples = load_samples(pool, require_labels=False)
+    picks, failures = rank_pool(Predictor.load(bundle, _device(device)), samples, budget, weights=chosen,
+                                similarity=similarity, cache_dir=cache_dir, progress=True)
+    write_picks(picks, samples, out)
+    if failures:
+        console.print(f"[yellow]warning:[/] {len(failures)} pool photos could not be decoded and were skipped")
+    console.print(f"wrote {len(picks)} picks to {out}: fill in metadata.csv's label column, then "
+                  f"`roadwork train ... --add-data {out}`", highlight=False)
 
 
 @app.command()

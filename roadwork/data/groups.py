@@ -79,7 +79,7 @@ def find_group_column(samples: Sequence[Sample]) -> str | None:
     return None
 
 
-def _normalised(features: Tensor) -> Tensor:
+def centred_unit_vectors(features: Tensor) -> Tensor:
     """Centred, unit-length vectors: raw CNN features are all positive, so their plain cosine
     similarity is high for any two photos; centring keeps what tells photos apart."""
     x = features.float()
@@ -134,11 +134,11 @@ def group_samples(samples: Sequence[Sample], keys: Sequence[str], global_feature
         # Rows the column leaves empty (merged sources, say) are grouped by content instead.
         unnamed = [i for i, s in enumerate(samples) if s.extra.get(column) is None]
         if unnamed and similarity is not None and global_features is not None:
-            for i, j, _ in similar_pairs(_normalised(global_features)[unnamed], None, similarity):
+            for i, j, _ in similar_pairs(centred_unit_vectors(global_features)[unnamed], None, similarity):
                 links.union(unnamed[i], unnamed[j])
             source += f", near-duplicate features for the {len(unnamed)} rows without it"
     elif groups == AUTO and similarity is not None and global_features is not None:
-        for i, j, _ in similar_pairs(_normalised(global_features), None, similarity):
+        for i, j, _ in similar_pairs(centred_unit_vectors(global_features), None, similarity):
             links.union(i, j)
         source = f"near-duplicate features (centred cosine >= {similarity})"
     else:
@@ -178,7 +178,7 @@ def leakage_report(train_names: Sequence[str], train_keys: Sequence[str], train_
     identical = [(train_names[train_index[k]], name) for name, k in zip(other_names, other_keys) if k in train_index]
     near: list[tuple[str, str, float]] = []
     if similarity is not None and train_features is not None and other_features is not None:
-        both = _normalised(torch.cat([train_features, other_features]))
+        both = centred_unit_vectors(torch.cat([train_features, other_features]))
         for i, j, score in similar_pairs(both[len(train_keys):], both[:len(train_keys)], similarity):
             if other_keys[i] != train_keys[j]:
                 near.append((train_names[j], other_names[i], round(score, 4)))

@@ -189,12 +189,13 @@ class Predictor:
         """Calibrated P(roadwork) per sample (see ``margins_from_features``)."""
         return self.bundle.calibration(self.margins_from_features(features, samples))
 
-    def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                       use_cache: bool = True, progress: bool | None = False,
-                       hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                       ) -> tuple[Tensor | None, list[int], dict[str, str]]:
-        """Margins of the samples whose images decoded, their indices, and the failures by file name;
-        ``hashed`` passes ``content_keys(samples)`` when the caller already has them."""
+    def sample_features(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                        use_cache: bool = True, progress: bool | None = False,
+                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                        ) -> tuple[list[list[Tensor]], list[int], dict[str, str]]:
+        """``[n_views, dim]`` features per source of the samples whose images decoded, their indices,
+        and the failures by file name; ``hashed`` passes ``content_keys(samples)`` when the caller
+        already has them."""
         spec = self.bundle.backbone
         if use_cache and self.runtime is None:   # an ONNX export computes every feature itself
             if hashed is None:
@@ -206,18 +207,25 @@ class Predictor:
                 loaded.append(cached)
                 failures |= result.failures
             good = [i for i in range(len(samples)) if all(cached[i] is not None for cached in loaded)]
-            features = [[cached[i] for i in good] for cached in loaded]
-        else:
-            views, failures = [], {}
-            for sample in samples:
-                try:
-                    views.append(image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
-                                             source=sample.file_name))
-                except RoadworkError as error:
-                    views.append(None)
-                    failures[sample.file_name] = str(error)
-            good = [i for i, v in enumerate(views) if v is not None]
-            features = self._features([views[i] for i in good])  # type: ignore[misc]
+            return [[cached[i] for i in good] for cached in loaded], good, failures   # type: ignore[misc]
+        views, failures = [], {}
+        for sample in samples:
+            try:
+                views.append(image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
+                                         source=sample.file_name))
+            except RoadworkError as error:
+                views.append(None)
+                failures[sample.file_name] = str(error)
+        good = [i for i, v in enumerate(views) if v is not None]
+        return self._features([views[i] for i in good]), good, failures  # type: ignore[misc]
+
+    def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                       use_cache: bool = True, progress: bool | None = False,
+                       hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                       ) -> tuple[Tensor | None, list[int], dict[str, str]]:
+        """Margins (see ``margins_from_features``) of the samples whose images decoded, their indices,
+        and the failures by file name."""
+        features, good, failures = self.sample_features(samples, cache_dir, use_cache, progress, hashed)
         margins = self.margins_from_features(features, [samples[i] for i in good]) if good else None
         return margins, good, failures
 

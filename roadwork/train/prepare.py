@@ -7,7 +7,7 @@ k folds and every candidate head reuse it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,19 @@ def require_both_classes(samples: Sequence[Sample], name: str) -> None:
         raise DatasetError(f"{name} data needs both classes (0 and 1); it has {sorted(labels)}")
 
 
-def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_dir: str | Path | None,
-                 device: str, progress: bool) -> PreparedData:
+def training_samples(data: str, add_data: Sequence[str] = ()) -> list[Sample]:
+    """DATA's photos, then each added dataset's (labelled active-learning picks, say), whose file
+    names are prefixed with their folder's name so that they stay distinct."""
     samples = load_samples(data)
+    for extra in add_data:
+        prefix = Path(str(extra)).name or "added"
+        samples += [replace(s, file_name=f"{prefix}/{s.file_name}") for s in load_samples(extra)]
+    return samples
+
+
+def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_dir: str | Path | None,
+                 device: str, progress: bool, add_data: Sequence[str] = ()) -> PreparedData:
+    samples = training_samples(data, add_data)
     val_samples = load_samples(val_data) if val_data is not None else []
     require_both_classes(samples, "training")  # before extraction, which can take hours
     if val_data is not None:

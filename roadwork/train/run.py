@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,10 @@ def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], g
 
 
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
-          cache_dir: str | Path | None = None, device: str = "cpu", resume: bool = False,
-          progress: bool = True) -> dict[str, Any]:
-    """Train on DATA and write OUT/bundle, OUT/metrics.json and OUT/validation_predictions.csv."""
+          add_data: Sequence[str] = (), cache_dir: str | Path | None = None, device: str = "cpu",
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train on DATA (and the ``add_data`` datasets merged into it) and write OUT/bundle,
+    OUT/metrics.json and OUT/validation_predictions.csv."""
     out = writable_folder(out, "output folder")   # before hours of extraction, not after
     check_loggers(config)
     started = time.perf_counter()
@@ -197,7 +199,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     progress = progress and is_main()
     if resume and not (out / "splits").is_dir():
         log.warning("--resume: nothing to resume in %s; starting from scratch", out)
-    prep = prepare_data(data, config, val_data=val_data, cache_dir=cache_dir, device=device, progress=progress)
+    prep = prepare_data(data, config, val_data=val_data, cache_dir=cache_dir, device=device, progress=progress,
+                        add_data=add_data)
     splits = _splits(prep, config)
     hint = (f" (groups from {prep.grouping.source}; try fewer --folds, a larger --val-fraction or a "
             "different --seed)")
