@@ -3,7 +3,7 @@
     python bench/bench_active.py --work bench/out --real ../shared/data/real-dev --seeds 0 1
 
 A labelled start set (whole groups drawn at random) trains a probe (configs/cpu.yaml, frozen
-features, 3 grouped folds); each round then adds BUDGET photos from the rest of the training data
+features, 3 grouped folds, 30% of the groups inside each fold choose its checkpoint); each round then adds BUDGET photos from the rest of the training data
 (the pool) and retrains: `roadwork active` picks (labelled from the known labels, as a person
 would) or random picks. Every round's bundle is scored on test photos from groups never used for
 training with `roadwork evaluate`. Synthetic drives: train `synth --seed 11`, test `--seed 12` (as
@@ -25,7 +25,8 @@ from bench_evaluate import grouped_split  # noqa: E402
 from common import ROADWORK, machine, run_measured, subset_folder, today  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
-TRAIN = ["--config", str(CONFIG), "--folds", "3", "--backbone-training", "frozen", "--set", "model.type=probe"]
+TRAIN = ["--config", str(CONFIG), "--folds", "3", "--val-fraction", "0.3", "--backbone-training", "frozen",
+         "--set", "model.type=probe"]
 
 
 def read_rows(folder: Path) -> list[dict]:
@@ -135,8 +136,8 @@ def main() -> None:
             run_measured([*ROADWORK, "synth", str(args.work / split), "--n", "400", "--seed", str(seed),
                           "--frames-per-drive", "4"])
     real_train, real_test = grouped_split(args.real, args.work)
-    settings = {"synthetic": (args.work / "synth-train", args.work / "synth-test", 80, 40),
-                "real-dev": (real_train, real_test, 60, 30)}
+    settings = {"synthetic": (args.work / "synth-train", args.work / "synth-test", 100, 40),
+                "real-dev": (real_train, real_test, 80, 30)}
     lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_active.py --work {args.work} "
              f"--real {args.real} --seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds}"]
     for name, (source, test, start_size, budget) in settings.items():
