@@ -339,6 +339,36 @@ def evaluate(
 
 @app.command()
 @_friendly
+def ensemble(
+    spec: Annotated[Path, typer.Option("--config", help="Ensemble spec: members and their settings (see configs/ensemble/).")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Ensemble folder: members/<name>/ (each a train run), bundle/, metrics.json.")],
+    train_config: Annotated[list[Path] | None, typer.Option("--train-config", help="Training configuration every member starts from (e.g. configs/cpu.yaml); repeat to layer.")] = None,
+    overrides: SetOpt = None,
+    target_gps: TargetGpsOpt = None,
+    cache_dir: CacheOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Reuse finished members and continue an interrupted one.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the members of an ensemble spec, combine them on out-of-fold predictions, write one bundle."""
+    from roadwork.tune.ensemble import load_spec, train_ensemble
+
+    extra = list(overrides or []) + ([f"sampling.target={json.dumps(str(target_gps))}"] if target_gps else [])
+    metrics = train_ensemble(load_spec(spec), data, out, configs=list(train_config or []), overrides=extra,
+                             cache_dir=cache_dir, device=_device(device), resume=resume)
+    for name, member in metrics["members"].items():
+        console.print(f"  member {name:14s} out-of-fold MCC {member['mcc']:.3f} {member['mcc_ci95']}", highlight=False)
+    for name, combination in metrics["combinations"].items():
+        difference = combination["minus_best_member"]["ci95"]
+        console.print(f"  {name:21s} out-of-fold MCC {combination['mcc']:.3f} {combination['mcc_ci95']}; minus the "
+                      f"best member {difference}", highlight=False)
+    verdict = "beats" if metrics["recommended"] else "does not beat (by a paired interval excluding 0)"
+    console.print(f"served: {metrics['combine']}, which {verdict} the best member ({metrics['best_member']}); "
+                  f"bundle written to {out / 'bundle'}", highlight=False)
+
+
+@app.command()
+@_friendly
 def active(
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
     pool: Annotated[str, typer.Option("--pool", help="Unlabelled photos to choose from (any dataset source; labels, if any, are ignored).")],

@@ -35,6 +35,7 @@ from roadwork.evaluate.reward import simulate_reward
 from roadwork.evaluate.slices import find_slices, slice_table
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
+from roadwork.serve.ensemble import EnsemblePredictor
 from roadwork.serve.predictor import Predictor
 from roadwork.storage import atomic_write_json, writable_folder
 
@@ -56,9 +57,10 @@ class Scored:
     seen_in_training: list[str]
 
 
-def training_overlap(predictor: Predictor, samples: Sequence[Sample], keys: Sequence[str | None]) -> list[str]:
+def training_overlap(predictor: Predictor | EnsemblePredictor, samples: Sequence[Sample],
+                     keys: Sequence[str | None]) -> list[str]:
     """File names of evaluation photos that the bundle was trained on (same bytes)."""
-    seen = predictor.bundle.training_fingerprints()
+    seen = predictor.training_fingerprints()
     return [s.file_name for s, k in zip(samples, keys) if k is not None and fingerprint(k) in seen]
 
 
@@ -84,11 +86,10 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
     served, uncalibrated = np.full(len(samples), np.nan), np.full(len(samples), np.nan)
     if margins is not None:
         raw = torch.sigmoid(margins)
-        served[good] = predictor.bundle.calibration(margins).numpy()
+        served[good] = predictor.calibration(margins).numpy()
         uncalibrated[good] = (raw.mean(dim=-1) if raw.ndim == 2 else raw).numpy()
-    inputs = "the image alone" if predictor.bundle.served_metadata == "none" else "image and metadata"
-    return Scored(name, str(bundle), served, uncalibrated, predictor.bundle.calibration.method, inputs, failures,
-                  overlap)
+    inputs = "the image alone" if predictor.served_metadata == "none" else "image and metadata"
+    return Scored(name, str(bundle), served, uncalibrated, predictor.calibration.method, inputs, failures, overlap)
 
 
 def _worst(samples: Sequence[Sample], probabilities: np.ndarray, labels: np.ndarray) -> dict[str, list[dict]]:

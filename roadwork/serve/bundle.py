@@ -15,9 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -33,7 +30,7 @@ from roadwork.errors import RoadworkError
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.calibration import Calibration
-from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file
+from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file, write_folder
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -109,10 +106,8 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
     """Write the bundle into a temporary sibling folder, then swap it into place whole.
 
     ``adapted_backbones`` holds, per head, the weights fine-tuning changed in the base backbone."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         atomic_write_bytes(staging / WEIGHTS, save(state))  # save_file would create a 0600 file
         prints = torch.tensor(sorted({fingerprint(k) for k in fingerprints}), dtype=torch.int64)
@@ -145,19 +140,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
         }
         manifest["manifest_sha256"] = manifest_digest(manifest)
         atomic_write_json(staging / MANIFEST, manifest)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a server may run as another user
-        if path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, retired / path.name)
-            os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+    return write_folder(path, fill)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,8 +24,12 @@ from roadwork.features.store import FeatureStore, adapted_variant
 from roadwork.features.table import FeatureTable, head_margins
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, load_bundle
+from roadwork.serve.calibration import Calibration
 from roadwork.serve.onnx import ONNX_MANIFEST, OnnxRuntime
 from roadwork.storage import read_file
+
+if TYPE_CHECKING:
+    from roadwork.serve.ensemble import EnsemblePredictor
 
 ImageInput = bytes | str | Path | Image.Image | np.ndarray
 
@@ -78,14 +83,34 @@ class Predictor:
         return cls(load_bundle(path, device), device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-        """A bundle folder, or a folder ``roadwork export --format onnx`` wrote (then run by onnxruntime)."""
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor | EnsemblePredictor:
+        """A bundle folder, a folder ``roadwork export --format onnx`` wrote (then run by onnxruntime),
+        or an ensemble folder ``roadwork ensemble`` wrote."""
+        from roadwork.serve.ensemble import EnsemblePredictor, is_ensemble   # it builds on this class
+
+        if is_ensemble(path):
+            return EnsemblePredictor(path, device)
         return cls.from_onnx(path) if (Path(path) / ONNX_MANIFEST).is_file() else cls.from_bundle(path, device)
 
     @classmethod
     def from_onnx(cls, folder: str | Path) -> Predictor:
         """The export ``roadwork export --format onnx`` wrote, run by onnxruntime on the CPU."""
         return cls(load_bundle(Path(folder) / "bundle"), "cpu", runtime=OnnxRuntime(folder))
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.bundle.calibration
+
+    @property
+    def served_metadata(self) -> str:
+        return self.bundle.served_metadata
+
+    def training_fingerprints(self) -> set[int]:
+        return self.bundle.training_fingerprints()
+
+    def describe(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle.path), "kind": self.bundle.manifest.get("kind"),
+                "backbone": self.bundle.backbone.name}
 
     @property
     def sources(self) -> int:

@@ -22,8 +22,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from roadwork import __version__
 from roadwork.config import ServeConfig
 from roadwork.data.decode import ImageDecodeError, decode_base64
+from roadwork.serve.ensemble import EnsemblePredictor
 from roadwork.serve.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,7 @@ def _answer(prediction: Prediction) -> dict[str, Any]:
         {"error": prediction.error}
 
 
-def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastAPI:
+def create_app(predictor: Predictor | EnsemblePredictor, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     registry = CollectorRegistry()
     requests = Counter("roadwork_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
@@ -168,8 +170,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         yield
         worker.cancel()
 
-    bundle = predictor.bundle
-    app = FastAPI(title="roadwork", version=str(bundle.manifest.get("versions", {}).get("roadwork", "")),
+    app = FastAPI(title="roadwork", version=__version__,
                   description="Calibrated P(roadwork) for street-level photos; `roadwork` is probability > 0.5.",
                   lifespan=lifespan)
 
@@ -210,8 +211,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness, and which bundle answers."""
-        return {"status": "ok", "bundle": str(bundle.path), "kind": bundle.manifest.get("kind"),
-                "backbone": bundle.backbone.name}
+        return {"status": "ok", **predictor.describe()}
 
     @app.post("/predict", responses={200: {"description": '{"probability": p, "roadwork": bool}'}})
     async def predict(request: Request) -> Response:

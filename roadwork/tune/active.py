@@ -27,6 +27,8 @@ import torch
 from roadwork.data.groups import NEAR_DUPLICATE_SIMILARITY, centred_unit_vectors
 from roadwork.data.records import METADATA_FIELDS, DatasetError, Sample
 from roadwork.features.extract import content_keys
+from roadwork.serve.bundle import BundleError
+from roadwork.serve.ensemble import EnsemblePredictor
 from roadwork.serve.predictor import Predictor
 from roadwork.storage import atomic_write_bytes, atomic_write_text, writable_folder
 
@@ -89,12 +91,15 @@ def diverse_top(order: Sequence[int], budget: int, features: torch.Tensor | None
     return picked
 
 
-def rank_pool(predictor: Predictor, pool: Sequence[Sample], budget: int, *, weights: Mapping[str, float] | None = None,
+def rank_pool(predictor: Predictor | EnsemblePredictor, pool: Sequence[Sample], budget: int, *, weights: Mapping[str, float] | None = None,
               similarity: float | None = NEAR_DUPLICATE_SIMILARITY, cache_dir: str | Path | None = None,
               progress: bool | None = False) -> tuple[list[Pick], dict[str, str]]:
     """The ``budget`` pool photos most worth labelling, best first, and the photos that failed."""
     if budget < 1:
         raise ValueError(f"budget must be at least 1, got {budget}")
+    if not isinstance(predictor, Predictor):
+        raise BundleError("active learning reads one bundle, not an ensemble folder (a k-fold bundle already "
+                          "gives the members' disagreement)")
     weights = dict.fromkeys(CRITERIA, 1.0) if weights is None else dict(weights)
     unknown = set(weights) - set(CRITERIA)
     if unknown or not any(weights.values()):
@@ -106,7 +111,7 @@ def rank_pool(predictor: Predictor, pool: Sequence[Sample], budget: int, *, weig
     photos = [pool[i] for i in good]
     margins = predictor.margins_from_features(features, photos)
     members = margins if margins.ndim == 2 else margins[:, None]
-    calibration = predictor.bundle.calibration
+    calibration = predictor.calibration
     member_probabilities = torch.stack([calibration(members[:, k]) for k in range(members.shape[1])], 1).numpy()
     values = criteria(member_probabilities)
     score = combined_score(values, weights)

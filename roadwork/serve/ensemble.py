@@ -1,0 +1,171 @@
+"""An ensemble of separately trained bundles, served as one: ``roadwork ensemble`` writes it, and
+``predict``, ``evaluate`` and ``serve`` accept its folder as ``--bundle``.
+
+The folder holds ``ensemble.json`` (the members, how their calibrated probabilities are combined into
+one margin, the calibration of that margin, metrics, and the SHA-256 of every member's manifest) and
+``members/<name>/``, each a complete bundle verified on load as usual.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from roadwork.data.records import Sample
+from roadwork.serve.bundle import MANIFEST, BundleError, manifest_digest
+from roadwork.serve.calibration import Calibration
+from roadwork.serve.predictor import ImageInput, Prediction, Predictor
+from roadwork.storage import atomic_write_json, sha256_file, write_folder
+
+ENSEMBLE_MANIFEST = "ensemble.json"
+COMBINATIONS = ("mean", "mcc_weighted", "stacking")
+_EDGE = 1e-6   # probabilities are clipped this far from 0 and 1 before a logit
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EDGE, 1 - _EDGE)
+    return np.log(p) - np.log1p(-p)
+
+
+@dataclass(frozen=True)
+class Combiner:
+    """Members' calibrated probabilities ``[N, K]`` -> one margin per photo.
+
+    ``mean`` and ``mcc_weighted``: the logit of the weighted mean probability (weights sum to 1);
+    ``stacking``: a logistic regression on the members' logits (``weights`` are its coefficients).
+    """
+
+    method: str
+    weights: tuple[float, ...]
+    intercept: float = 0.0
+
+    def margins(self, probabilities: np.ndarray) -> np.ndarray:
+        weights = np.asarray(self.weights)
+        if self.method == "stacking":
+            return logit(probabilities) @ weights + self.intercept
+        return logit(probabilities @ weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "weights": list(self.weights), "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, data: Any, members: int) -> Combiner:
+        method, weights = data["method"], [float(w) for w in data["weights"]]
+        if method not in COMBINATIONS or len(weights) != members or not np.isfinite(weights).all():
+            raise ValueError(f"combiner must be one of {COMBINATIONS} with {members} finite weights, got {data!r}")
+        if method != "stacking" and (min(weights) < 0 or abs(sum(weights) - 1) > 1e-6):
+            raise ValueError(f"{method} weights must be non-negative and sum to 1, got {weights}")
+        return cls(method, tuple(weights), float(data.get("intercept", 0.0)))
+
+
+def save_ensemble(path: str | Path, members: dict[str, Path], combiner: Combiner, calibration: Calibration,
+                  metrics: dict[str, Any]) -> Path:
+    """Copy each member bundle into ``path/members/<name>`` and write ``ensemble.json``, atomically."""
+    def fill(staging: Path) -> None:
+        for name, bundle in members.items():
+            shutil.copytree(bundle, staging / "members" / name)
+        manifest = {
+            "kind": "ensemble",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "members": list(members),
+            "member_manifests": {n: sha256_file(staging / "members" / n / MANIFEST) for n in members},
+            "combiner": combiner.to_dict(),
+            "calibration": calibration.to_dict(),
+            "decision_threshold": 0.5,
+            "metrics": metrics,
+        }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+        atomic_write_json(staging / ENSEMBLE_MANIFEST, manifest)
+    return write_folder(path, fill)
+
+
+def is_ensemble(path: str | Path) -> bool:
+    return (Path(path) / ENSEMBLE_MANIFEST).is_file()
+
+
+class EnsemblePredictor:
+    """The Predictor interface (``predict_samples``, ``predict_images``, ``sample_margins``) over an
+    ensemble folder: each member predicts with its own backbone and calibration, then the combiner
+    and the ensemble's calibration make one served probability."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
+        self.path = Path(path)
+        try:
+            manifest = json.loads((self.path / ENSEMBLE_MANIFEST).read_text())
+            if manifest.get("manifest_sha256") != manifest_digest(manifest):
+                raise BundleError(f"{self.path}: {ENSEMBLE_MANIFEST} was modified after it was written")
+            names = manifest["members"]
+            for name in names:
+                member = self.path / "members" / name
+                if Path(name).name != name or sha256_file(member / MANIFEST) != manifest["member_manifests"][name]:
+                    raise BundleError(f"{self.path}: member {name!r} is missing or does not match {ENSEMBLE_MANIFEST}")
+            self.combiner = Combiner.from_dict(manifest["combiner"], len(names))
+            self.calibration = Calibration.from_dict(manifest["calibration"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BundleError(f"{self.path}: unreadable ensemble: {type(error).__name__}: {error}") from error
+        self.manifest = manifest
+        self.members = [Predictor.load(self.path / "members" / name, device) for name in names]
+
+    @property
+    def served_metadata(self) -> str:
+        return "none" if all(m.served_metadata == "none" for m in self.members) else "all"
+
+    def training_fingerprints(self) -> set[int]:
+        return set().union(*(m.training_fingerprints() for m in self.members))
+
+    def describe(self) -> dict[str, Any]:
+        return {"bundle": str(self.path), "kind": "ensemble",
+                "backbone": sorted({m.bundle.backbone.name for m in self.members}),
+                "members": self.manifest["members"], "combiner": self.combiner.method}
+
+    def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                       use_cache: bool = True, progress: bool | None = False,
+                       hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                       ) -> tuple[Tensor | None, list[int], dict[str, str]]:
+        """The combined margin of every sample all members could score (see ``Predictor.sample_margins``)."""
+        probabilities = np.full((len(samples), len(self.members)), np.nan)
+        failures: dict[str, str] = {}
+        for k, member in enumerate(self.members):
+            margins, good, failed = member.sample_margins(samples, cache_dir, use_cache, progress, hashed)
+            failures |= failed
+            if margins is not None:
+                probabilities[good, k] = member.calibration(margins).numpy()
+        good = np.flatnonzero(np.isfinite(probabilities).all(axis=1)).tolist()
+        if not good:
+            return None, [], failures
+        return torch.from_numpy(self.combiner.margins(probabilities[good])), good, failures
+
+    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                        use_cache: bool = True, progress: bool | None = False,
+                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                        ) -> tuple[list[float | None], dict[str, str]]:
+        margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
+        probs: list[float | None] = [None] * len(samples)
+        if margins is not None:
+            for i, value in zip(good, self.calibration(margins).tolist()):
+                probs[i] = value
+        return probs, failures
+
+    def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
+        answers = [member.predict_images(images, names) for member in self.members]
+        results = answers[0]
+        good = [i for i, r in enumerate(results) if r.error is None]
+        if good:
+            probabilities = np.array([[a[i].probability for a in answers] for i in good], dtype=np.float64)
+            served = self.calibration(torch.from_numpy(self.combiner.margins(probabilities)))
+            for i, value in zip(good, served.tolist()):
+                results[i].probability = value
+        return results
+
+    def warm_up(self) -> None:
+        for member in self.members:
+            member.warm_up()
