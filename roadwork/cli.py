@@ -369,6 +369,29 @@ def ensemble(
 
 @app.command()
 @_friendly
+def distill(
+    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher: an ensemble folder or any bundle.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Student run folder, as `train` writes it.")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    cache_dir: CacheOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train one probe student on the teacher's softened probabilities mixed with the labels (distill.temperature, distill.mix)."""
+    from roadwork.tune.distill import distill as run_distillation
+
+    metrics = run_distillation(teacher, data, out, _training_config(config, overrides, {}), cache_dir=cache_dir,
+                               device=_device(device), resume=resume)
+    student, info = metrics["validation"], metrics["distillation"]
+    console.print(f"student validation MCC {student['mcc']:.3f} {student['ci95']['mcc']}, AUROC {student['auroc']:.3f} "
+                  f"(teacher on the same photos: MCC {info['teacher_on_these_photos']['mcc']:.3f}, trained on "
+                  f"{info['teacher_trained_on_share']:.0%} of them); bundle written to {out / 'bundle'}", highlight=False)
+
+
+@app.command()
+@_friendly
 def active(
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
     pool: Annotated[str, typer.Option("--pool", help="Unlabelled photos to choose from (any dataset source; labels, if any, are ignored).")],

@@ -260,6 +260,14 @@ class DetectorConfig(_Strict):
     fallback: float = Field(0.5, ge=0.0, le=1.0, description="answered when a request cannot be scored")
 
 
+class DistillConfig(_Strict):
+    """``roadwork distill``: the student learns mix x softened teacher probability + (1 - mix) x label,
+    the teacher's probability softened as sigmoid(logit(p) / temperature)."""
+
+    temperature: float = Field(2.0, gt=0.0, le=20.0)
+    mix: float = Field(0.5, ge=0.0, le=1.0, description="1 = teacher only, 0 = labels only")
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -270,6 +278,7 @@ class TrainConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     trainer: TrainerConfig = TrainerConfig()
     validation: ValidationConfig = ValidationConfig()
+    distill: DistillConfig = DistillConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

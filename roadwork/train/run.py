@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from roadwork.config import HeadConfig, TrainConfig
+from roadwork.config import ConfigError, HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.distributed import is_main, launch
@@ -105,10 +105,10 @@ def _learning_rows(split: Split) -> np.ndarray:
 
 def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vocab: MetadataVocab,
                    splits: list[Split], out: Path, *, device: str, resume: bool, progress: bool,
-                   weights: np.ndarray | None) -> CandidateResult:
+                   weights: np.ndarray | None, targets: np.ndarray | None = None) -> CandidateResult:
     """Fit head ``name`` on every split; ``preps[i]`` holds split i's features (one backbone for all
     splits when it is frozen, each split's own fine-tuned one otherwise); ``weights`` (one per training
-    photo) are the GPS sampling weights."""
+    photo) are the GPS sampling weights, ``targets`` soft training targets (distillation, probe only)."""
     result = CandidateResult(name)
     head_config = config.model.model_copy(update={"type": name})
     served_none = config.validation.served_metadata == "none"
@@ -118,7 +118,7 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
         held_photos, held_rows = (prep.val, None) if split.held is None else (prep.train, split.held)
         held = _table(held_photos, held_rows, vocab, prep.text)
         saved = folder / "head.safetensors"
-        claim_folder(folder, _split_identity(name, head_config, config, prep, split, weights),
+        claim_folder(folder, _split_identity(name, head_config, config, prep, split, weights, targets),
                      config.optim.epochs if name == "multiview" else None, resume=resume, setting="optim.epochs",
                      result=saved.name)
         if resume and saved.is_file():
@@ -131,7 +131,8 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
             rows = _learning_rows(split)
             started = time.perf_counter()
             head = fit_probe(_table(prep.train, rows, vocab, None, augmented=True), prep.grouping.ids[rows],
-                             config.seed, None if weights is None else weights[rows])
+                             config.seed, None if weights is None else weights[rows],
+                             None if targets is None else targets[rows])
             info = {"fit_s": round(time.perf_counter() - started, 2)}
         else:
             select = held if split.select is None else _table(prep.train, split.select, vocab, prep.text)
@@ -152,7 +153,7 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
 
 
 def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, prep: PreparedData,
-                    split: Split, weights: np.ndarray | None) -> dict[str, Any]:
+                    split: Split, weights: np.ndarray | None, targets: np.ndarray | None = None) -> dict[str, Any]:
     """What a split's head depends on: --resume reuses a saved head or checkpoint only if this matches."""
     def keys(rows: np.ndarray | None) -> list[str]:
         return [] if rows is None else sorted(prep.train.keys[i] for i in rows)
@@ -164,6 +165,7 @@ def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, pre
     return {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings,
             "adapted_backbone": prep.adapted_digest,
             "sampling_weights": None if weights is None else hashlib.sha256(weights.tobytes()).hexdigest(),
+            "soft_targets": None if targets is None else hashlib.sha256(targets.tobytes()).hexdigest(),
             "fit": keys(split.fit), "select": keys(split.select),
             "held": keys(split.held) if split.held is not None else sorted(prep.val.keys)}  # type: ignore[union-attr]
 
@@ -189,9 +191,13 @@ def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], g
 
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
           add_data: Sequence[str] = (), cache_dir: str | Path | None = None, device: str = "cpu",
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, soft_targets: Mapping[str, float] | None = None,
+          ) -> dict[str, Any]:
     """Train on DATA (and the ``add_data`` datasets merged into it) and write OUT/bundle,
-    OUT/metrics.json and OUT/validation_predictions.csv."""
+    OUT/metrics.json and OUT/validation_predictions.csv. ``soft_targets`` (by image SHA-256) replace
+    the labels the probe learns from (``roadwork distill``); held-out scores still use the labels."""
+    if soft_targets is not None and config.model.type != "probe":
+        raise ConfigError(f"model.type: soft targets train the probe; got {config.model.type!r}")
     out = writable_folder(out, "output folder")   # before hours of extraction, not after
     check_loggers(config)
     started = time.perf_counter()
@@ -239,10 +245,12 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     preps = [a[0] for a in adapted] if adapted else [prep] * len(splits)
 
     names = CANDIDATES if config.model.type == "auto" else (config.model.type,)
+    targets = None if soft_targets is None else np.array(
+        [soft_targets.get(key, float(sample.label)) for key, sample in zip(prep.train.keys, prep.train.samples)])
     results, scores = {}, {}
     for name in names:
         results[name] = _fit_candidate(name, preps, config, vocab, splits, out, device=device, resume=resume,
-                                       progress=progress, weights=weights)
+                                       progress=progress, weights=weights, targets=targets)
         probabilities = _held_out_probabilities(results[name], labels, groups, config)
         scores[name] = (probabilities, with_intervals(probabilities, all_labels, all_groups, seed=config.seed))
     fit_seconds = time.perf_counter() - fit_started
