@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_evaluate import grouped_split  # noqa: E402
-from common import ROADWORK, machine, run_measured, subset_folder, today  # noqa: E402
+from common import ROADWORK, held_out_datasets, machine, run_measured, subset_folder, today  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 TRAIN = ["--config", str(CONFIG), "--folds", "3", "--val-fraction", "0.3", "--backbone-training", "frozen",
@@ -131,13 +130,8 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "cache"
-    for split, seed in (("synth-train", 11), ("synth-test", 12)):
-        if not (args.work / split / "metadata.csv").is_file():
-            run_measured([*ROADWORK, "synth", str(args.work / split), "--n", "400", "--seed", str(seed),
-                          "--frames-per-drive", "4"])
-    real_train, real_test = grouped_split(args.real, args.work)
-    settings = {"synthetic": (args.work / "synth-train", args.work / "synth-test", 100, 40),
-                "real-dev": (real_train, real_test, 80, 30)}
+    datasets = held_out_datasets(args.work, args.real)
+    settings = {"synthetic": (*datasets["synthetic"], 100, 40), "real-dev": (*datasets["real-dev"], 80, 30)}
     lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_active.py --work {args.work} "
              f"--real {args.real} --seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds}"]
     for name, (source, test, start_size, budget) in settings.items():

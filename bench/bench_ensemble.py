@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_evaluate import grouped_split  # noqa: E402
-from common import ROADWORK, machine, run_measured, today  # noqa: E402
+from common import ROADWORK, held_out_datasets, machine, run_measured, today  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ["--set", "backbone_training.mode=frozen", "--set", "validation.folds=3", "--set", "optim.epochs=15"]
@@ -63,12 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "cache"
-    for split, seed in (("synth-train", 11), ("synth-test", 12)):
-        if not (args.work / split / "metadata.csv").is_file():
-            run_measured([*ROADWORK, "synth", str(args.work / split), "--n", "400", "--seed", str(seed),
-                          "--frames-per-drive", "4"])
-    datasets = {"real-dev": grouped_split(args.real, args.work),
-                "synthetic": (args.work / "synth-train", args.work / "synth-test")}
+    datasets = held_out_datasets(args.work, args.real)
     lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_ensemble.py --work {args.work} "
              f"--real {args.real}" + (f" --only {args.only}" if args.only else "")]
     for name, (train, test) in datasets.items():

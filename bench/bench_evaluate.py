@@ -19,30 +19,18 @@ also writes the two side-by-side reports (probe vs isotonic probe; probe vs mult
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROADWORK, machine, run_measured, subset_folder, today  # noqa: E402
+from common import ROADWORK, held_out_datasets, machine, run_measured, today  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 BASE = ["--config", str(CONFIG), "--folds", "5", "--backbone-training", "frozen"]
 RUNS = {"probe": ["--set", "model.type=probe"], "multi-view": ["--set", "model.type=multiview"]}
-
-
-def grouped_split(source: Path, work: Path, seed: int = 0) -> tuple[Path, Path]:
-    """``source`` split by its group column: 70% of groups to train, the rest to test."""
-    with open(source / "metadata.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    groups = sorted({r["group"] for r in rows})
-    held = set(np.random.default_rng(seed).permutation(groups)[: round(0.3 * len(groups))].tolist())
-    return (subset_folder(source, [r for r in rows if r["group"] not in held], work / "real-train"),
-            subset_folder(source, [r for r in rows if r["group"] in held], work / "real-test"))
 
 
 def train(data: Path, out: Path, cache: Path, extra: list[str]) -> dict:
@@ -108,16 +96,11 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "cache"
-    synth = {}
-    for split, seed in (("synth-train", 11), ("synth-test", 12)):
-        synth[split] = args.work / split
-        if not (synth[split] / "metadata.csv").is_file():
-            run_measured([*ROADWORK, "synth", str(synth[split]), "--n", "400", "--seed", str(seed),
-                          "--frames-per-drive", "4"])
+    datasets = held_out_datasets(args.work, args.real)
     lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_evaluate.py --work {args.work} "
              f"--real {args.real}"]
-    lines += bench("synthetic", synth["synth-train"], synth["synth-test"], args.work, cache)
-    lines += bench("real-dev", *grouped_split(args.real, args.work), args.work, cache)
+    for name, (train_data, test_data) in datasets.items():
+        lines += bench(name, train_data, test_data, args.work, cache)
     print("\n".join(lines))
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 ROADWORK = [sys.executable, "-m", "roadwork"]
@@ -93,3 +94,20 @@ def subset_folder(source: Path, rows: list[dict], target: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return target
+
+
+def held_out_datasets(work: Path, real: Path, seed: int = 0) -> dict[str, tuple[Path, Path]]:
+    """(train, test) folders whose test photos come from groups training never saw: synthetic drives
+    (`synth --seed 11` to train, `--seed 12` to test, 400 frames of 4-frame drives each) and real-dev
+    (a seeded 70/30 split of its `group` column), created in ``work`` when missing."""
+    for split, synth_seed in (("synth-train", 11), ("synth-test", 12)):
+        if not (work / split / "metadata.csv").is_file():
+            run_measured([*ROADWORK, "synth", str(work / split), "--n", "400", "--seed", str(synth_seed),
+                          "--frames-per-drive", "4"])
+    with open(real / "metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    groups = sorted({r["group"] for r in rows})
+    held = set(np.random.default_rng(seed).permutation(groups)[: round(0.3 * len(groups))].tolist())
+    return {"synthetic": (work / "synth-train", work / "synth-test"),
+            "real-dev": (subset_folder(real, [r for r in rows if r["group"] not in held], work / "real-train"),
+                         subset_folder(real, [r for r in rows if r["group"] in held], work / "real-test"))}

@@ -23,7 +23,7 @@ from torch import Tensor
 from roadwork.data.records import Sample
 from roadwork.serve.bundle import MANIFEST, BundleError, manifest_digest
 from roadwork.serve.calibration import Calibration
-from roadwork.serve.predictor import ImageInput, Prediction, Predictor
+from roadwork.serve.predictor import ImageInput, Prediction, Predictor, spread
 from roadwork.storage import atomic_write_json, sha256_file, write_folder
 
 ENSEMBLE_MANIFEST = "ensemble.json"
@@ -149,11 +149,7 @@ class EnsemblePredictor:
                         hashed: tuple[list[str | None], dict[str, str]] | None = None,
                         ) -> tuple[list[float | None], dict[str, str]]:
         margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
-        probs: list[float | None] = [None] * len(samples)
-        if margins is not None:
-            for i, value in zip(good, self.calibration(margins).tolist()):
-                probs[i] = value
-        return probs, failures
+        return spread(len(samples), good, None if margins is None else self.calibration(margins)), failures
 
     def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
         answers = [member.predict_images(images, names) for member in self.members]

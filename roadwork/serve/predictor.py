@@ -43,6 +43,15 @@ class Prediction:
     error: str | None = None
 
 
+def spread(count: int, good: Sequence[int], values: Tensor | None) -> list[float | None]:
+    """``values`` of the rows ``good`` placed in a list of ``count``, None elsewhere (failed images)."""
+    placed: list[float | None] = [None] * count
+    if values is not None:
+        for i, value in zip(good, values.tolist()):
+            placed[i] = value
+    return placed
+
+
 def request_views(image: ImageInput, plan: str, input_size: int, device: torch.device, name: str) -> Tensor:
     """The views of one request image: encoded bytes, a ``data:image/...;base64,`` string, a file path, a PIL
     image or an ``[H, W, 3]`` uint8 array."""
@@ -260,8 +269,4 @@ class Predictor:
                         ) -> tuple[list[float | None], dict[str, str]]:
         """Probabilities (None where an image failed) and the failures by file name."""
         margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
-        probs: list[float | None] = [None] * len(samples)
-        if margins is not None:
-            for i, value in zip(good, self.bundle.calibration(margins).tolist()):
-                probs[i] = value
-        return probs, failures
+        return spread(len(samples), good, None if margins is None else self.calibration(margins)), failures
