@@ -72,6 +72,14 @@ def test_active_picks_a_labelling_folder_that_train_accepts(probe_bundle, tmp_pa
     scores = [float(p["score"]) for p in picks]
     assert scores == sorted(scores, reverse=True)
     assert picks[0]["weather"] in ("rain", "fog", "") and "description" in picks[0]
+    again = CliRunner().invoke(app, ["active", "--bundle", str(probe_bundle["bundle"]), "--pool", str(out),
+                                     "--budget", "3", "--out", str(tmp_path / "again"), "--cache-dir",
+                                     str(probe_bundle["cache"]), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    with open(tmp_path / "again" / "metadata.csv") as handle:
+        header = next(csv.reader(handle))
+        second = list(csv.DictReader(handle, fieldnames=header))
+    assert len(header) == len(set(header)) and [p["rank"] for p in second] == ["1", "2", "3"]   # new scores win
 
     unlabelled = CliRunner().invoke(app, ["train", "--data", str(probe_bundle["data"]), "--add-data", str(out),
                                           "--out", str(tmp_path / "run0"), "--cache-dir", str(probe_bundle["cache"])])

@@ -126,6 +126,14 @@ def test_a_tampered_ensemble_is_refused(ensemble_run, tmp_path):
         EnsemblePredictor(copy)
 
 
+def test_a_member_may_not_take_a_combination_name(tmp_path, probe_bundle):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("name: second", "name: stacking"))
+    result = CliRunner().invoke(app, ["ensemble", "--config", str(spec), "--data", str(probe_bundle["data"]),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "must differ from the combinations" in result.output
+
+
 def test_a_bad_member_setting_fails_before_any_training(tmp_path, probe_bundle):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.replace("seed: 1", "seed: 1, model.dropout: 2.0"))

@@ -28,15 +28,15 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#777;font-si
 .card img{max-width:224px;max-height:224px;display:block}img.plot{max-width:100%}"""
 
 
-def write_predictions(path: str | Path, rows: Iterable[Sequence[Any]],
-                      probability_columns: Sequence[str] = ("probability",)) -> None:
-    """``file_name,label,probability[,...]`` per image; an empty probability marks an undecodable image."""
+def write_predictions(path: str | Path, rows: Iterable[Sequence[Any]], columns: Sequence[str] = ("probability",)) -> None:
+    """``file_name,label,probability[,...]`` per image; an empty probability marks an undecodable image.
+    Floats are written with 6 decimals, other values (a group id) as they are."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file_name", "label", *probability_columns])
-    for name, label, *probabilities in rows:
+    writer.writerow(["file_name", "label", *columns])
+    for name, label, *values in rows:
         writer.writerow([name, "" if label is None else label,
-                         *("" if p is None else f"{p:.6f}" for p in probabilities)])
+                         *("" if v is None else f"{v:.6f}" if isinstance(v, float) else v for v in values)])
     atomic_write_text(path, buffer.getvalue())
 
 

@@ -104,7 +104,7 @@ def _worst(samples: Sequence[Sample], probabilities: np.ndarray, labels: np.ndar
 
 
 def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence[Sample], labels: np.ndarray,
-                  slices: list, groups: np.ndarray, seed: int) -> dict[str, Any]:
+                  slices: list, groups: np.ndarray, seed: int, resamples: int) -> dict[str, Any]:
     probabilities, raw = model.served, model.uncalibrated
     ece, bins = reliability(probabilities, labels)
     ece_before, bins_before = reliability(raw, labels)
@@ -119,7 +119,7 @@ def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence
         "reward": simulate_reward(probabilities, labels, seed=seed),
         "threshold_curve": {"thresholds": plots.THRESHOLDS.tolist(), "mcc": np.round(curve, 4).tolist(),
                             "best_threshold": float(plots.THRESHOLDS[int(np.argmax(curve))])},
-        "slices": slice_table(slices, probabilities, labels, groups, seed=seed),
+        "slices": slice_table(slices, probabilities, labels, groups, seed=seed, resamples=resamples),
         "worst": _worst(samples, probabilities, labels),
     }
 
@@ -171,7 +171,8 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
     grouping = group_samples(samples, keys, None)   # the group column, else rows (identical files together)
     draws = bootstrap_metrics([m.served for m in models], labels, grouping.ids, resamples=resamples, seed=seed)
     slices = find_slices(samples, seed)
-    reports = [_model_report(m, d, samples, labels, slices, grouping.ids, seed) for m, d in zip(models, draws)]
+    reports = [_model_report(m, d, samples, labels, slices, grouping.ids, seed, resamples)
+               for m, d in zip(models, draws)]
     failures = {name: error for m in models for name, error in m.failures.items()}
     report: dict[str, Any] = {
         **reports[0],

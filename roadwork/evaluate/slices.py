@@ -34,9 +34,11 @@ class Slice:
     rows: np.ndarray
 
 
-def _categorical(column: str, values: Sequence[str | None]) -> list[Slice]:
+def _categorical(column: str, values: Sequence[str | None], known: bool = False) -> list[Slice]:
+    """One slice per value (and the missing rows); an unknown column with more than MAX_CATEGORIES
+    values, or about one value per row, is an id and gives none."""
     present = {v for v in values if v is not None}
-    if not present or len(present) > MAX_CATEGORIES or len(present) >= 0.5 * len(values):
+    if not present or (not known and (len(present) > MAX_CATEGORIES or len(present) >= 0.5 * len(values))):
         return []
     names = np.array([MISSING if v is None else v for v in values], dtype=object)
     return [Slice(column, value, np.flatnonzero(names == value))
@@ -57,7 +59,7 @@ def gps_regions(samples: Sequence[Sample], seed: int = 0) -> list[Slice]:
 
 
 def find_slices(samples: Sequence[Sample], seed: int = 0) -> list[Slice]:
-    slices = [s for field in CATEGORY_FIELDS for s in _categorical(field, [getattr(x, field) for x in samples])]
+    slices = [s for field in CATEGORY_FIELDS for s in _categorical(field, [getattr(x, field) for x in samples], True)]
     slices += gps_regions(samples, seed)
     extra = sorted({key for s in samples for key in s.extra} - set(GROUP_COLUMNS))   # drives are not categories
     slices += [s for column in extra for s in _categorical(column, [x.extra.get(column) for x in samples])]
@@ -76,7 +78,7 @@ def find_slices(samples: Sequence[Sample], seed: int = 0) -> list[Slice]:
 
 
 def slice_table(slices: Sequence[Slice], probabilities: np.ndarray, labels: np.ndarray,
-                groups: np.ndarray | None, *, resamples: int = 500, seed: int = 0) -> list[dict[str, Any]]:
+                groups: np.ndarray | None, *, resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
     """One row per slice: size, classes, MCC with its (group) bootstrap interval, accuracy, and the
     share of each class called wrong; ``small`` where the numbers should not be read closely."""
     table = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from roadwork.serve.predictor import ImageInput, Prediction, Predictor, spread
 from roadwork.storage import atomic_write_json, sha256_file, write_folder
 
 ENSEMBLE_MANIFEST = "ensemble.json"
+MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")   # a folder name: no path separators, no ".."
 COMBINATIONS = ("mean", "mcc_weighted", "stacking")
 _EDGE = 1e-6   # probabilities are clipped this far from 0 and 1 before a logit
 
@@ -106,7 +108,8 @@ class EnsemblePredictor:
             names = manifest["members"]
             for name in names:
                 member = self.path / "members" / name
-                if Path(name).name != name or sha256_file(member / MANIFEST) != manifest["member_manifests"][name]:
+                known = manifest["member_manifests"][name]
+                if not MEMBER_NAME.fullmatch(name) or sha256_file(member / MANIFEST) != known:
                     raise BundleError(f"{self.path}: member {name!r} is missing or does not match {ENSEMBLE_MANIFEST}")
             self.combiner = Combiner.from_dict(manifest["combiner"], len(names))
             self.calibration = Calibration.from_dict(manifest["calibration"])
@@ -154,6 +157,8 @@ class EnsemblePredictor:
     def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
         answers = [member.predict_images(images, names) for member in self.members]
         results = answers[0]
+        for i, result in enumerate(results):   # an image is answered only if every member could score it
+            result.error = next((a[i].error for a in answers if a[i].error is not None), None)
         good = [i for i, r in enumerate(results) if r.error is None]
         if good:
             probabilities = np.array([[a[i].probability for a in answers] for i in good], dtype=np.float64)

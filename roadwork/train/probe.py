@@ -31,6 +31,7 @@ def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int, weights: np.nd
     row_weights = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)[rows.numpy()]
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / scale
+    folds = min(INNER_FOLDS, len(np.unique(groups)), int(np.bincount(y, minlength=2).min()))
     if targets is not None:
         # A soft target t is a positive of weight t plus a negative of weight 1 - t: the log-loss is the
         # same, and scikit-learn's logistic regression takes hard labels only. The pair shares a group.
@@ -38,7 +39,6 @@ def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int, weights: np.nd
         z, groups = np.concatenate([z, z]), np.concatenate([groups, groups])
         y = np.concatenate([np.ones(len(t), dtype=y.dtype), np.zeros(len(t), dtype=y.dtype)])
         row_weights = np.concatenate([row_weights * t, row_weights * (1 - t)])
-    folds = min(INNER_FOLDS, len(np.unique(groups)), int(np.bincount(y).min()))
     if folds >= 2:
         splits = kfold_splits(y, groups, folds, seed)
         model = LogisticRegressionCV(Cs=INVERSE_L2, l1_ratios=(0.0,), cv=splits, scoring="neg_log_loss",

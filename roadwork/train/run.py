@@ -268,7 +268,9 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     if not is_main():   # the same result, written once (by process 0)
         return {"validation": validation, "chosen_head": chosen}
     held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
-    write_predictions(out / "validation_predictions.csv", zip(held_names, all_labels.tolist(), probabilities.tolist()))
+    write_predictions(out / "validation_predictions.csv",   # the group lets `ensemble` keep drives together
+                      zip(held_names, all_labels.tolist(), probabilities.tolist(), all_groups.tolist()),
+                      ["probability", "group"])
     kind = (f"out-of-fold over {len(splits)} grouped folds; each fold cut by a calibration fitted on the others"
             if len(splits) > 1 else
             "one held-out set that also chose the checkpoint, the cut and the head: optimistic")

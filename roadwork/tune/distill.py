@@ -19,6 +19,7 @@ import numpy as np
 from roadwork.config import TrainConfig
 from roadwork.data.records import DatasetError
 from roadwork.data.sources import load_samples
+from roadwork.distributed import is_main
 from roadwork.evaluate.metrics import binary_metrics
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
@@ -57,6 +58,8 @@ def distill(teacher: str | Path, data: str, out: str | Path, config: TrainConfig
                     100 * seen_share)
     metrics = train(data, out, config, cache_dir=cache_dir, device=device, resume=resume, progress=progress,
                     soft_targets={hashed[0][i]: float(t) for i, t in zip(scored, targets)})   # type: ignore[misc]
+    if not is_main():   # ddp: process 0 writes
+        return metrics
     metrics["distillation"] = {
         "teacher": str(teacher), "temperature": config.distill.temperature, "mix": config.distill.mix,
         "teacher_trained_on_share": round(seen_share, 4),

@@ -26,13 +26,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from roadwork.config import ConfigError, TrainConfig, load_config
-from roadwork.data.groups import group_samples
 from roadwork.data.records import DatasetError
-from roadwork.data.sources import load_samples
-from roadwork.evaluate.metrics import binary_metrics, bootstrap_metrics, paired_difference, with_intervals
-from roadwork.features.extract import content_keys
+from roadwork.distributed import barrier, is_main
+from roadwork.evaluate.metrics import binary_metrics, bootstrap_metrics, interval, paired_difference
 from roadwork.serve.calibration import Calibration, fit_calibration
-from roadwork.serve.ensemble import COMBINATIONS, Combiner, logit, save_ensemble
+from roadwork.serve.ensemble import COMBINATIONS, MEMBER_NAME, Combiner, logit, save_ensemble
 from roadwork.storage import atomic_write_json, writable_folder
 from roadwork.train.run import train
 
@@ -42,7 +40,7 @@ COMBINATION_FOLDS = 5
 
 class MemberSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=f"^{MEMBER_NAME.pattern}$")
     set: dict[str, Any] = Field(default_factory=dict, description="dotted config keys for this member")
 
 
@@ -57,6 +55,8 @@ class EnsembleSpec(BaseModel):
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be distinct, got {names}")
+        if set(names) & set(COMBINATIONS):
+            raise ValueError(f"member names must differ from the combinations {COMBINATIONS}, got {names}")
         return members
 
 
@@ -82,9 +82,10 @@ def member_configs(spec: EnsembleSpec, configs: list[str | Path], overrides: lis
     return result
 
 
-def read_out_of_fold(run: Path) -> dict[str, tuple[int, float]]:
+def read_out_of_fold(run: Path) -> dict[str, tuple[int, float, str]]:
+    """(label, out-of-fold probability, group) by file name, as the member's run wrote them."""
     with open(run / "validation_predictions.csv", newline="") as handle:
-        return {r["file_name"]: (int(r["label"]), float(r["probability"])) for r in csv.DictReader(handle)
+        return {r["file_name"]: (int(r["label"]), float(r["probability"]), r["group"]) for r in csv.DictReader(handle)
                 if r["probability"]}
 
 
@@ -119,14 +120,6 @@ def combination_out_of_fold(method: str, probabilities: np.ndarray, labels: np.n
     return served
 
 
-def _groups(data: str, names: list[str]) -> tuple[np.ndarray, str]:
-    samples = load_samples(data)
-    keys, _ = content_keys(samples)
-    grouping = group_samples(samples, [k or s.file_name for s, k in zip(samples, keys)], None)
-    by_name = dict(zip((s.file_name for s in samples), grouping.ids))
-    return np.array([by_name[n] for n in names]), grouping.source
-
-
 def train_ensemble(spec: EnsembleSpec, data: str, out: str | Path, *, configs: list[str | Path] | None = None,
                    overrides: list[str] | None = None, cache_dir: str | Path | None = None, device: str = "cpu",
                    resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -134,35 +127,39 @@ def train_ensemble(spec: EnsembleSpec, data: str, out: str | Path, *, configs: l
     out = writable_folder(out, "ensemble folder")
     settings = member_configs(spec, list(configs or []), list(overrides or []))
     runs = {name: out / "members" / name for name in settings}
-    for name, config in settings.items():
-        if resume and (runs[name] / "metrics.json").is_file() and (runs[name] / "bundle").is_dir():
-            log.info("member %s: finished, reused", name)
-            continue
-        log.info("member %s: training", name)
+    for name, config in settings.items():   # with --resume, train itself reuses what still fits the settings
+        log.info("member %s", name)
         train(data, runs[name], config, cache_dir=cache_dir, device=device, resume=resume, progress=progress)
+    barrier()
+    if not is_main():   # ddp: process 0 combines and writes
+        return {}
 
     predictions = {name: read_out_of_fold(run) for name, run in runs.items()}
     names = sorted(set.intersection(*(set(p) for p in predictions.values())))
     if len(names) < 20:
         raise DatasetError(f"the members share out-of-fold predictions for only {len(names)} photos: train them with "
                            "validation.folds > 1 on the same data")
-    labels = np.array([predictions[next(iter(runs))][n][0] for n in names])
+    first = predictions[next(iter(runs))]
+    labels = np.array([first[n][0] for n in names])
+    # The first member's groups (its group column or near-duplicate photos): the second
+    # cross-validation and the bootstrap keep drives together as training did.
+    groups = np.unique([first[n][2] for n in names], return_inverse=True)[1]
     probabilities = np.array([[predictions[m][n][1] for m in runs] for n in names])
-    groups, grouped_by = _groups(data, names)
     seed = next(iter(settings.values())).seed
 
     scored = {m: probabilities[:, k] for k, m in enumerate(runs)}
     scored |= {c: combination_out_of_fold(c, probabilities, labels, groups, seed) for c in COMBINATIONS}
     draws = dict(zip(scored, bootstrap_metrics(list(scored.values()), labels, groups, seed=seed)))
-    estimates = {name: with_intervals(p, labels, groups, seed=seed) for name, p in scored.items()}
+    estimates = {name: {**binary_metrics(p, labels), "ci95": {k: interval(v) for k, v in draws[name].items()}}
+                 for name, p in scored.items()}
     best_member = max(runs, key=lambda m: estimates[m]["mcc"])
     chosen = spec.combine if spec.combine != "auto" else max(COMBINATIONS, key=lambda c: estimates[c]["mcc"])
     against_best = {c: paired_difference(draws[best_member], draws[c]) for c in COMBINATIONS}
     recommended = against_best[chosen]["ci95"] is not None and against_best[chosen]["ci95"][0] > 0
     combiner, calibration = fit_combination(chosen, probabilities, labels, groups, seed)
     metrics: dict[str, Any] = {
-        "estimate": f"out-of-fold over {len(names)} photos; combinations scored by a second {COMBINATION_FOLDS}-fold "
-                    f"grouped cross-validation ({grouped_by})",
+        "estimate": f"out-of-fold over {len(names)} photos in {groups.max() + 1} groups; combinations scored by a "
+                    f"second {COMBINATION_FOLDS}-fold grouped cross-validation",
         "members": {m: _summary(estimates[m]) for m in runs},
         "combinations": {c: {**_summary(estimates[c]), "minus_best_member": against_best[c]} for c in COMBINATIONS},
         "best_member": best_member, "combine": chosen, "recommended": recommended,
