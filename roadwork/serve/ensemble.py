@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from roadwork.data.records import Sample
+from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import MANIFEST, BundleError, manifest_digest
 from roadwork.serve.calibration import Calibration
-from roadwork.serve.predictor import ImageInput, Prediction, Predictor, spread
+from roadwork.serve.predictor import ImageInput, Prediction, Predictor, SampleScoring
 from roadwork.storage import atomic_write_json, sha256_file, write_folder
 
 ENSEMBLE_MANIFEST = "ensemble.json"
@@ -94,7 +95,7 @@ def is_ensemble(path: str | Path) -> bool:
     return (Path(path) / ENSEMBLE_MANIFEST).is_file()
 
 
-class EnsemblePredictor:
+class EnsemblePredictor(SampleScoring):
     """The Predictor interface (``predict_samples``, ``predict_images``, ``sample_margins``) over an
     ensemble folder: each member predicts with its own backbone and calibration, then the combiner
     and the ensemble's calibration make one served probability."""
@@ -137,6 +138,8 @@ class EnsemblePredictor:
         """The combined margin of every sample all members could score (see ``Predictor.sample_margins``)."""
         probabilities = np.full((len(samples), len(self.members)), np.nan)
         failures: dict[str, str] = {}
+        if use_cache and hashed is None:   # hash every image once, not once per member
+            hashed = content_keys(samples, progress)
         for k, member in enumerate(self.members):
             margins, good, failed = member.sample_margins(samples, cache_dir, use_cache, progress, hashed)
             failures |= failed
@@ -146,13 +149,6 @@ class EnsemblePredictor:
         if not good:
             return None, [], failures
         return torch.from_numpy(self.combiner.margins(probabilities[good])), good, failures
-
-    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                        use_cache: bool = True, progress: bool | None = False,
-                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                        ) -> tuple[list[float | None], dict[str, str]]:
-        margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
-        return spread(len(samples), good, None if margins is None else self.calibration(margins)), failures
 
     def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
         answers = [member.predict_images(images, names) for member in self.members]

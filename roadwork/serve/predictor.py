@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,29 @@ def request_views(image: ImageInput, plan: str, input_size: int, device: torch.d
     raise ImageDecodeError(f"{name}: unsupported image input {type(image).__name__}")
 
 
-class Predictor:
+class SampleScoring(ABC):
+    """``predict_samples`` for anything with ``sample_margins`` and a ``calibration`` (a bundle's
+    Predictor, an ensemble's)."""
+
+    calibration: Calibration
+
+    @abstractmethod
+    def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                       use_cache: bool = True, progress: bool | None = False,
+                       hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                       ) -> tuple[Tensor | None, list[int], dict[str, str]]:
+        """Margins of the samples that could be scored, their indices, failures by file name."""
+
+    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                        use_cache: bool = True, progress: bool | None = False,
+                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                        ) -> tuple[list[float | None], dict[str, str]]:
+        """Probabilities (None where an image failed) and the failures by file name."""
+        margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
+        return spread(len(samples), good, None if margins is None else self.calibration(margins)), failures
+
+
+class Predictor(SampleScoring):
     """Holds the heads, and loads the backbone(s) and text encoder only when first needed.
 
     A frozen-backbone bundle has one feature source shared by every head; a fine-tuned one has a
@@ -263,10 +286,3 @@ class Predictor:
         margins = self.margins_from_features(features, [samples[i] for i in good]) if good else None
         return margins, good, failures
 
-    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                        use_cache: bool = True, progress: bool | None = False,
-                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                        ) -> tuple[list[float | None], dict[str, str]]:
-        """Probabilities (None where an image failed) and the failures by file name."""
-        margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
-        return spread(len(samples), good, None if margins is None else self.calibration(margins)), failures
