@@ -45,6 +45,18 @@ ViewsOpt = Annotated[ViewPlan, typer.Option("--views", help="View plan: auto (ti
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")]
 
 
+class TtaMode(str, enum.Enum):
+    none = "none"
+    plain = "plain"
+    foods = "foods"
+
+
+TtaOpt = Annotated[TtaMode, typer.Option("--tta", help="Test-time augmentation: none, plain (mean over the plan's fixed transforms of each photo) or foods (keep the copies closest to the training features, softmax-weighted). It multiplies the backbone's cost.")]
+TtaCountOpt = Annotated[int, typer.Option("--tta-augmentations", help="Copies per photo, the photo itself included (2-16).")]
+TtaKeepOpt = Annotated[float, typer.Option("--tta-keep", help="foods: share of the copies kept, closest first.")]
+TtaTemperatureOpt = Annotated[float, typer.Option("--tta-temperature", help="foods: weights are softmax(-Mahalanobis distance / temperature).")]
+
+
 def _friendly(func: F) -> F:
     """Turn input errors into a one-line message and exit code 2 instead of a traceback."""
 
@@ -81,6 +93,12 @@ def _device(name: str) -> str:
     if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
         raise RoadworkError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return name
+
+
+def _tta(mode: TtaMode, augmentations: int, keep: float, temperature: float) -> Any:
+    from roadwork.config import tta_config
+
+    return tta_config(mode=mode.value, augmentations=augmentations, keep=keep, temperature=temperature)
 
 
 def _target(target_gps: Path | None, target_data: str | None) -> str | None:
@@ -314,12 +332,16 @@ def evaluate(
     device: DeviceOpt = "auto",
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for every interval.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the reward simulation.")] = 0,
+    tta: TtaOpt = TtaMode.none,
+    tta_augmentations: TtaCountOpt = 16,
+    tta_keep: TtaKeepOpt = 0.8,
+    tta_temperature: TtaTemperatureOpt = 1.0,
 ) -> None:
     """Score bundles on a labelled dataset: metrics with intervals, slices, reward, an HTML report."""
     from roadwork.evaluate.run import evaluate as run_evaluation
 
     report = run_evaluation(bundle, data, out, cache_dir=cache_dir, device=_device(device), resamples=resamples,
-                            seed=seed)
+                            seed=seed, tta=_tta(tta, tta_augmentations, tta_keep, tta_temperature))
     for model in [report, *report.get("compared", [])]:
         auroc = "n/a (one class)" if model["auroc"] is None else f"{model['auroc']:.3f}"
         low, high = model["ci95"]["mcc"]
@@ -436,12 +458,18 @@ def predict(
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")] = False,
     device: DeviceOpt = "auto",
+    tta: TtaOpt = TtaMode.none,
+    tta_augmentations: TtaCountOpt = 16,
+    tta_keep: TtaKeepOpt = 0.8,
+    tta_temperature: TtaTemperatureOpt = 1.0,
 ) -> None:
     """Print one JSON line per image: {"file", "probability", "roadwork"} (or "error")."""
     from roadwork.data.records import Sample
     from roadwork.serve.predictor import Predictor
 
+    config = _tta(tta, tta_augmentations, tta_keep, tta_temperature)
     predictor = Predictor.load(bundle, _device(device))
+    predictor.use_tta(config)
     samples = [Sample(file_name=str(p), label=None, path=p) for p in paths]
     probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, use_cache=not no_cache)
     for sample, prob in zip(samples, probs):
@@ -467,6 +495,10 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, MiB (413 beyond).")] = 20.0,
     timeout_s: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds a request may wait for its answer (504 beyond).")] = 30.0,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="ROADWORK_API_KEY", help="Require this X-API-Key header (env ROADWORK_API_KEY).")] = None,
+    tta: TtaOpt = TtaMode.none,
+    tta_augmentations: TtaCountOpt = 16,
+    tta_keep: TtaKeepOpt = 0.8,
+    tta_temperature: TtaTemperatureOpt = 1.0,
 ) -> None:
     """Serve a bundle over HTTP: POST /predict, POST /predict/batch, GET /healthz, GET /metrics, /docs."""
     import ipaddress
@@ -485,7 +517,9 @@ def serve(
         local = host == "localhost"
     if not local and api_key is None:
         console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who reaches it can use it")
+    augmentation = _tta(tta, tta_augmentations, tta_keep, tta_temperature)
     predictor = Predictor.load(bundle, _device(device))
+    predictor.use_tta(augmentation)
     predictor.warm_up()
     uvicorn.run(create_app(predictor, config), host=host, port=port, log_level="warning")
 

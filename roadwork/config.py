@@ -252,12 +252,25 @@ class ServeConfig(_Strict):
     api_key: str | None = Field(None, min_length=8)
 
 
+class TtaConfig(_Strict):
+    """Test-time augmentation (roadwork.serve.tta): the first ``augmentations`` of the plan's 16 fixed
+    transforms of each photo, their margins averaged (``plain``) or FOODS-weighted (``foods``: keep
+    the ``keep`` share of copies closest to the training features by Mahalanobis distance, weighted
+    by softmax(-distance / temperature)). Off by default: it multiplies the backbone's cost."""
+
+    mode: Literal["none", "plain", "foods"] = "none"
+    augmentations: int = Field(16, ge=2, le=16)
+    keep: float = Field(0.8, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0, le=1000.0)
+
+
 class DetectorConfig(_Strict):
     """The StreetVision miner adapter's YAML (roadwork.serve.streetvision)."""
 
     bundle: str = Field(min_length=1)
     device: str = "cpu"
     fallback: float = Field(0.5, ge=0.0, le=1.0, description="answered when a request cannot be scored")
+    tta: TtaConfig = TtaConfig()
 
 
 class DistillConfig(_Strict):
@@ -347,6 +360,14 @@ def serve_config(**values: Any) -> ServeConfig:
         return ServeConfig.model_validate(values)
     except ValidationError as error:
         raise ConfigError(_format(error)) from None
+
+
+def tta_config(**values: Any) -> TtaConfig:
+    """A validated TtaConfig from the ``--tta*`` options."""
+    try:
+        return TtaConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_format(error).replace("\n  ", "\n  tta.")) from None
 
 
 def detector_config(path: str | Path) -> DetectorConfig:

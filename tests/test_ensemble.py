@@ -3,7 +3,6 @@ evaluate and the request path, and tampering."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -105,6 +104,22 @@ def test_the_ensemble_bundle_predicts_evaluates_and_answers_requests(ensemble_ru
     report = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert report["seen_in_training"] == 24   # the ensemble knows its members' training photos
     assert report["comparisons"][0]["b"] == "first"
+
+
+def test_an_ensemble_scores_each_member_over_test_time_copies(ensemble_run):
+    from roadwork.config import TtaConfig
+    from roadwork.data.sources import load_samples
+
+    predictor = Predictor.load(ensemble_run["run"] / "bundle")
+    config = TtaConfig(mode="foods", augmentations=4)
+    predictor.use_tta(config)
+    assert all(member.tta == config for member in predictor.members)
+    samples = load_samples(str(ensemble_run["data"]))[:4]
+    batch, _ = predictor.predict_samples(samples, cache_dir=ensemble_run["cache"])
+    request = [r.probability for r in predictor.predict_images([s.path for s in samples])]
+    members = [m.predict_samples(samples, cache_dir=ensemble_run["cache"])[0] for m in predictor.members]
+    combined = predictor.calibration(torch.from_numpy(predictor.combiner.margins(np.array(members).T))).numpy()
+    assert np.allclose(batch, combined, atol=1e-6) and np.allclose(batch, request, atol=1e-5)
 
 
 def test_a_tampered_ensemble_is_refused(ensemble_run, tmp_path):

@@ -61,7 +61,7 @@ def test_train_writes_bundle_and_metrics(trained):
     assert manifest["vocabulary"]["fields"]["weather"] == ["fog", "rain"]
     assert manifest["head"]["d_model"] == 32 and manifest["decision_threshold"] == 0.5
     assert manifest["kind"] == "head" and manifest["members"] == 1 and manifest["served_metadata"] == "none"
-    assert set(manifest["files"]) == {"model.safetensors", "fingerprints.safetensors"}
+    assert set(manifest["files"]) == {"model.safetensors", "fingerprints.safetensors", "feature-density.safetensors"}
     assert manifest["data"]["train"]["n"] == 40
     assert (run / "validation_predictions.csv").read_text().count("\n") == n_val + 1
 

@@ -3,7 +3,10 @@
 Every view of every photo draws its own parameters (kornia samples per batch element, and views are
 flattened into the batch), so one photo yields differently augmented views. Presets live in
 ``augment_presets/`` (``heavy`` = the plan's probabilities, ``light`` = halved); single
-probabilities can be overridden. Validation and test never see augmentation.
+probabilities can be overridden. Validation never sees augmentation.
+
+Test-time augmentation (``TTA_TRANSFORMS``, the plan's 16 fixed transforms) is a serving option,
+off by default; see roadwork.serve.tta.
 
 Fog and sun glare are written here because kornia has neither; both are vectorised over the batch.
 """
@@ -11,12 +14,17 @@ Fog and sun glare are written here because kornia has neither; both are vectoris
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import kornia
 import kornia.augmentation as K
+import kornia.enhance as KE
+import kornia.filters as KF
+import kornia.geometry.transform as KG
 import torch
 import yaml
 from torch import Tensor, nn
@@ -158,3 +166,95 @@ def preview_grid(photos: list[Tensor], augmenter: ViewAugmenter, copies: int, ti
             rows.append(torch.cat([shown, padding]))
     grid = make_grid(torch.cat(rows), nrow=columns, padding=4, pad_value=1.0)
     return (grid * 255.0).round().to(torch.uint8)
+
+
+# Test-time augmentation (plan component 19): the plan's 16 fixed transforms, the photo itself first.
+# Fixed, not random, so a photo gets the same copies on the request path and in a cached evaluation.
+TTA_TRANSFORMS: tuple[tuple[str, str, float], ...] = (
+    ("original", "identity", 0.0),
+    ("flip", "flip", 0.0),
+    ("rotate+10", "rotate", 10.0), ("rotate-10", "rotate", -10.0),
+    ("scale0.9", "scale", 0.9), ("scale1.1", "scale", 1.1),
+    ("brighter", "brightness", 1.15), ("darker", "brightness", 0.85),
+    ("more-contrast", "contrast", 1.15), ("less-contrast", "contrast", 0.85),
+    ("warmer", "colour", 0.05), ("cooler", "colour", -0.05),
+    ("blur1", "blur", 1.0), ("blur2", "blur", 2.0),
+    ("tilt-down", "perspective", 0.08), ("tilt-up", "perspective", -0.08),
+)
+
+
+def _perspective(x: Tensor, amount: float) -> Tensor:
+    """Narrow the top (amount > 0) or the bottom (amount < 0) edge by ``amount`` of the width a side,
+    as if the camera pitched."""
+    size = x.shape[-1] - 1.0
+    inset = abs(amount) * size
+    corners = torch.tensor([[0.0, 0.0], [size, 0.0], [size, size], [0.0, size]], device=x.device)
+    moved = corners.clone()
+    if amount > 0:
+        moved[0, 0] += inset
+        moved[1, 0] -= inset
+    else:
+        moved[3, 0] += inset
+        moved[2, 0] -= inset
+    matrix = KG.get_perspective_transform(corners[None], moved[None]).expand(x.shape[0], 3, 3)
+    return KG.warp_perspective(x, matrix, dsize=tuple(x.shape[-2:]), padding_mode="reflection")
+
+
+def _apply(x: Tensor, op: str, value: float) -> Tensor:
+    n = x.shape[0]
+    if op == "identity":
+        return x
+    if op == "flip":
+        return x.flip(-1)
+    if op == "rotate":
+        return KG.rotate(x, torch.full((n,), value, device=x.device), padding_mode="reflection")
+    if op == "scale":
+        return KG.scale(x, torch.full((n, 2), value, device=x.device), padding_mode="reflection")
+    if op == "brightness":
+        return x * value
+    if op == "contrast":
+        return KE.adjust_contrast_with_mean_subtraction(x, value)
+    if op == "colour":   # a hue turn plus a matching saturation change: two colour-jitter variations
+        return KE.adjust_saturation(KE.adjust_hue(x, value * math.pi), 1.0 + 2.0 * value)
+    if op == "blur":
+        return KF.gaussian_blur2d(x, 2 * math.ceil(2 * value) + 1, (value, value))
+    if op == "perspective":
+        return _perspective(x, value)
+    raise ValueError(f"unknown test-time transform {op!r}")
+
+
+class TtaTransform:
+    """Test-time copy ``index`` of an image's views (``TTA_TRANSFORMS``); called like
+    ``SeededCopy`` so the feature store can cache its features under ``variant``."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.name, self.op, self.value = TTA_TRANSFORMS[index]
+
+    @property
+    def identity(self) -> bool:
+        return self.op == "identity"
+
+    @property
+    def variant(self) -> str | None:
+        """Cache variant (None for the photo itself, which shares the plain features)."""
+        if self.identity:
+            return None
+        spec = f"{self.op}:{self.value!r}|kornia{kornia.__version__}"
+        return f"tta-{self.name}|{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+
+    @torch.no_grad()
+    def __call__(self, views: Tensor, key: str | None = None) -> Tensor:
+        if self.identity:
+            return views
+        was_uint8 = views.dtype == torch.uint8
+        x = views.float() / 255.0 if was_uint8 else views.float()
+        x = _apply(x, self.op, self.value).clamp(0.0, 1.0)
+        return (x * 255.0).round().to(torch.uint8) if was_uint8 else x
+
+
+def tta_transforms(count: int) -> list[TtaTransform]:
+    """The first ``count`` test-time transforms (the photo itself always first)."""
+    if not 1 <= count <= len(TTA_TRANSFORMS):
+        raise ValueError(f"test-time augmentations: choose 1 to {len(TTA_TRANSFORMS)}, got {count}")
+    return [TtaTransform(i) for i in range(count)]

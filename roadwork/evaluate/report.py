@@ -165,12 +165,15 @@ def write_report(path: str | Path, report: dict[str, Any], figures: dict[str, An
         + _gallery("False positives (no roadwork, highest P(roadwork))", m["worst"]["false_positives"], by_name)
         + _gallery("False negatives (roadwork, lowest P(roadwork))", m["worst"]["false_negatives"], by_name)
         for m in models)
-    bootstrap = report["bootstrap"]
+    bootstrap, tta = report["bootstrap"], report["tta"]
+    augmentation = ("none" if tta["mode"] == "none" else
+                    f"{_esc(tta['mode'])} over {tta['augmentations']} copies per photo" +
+                    (f" (closest {tta['keep']:.0%} kept, temperature {tta['temperature']:g})" if tta["mode"] == "foods" else ""))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>roadwork evaluation</title><style>{STYLE}</style></head>
 <body><h1>roadwork evaluation</h1>
 <p>Data: <code>{_esc(report['data'])}</code>, {report['n']} photos scored ({report['undecodable']} could not be
-decoded); inputs: {_esc(report['inputs'])}.<br>Bundles: {', '.join(f"<code>{_esc(m['bundle'])}</code>" for m in models)}</p>
+decoded); inputs: {_esc(report['inputs'])}; test-time augmentation: {augmentation}.<br>Bundles: {', '.join(f"<code>{_esc(m['bundle'])}</code>" for m in models)}</p>
 {warnings}{headline}
 <p>Intervals: {bootstrap['resamples']} bootstrap resamples (seed {bootstrap['seed']}) of {bootstrap['groups']}
 groups ({_esc(bootstrap['grouped_by'])}); decisions at p &gt; 0.5, as the validator rounds.</p>

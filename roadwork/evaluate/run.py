@@ -9,6 +9,7 @@ reference: its numbers are metrics.json's top-level keys, the others are under `
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from roadwork.config import TtaConfig
 from roadwork.data.groups import group_samples
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
@@ -55,6 +57,7 @@ class Scored:
     inputs: str
     failures: dict[str, str]
     seen_in_training: list[str]
+    seconds: float   # scoring time, feature extraction (or cache reads) included
 
 
 def training_overlap(predictor: Predictor | EnsemblePredictor, samples: Sequence[Sample],
@@ -76,8 +79,11 @@ def model_names(bundles: Sequence[str | Path]) -> list[str]:
 
 def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
                  hashed: tuple[list[str | None], dict[str, str]], *, cache_dir: str | Path | None,
-                 device: str) -> Scored:
+                 device: str, tta: TtaConfig | None = None) -> Scored:
+    started = time.perf_counter()
     predictor = Predictor.load(bundle, device)
+    if tta is not None:
+        predictor.use_tta(tta)
     overlap = training_overlap(predictor, samples, hashed[0])
     if overlap:
         log.warning("%s: %d of %d evaluation photos were in its training data (e.g. %s): their scores are not "
@@ -89,7 +95,8 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
         served[good] = predictor.calibration(margins).numpy()
         uncalibrated[good] = (raw.mean(dim=-1) if raw.ndim == 2 else raw).numpy()
     inputs = "the image alone" if predictor.served_metadata == "none" else "image and metadata"
-    return Scored(name, str(bundle), served, uncalibrated, predictor.calibration.method, inputs, failures, overlap)
+    return Scored(name, str(bundle), served, uncalibrated, predictor.calibration.method, inputs, failures, overlap,
+                  time.perf_counter() - started)
 
 
 def _worst(samples: Sequence[Sample], probabilities: np.ndarray, labels: np.ndarray) -> dict[str, list[dict]]:
@@ -114,6 +121,7 @@ def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence
         **binary_metrics(probabilities, labels, 0.5),
         "ci95": {name: interval(draws[name]) for name in METRICS},
         "inputs": model.inputs, "seen_in_training": len(model.seen_in_training),
+        "scoring_seconds": round(model.seconds, 2),
         "calibration": {"method": model.calibration_method, "ece": round(ece, 4), "ece_uncalibrated": round(ece_before, 4),
                         "bins": [b.__dict__ for b in bins], "bins_uncalibrated": [b.__dict__ for b in bins_before]},
         "reward": simulate_reward(probabilities, labels, seed=seed),
@@ -147,15 +155,16 @@ def _figures(reports: Sequence[dict[str, Any]], probabilities: Sequence[np.ndarr
 
 def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | Path, *,
              cache_dir: str | Path | None = None, device: str = "cpu", resamples: int = 1000,
-             seed: int = 0) -> dict[str, Any]:
-    """Score each bundle on DATA and write OUT/metrics.json, OUT/predictions.csv and OUT/report.html."""
+             seed: int = 0, tta: TtaConfig | None = None) -> dict[str, Any]:
+    """Score each bundle on DATA and write OUT/metrics.json, OUT/predictions.csv and OUT/report.html;
+    ``tta`` scores every bundle over test-time copies (roadwork.serve.tta)."""
     bundles = [bundles] if isinstance(bundles, str | Path) else list(bundles)
     if not bundles:
         raise ValueError("evaluate needs at least one bundle")
     out = writable_folder(out, "report folder")
     all_samples = load_samples(data)
     hashed = content_keys(all_samples)
-    models = [score_bundle(b, name, all_samples, hashed, cache_dir=cache_dir, device=device)
+    models = [score_bundle(b, name, all_samples, hashed, cache_dir=cache_dir, device=device, tta=tta)
               for b, name in zip(bundles, model_names(bundles))]
     kept = np.flatnonzero(np.all([np.isfinite(m.served) for m in models], axis=0))
     if not len(kept):
@@ -178,6 +187,7 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
         **reports[0],
         "data": str(data), "undecodable": len(failures), "failures": failures, "warnings": _warnings(models, labels),
         "bootstrap": {"resamples": resamples, "seed": seed, "grouped_by": grouping.source, "groups": grouping.count},
+        "tta": (tta or TtaConfig()).model_dump(),
     }
     if len(reports) > 1:
         report["compared"] = reports[1:]

@@ -113,13 +113,24 @@ def loader(table: FeatureTable, batch_size: int, *, sampler: Sampler[int] | None
 
 
 @torch.inference_mode()
+def head_outputs(head: torch.nn.Module, table: FeatureTable, device: str | torch.device = "cpu",
+                 batch_size: int = 512, fused: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``head_margins``, and with ``fused`` each member's fusion-layer features (what its classifier
+    reads) ``[N, K, F]``."""
+    head.eval().to(device)
+    margins, pooled = [], []
+    for b in loader(table, batch_size):
+        out = head(b.features.to(device), b.view_mask.to(device), b.meta.to(device))
+        margins.append((out.member_margins if out.member_margins is not None else out.margin).float().cpu())
+        if fused:
+            members = 1 if out.member_margins is None else out.member_margins.shape[-1]
+            pooled.append(out.pooled.float().cpu().reshape(len(b.labels), members, -1))
+    return torch.cat(margins), torch.cat(pooled) if fused else None
+
+
 def head_margins(head: torch.nn.Module, table: FeatureTable, device: str | torch.device = "cpu",
                  batch_size: int = 512) -> Tensor:
     """Logit margins (float32, CPU) of ``head`` over every row of ``table``, in eval mode: ``[N]``, or
     ``[N, K]`` (one per member) for an ensemble of K > 1 heads."""
-    head.eval().to(device)
-    margins = []
-    for b in loader(table, batch_size):
-        out = head(b.features.to(device), b.view_mask.to(device), b.meta.to(device))
-        margins.append((out.member_margins if out.member_margins is not None else out.margin).float().cpu())
-    return torch.cat(margins)
+    return head_outputs(head, table, device, batch_size)[0]
+

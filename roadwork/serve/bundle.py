@@ -4,7 +4,8 @@
 mean of their calibrated probabilities); ``backbone-<i>.safetensors``, when the backbone was
 fine-tuned, the weights that member i changed in the base backbone the manifest names (adapters
 merged); ``fingerprints.safetensors`` the first 8 bytes of the SHA-256 of every training image (so
-``evaluate`` can warn when it is shown photos the model learnt from); ``manifest.json`` names the
+``evaluate`` can warn when it is shown photos the model learnt from); ``feature-density.safetensors``
+each head's training-feature Gaussian (for FOODS test-time augmentation); ``manifest.json`` names the
 kind and holds the head configuration, backbone and view plan, how the backbone was trained,
 metadata vocabularies, calibration, what served requests carry, the training configuration and data
 summary, metrics, library versions and the SHA-256 of every other file. Nothing is ever unpickled.
@@ -30,11 +31,13 @@ from roadwork.errors import RoadworkError
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.calibration import Calibration
+from roadwork.serve.tta import FeatureDensity
 from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file, write_folder
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FINGERPRINTS = "fingerprints.safetensors"
+DENSITY = "feature-density.safetensors"
 FORMAT_VERSION = 2
 _VERSIONED = ("torch", "timm", "transformers", "lightning", "safetensors", "sentence-transformers")
 
@@ -63,6 +66,7 @@ class Bundle:
     manifest: dict[str, Any]
     path: Path
     adapted: list[str]     # per member, the file of its fine-tuned backbone's changed weights; [] = frozen
+    density: str | None = None   # the file of the members' FeatureDensity; None in bundles older than TTA
 
     def adapted_weights(self, member: int) -> dict[str, torch.Tensor]:
         """Member ``member``'s changed backbone weights."""
@@ -71,6 +75,13 @@ class Bundle:
     def adapted_digest(self, member: int) -> str:
         """SHA-256 of member ``member``'s changed weights: the name of its features' cache namespace."""
         return self.manifest["files"][self.adapted[member]]
+
+    def densities(self) -> list[FeatureDensity] | None:
+        """Each member's training-feature Gaussian, or None when the bundle predates them."""
+        if self.density is None:
+            return None
+        tensors = load_file(str(self.path / self.density))
+        return [FeatureDensity.from_tensors(tensors, f"member{i}") for i in range(len(self.head.members))]
 
     def training_fingerprints(self) -> set[int]:
         """First 8 bytes (as a signed int) of the SHA-256 of every training image."""
@@ -102,10 +113,12 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
                 vocab: MetadataVocab, backbone: BackboneSpec, calibration: Calibration, served_metadata: str,
                 metrics: dict[str, Any], data_summary: dict[str, Any], fingerprints: list[str],
                 adapted_backbones: list[dict[str, torch.Tensor]] | None = None,
-                backbone_training: BackboneTrainingConfig | None = None) -> Path:
+                backbone_training: BackboneTrainingConfig | None = None,
+                densities: list[FeatureDensity] | None = None) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place whole.
 
-    ``adapted_backbones`` holds, per head, the weights fine-tuning changed in the base backbone."""
+    ``adapted_backbones`` holds, per head, the weights fine-tuning changed in the base backbone;
+    ``densities``, per head, its training-feature Gaussian."""
 
     def fill(staging: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -118,6 +131,13 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             raise ValueError(f"{len(adapted)} adapted backbones for {members} heads")
         for name, changed in zip(adapted, adapted_backbones or []):
             atomic_write_bytes(staging / name, save(changed))
+        extra = list(adapted)
+        if densities is not None:
+            if len(densities) != members:
+                raise ValueError(f"{len(densities)} feature densities for {members} heads")
+            tensors = {k: v for i, d in enumerate(densities) for k, v in d.tensors(f"member{i}").items()}
+            atomic_write_bytes(staging / DENSITY, save({k: v.contiguous() for k, v in tensors.items()}))
+            extra.append(DENSITY)
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": "head" if members == 1 else "fold_ensemble",
@@ -129,6 +149,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "backbone": backbone.__dict__,
             "backbone_training": (backbone_training or BackboneTrainingConfig(mode="frozen")).model_dump(mode="json"),
             "adapted_backbones": adapted,
+            "feature_density": DENSITY if densities is not None else None,
             "vocabulary": vocab.to_dict(),
             "calibration": calibration.to_dict(),
             "decision_threshold": 0.5,
@@ -136,7 +157,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "data": data_summary,
             "metrics": metrics,
             "versions": _versions(),
-            "files": {name: sha256_file(staging / name) for name in (WEIGHTS, FINGERPRINTS, *adapted)},
+            "files": {name: sha256_file(staging / name) for name in (WEIGHTS, FINGERPRINTS, *extra)},
         }
         manifest["manifest_sha256"] = manifest_digest(manifest)
         atomic_write_json(staging / MANIFEST, manifest)
@@ -200,9 +221,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         if not isinstance(adapted, list) or (adapted and len(adapted) != members) or \
                 not all(isinstance(name, str) and name in manifest["files"] for name in adapted):
             raise ValueError(f"adapted_backbones must list one verified file per member, got {adapted!r}")
+        density = manifest.get("feature_density")
+        if density is not None and density not in manifest["files"]:
+            raise ValueError(f"feature_density must name a verified file, got {density!r}")
         head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab) for _ in range(members)])
         head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-        for name in (FINGERPRINTS, *adapted):   # readable now, not at the first request that needs them
+        for name in (FINGERPRINTS, *adapted, *([density] if density else [])):   # readable now, not at a request
             with safe_open(str(path / name), framework="pt"):
                 pass
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, OSError, SafetensorError) as error:
@@ -212,4 +236,4 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path}: manifest and weights do not fit together: {type(error).__name__}: {reason}") \
             from error
     head.to(device).eval()
-    return Bundle(head, head_config, vocab, backbone, calibration, served_metadata, manifest, path, adapted)
+    return Bundle(head, head_config, vocab, backbone, calibration, served_metadata, manifest, path, adapted, density)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from roadwork.config import TtaConfig
 from roadwork.data.records import Sample
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import MANIFEST, BundleError, manifest_digest
@@ -122,6 +123,11 @@ class EnsemblePredictor(SampleScoring):
     @property
     def served_metadata(self) -> str:
         return "none" if all(m.served_metadata == "none" for m in self.members) else "all"
+
+    def use_tta(self, config: TtaConfig) -> None:
+        """Each member scores over test-time copies (see ``Predictor.use_tta``) before the combination."""
+        for member in self.members:
+            member.use_tta(config)
 
     def training_fingerprints(self) -> set[int]:
         return set().union(*(m.training_fingerprints() for m in self.members))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,17 +16,20 @@ from torch import Tensor
 
 from roadwork.backbones.adapt import create_adapted_backbone
 from roadwork.backbones.base import Backbone, create_backbone
+from roadwork.config import TtaConfig
+from roadwork.data.augment import TtaTransform, tta_transforms
 from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, views_from_image
 from roadwork.errors import RoadworkError
 from roadwork.features.extract import content_keys, extract_and_load, open_store
 from roadwork.features.store import FeatureStore, adapted_variant
-from roadwork.features.table import FeatureTable, head_margins
+from roadwork.features.table import FeatureTable, head_outputs
 from roadwork.model.text import TextEncoder
-from roadwork.serve.bundle import Bundle, load_bundle
+from roadwork.serve.bundle import Bundle, BundleError, load_bundle
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.onnx import ONNX_MANIFEST, OnnxRuntime
+from roadwork.serve.tta import FeatureDensity, combine
 from roadwork.storage import read_file
 
 if TYPE_CHECKING:
@@ -77,6 +80,10 @@ class SampleScoring(ABC):
     calibration: Calibration
 
     @abstractmethod
+    def use_tta(self, config: TtaConfig) -> None:
+        """Score over test-time copies from now on (roadwork.serve.tta); mode none turns it off."""
+
+    @abstractmethod
     def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                        use_cache: bool = True, progress: bool | None = False,
                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
@@ -109,6 +116,19 @@ class Predictor(SampleScoring):
         self._backbones: dict[int, Backbone] = {}
         self._lock = threading.RLock()
         self._text: TextEncoder | None = None
+        self.tta = TtaConfig()
+        self._densities: list[FeatureDensity] | None = None
+
+    def use_tta(self, config: TtaConfig) -> None:
+        if config.mode == "foods":
+            if self.runtime is not None:
+                raise BundleError(f"{self.bundle.path}: FOODS needs the heads' fusion-layer features, which an "
+                                  "ONNX export does not output; use --tta plain, or the bundle itself")
+            self._densities = self.bundle.densities()
+            if self._densities is None:
+                raise BundleError(f"{self.bundle.path}: this bundle holds no training-feature statistics for FOODS "
+                                  "(it was written before they existed); retrain it, or use --tta plain")
+        self.tta = config
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
@@ -164,9 +184,10 @@ class Predictor(SampleScoring):
             self._backbones[source] = built
         return self._backbones[source]
 
-    def _store(self, source: int, cache_dir: str | Path | None) -> FeatureStore:
+    def _store(self, source: int, cache_dir: str | Path | None, transform: TtaTransform | None = None) -> FeatureStore:
         spec = self.bundle.backbone
-        variant = adapted_variant(self.bundle.adapted_digest(source)) if self.bundle.adapted else None
+        adapted = adapted_variant(self.bundle.adapted_digest(source)) if self.bundle.adapted else None
+        variant = "+".join(v for v in (adapted, transform.variant if transform else None) if v) or None
         return open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device, variant=variant)
 
     def _features(self, views: Sequence[Tensor]) -> list[list[Tensor]]:
@@ -202,10 +223,10 @@ class Predictor(SampleScoring):
         good = [i for i, v in enumerate(views) if v is not None]
         if good:
             with self._lock:
-                features = self._features([views[i] for i in good])  # type: ignore[misc]
                 samples = [Sample(file_name=names[i], label=None) for i in good]
-                values = self.probabilities_from_features(features, samples).tolist()
-            for i, value in zip(good, values):
+                margins = self._margins(lambda t: self._features([t(views[i]) for i in good]),  # type: ignore[misc]
+                                        samples)
+            for i, value in zip(good, self.calibration(margins).tolist()):
                 results[i].probability = value
         return results
 
@@ -228,6 +249,12 @@ class Predictor(SampleScoring):
         A bundle calibrated for image-only requests scores every sample without its metadata, so
         ``evaluate`` measures what is served.
         """
+        return self._outputs(features, samples)[0]
+
+    def _outputs(self, features: Sequence[Sequence[Tensor]], samples: Sequence[Sample],
+                 fused: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Margins (see ``margins_from_features``) and, with ``fused``, each member's fusion-layer
+        features ``[N, K, F]``."""
         if len(features) != self.sources:
             raise ValueError(f"this bundle reads features from {self.sources} backbone(s), got {len(features)} lists")
         text = self._text_embeddings(samples)
@@ -236,11 +263,29 @@ class Predictor(SampleScoring):
             tables = [t.image_only() for t in tables]
         if self.runtime is not None:
             margins = torch.cat([self.runtime.margins(i, t.features, t.view_mask) for i, t in enumerate(tables)], -1)
-            return margins.squeeze(-1) if margins.shape[-1] == 1 else margins
+            return (margins.squeeze(-1) if margins.shape[-1] == 1 else margins), None
         if self.sources == 1:
-            return head_margins(self.head, tables[0], self.device, self.batch_size)
-        return torch.stack([head_margins(member, table, self.device, self.batch_size)
-                            for member, table in zip(self.head.members, tables)], dim=-1)
+            return head_outputs(self.head, tables[0], self.device, self.batch_size, fused)
+        outputs = [head_outputs(member, table, self.device, self.batch_size, fused)
+                   for member, table in zip(self.head.members, tables)]
+        return (torch.stack([m for m, _ in outputs], dim=-1),
+                torch.cat([f for _, f in outputs], dim=1) if fused else None)  # type: ignore[misc]
+
+    def _margins(self, features_of: Callable[[TtaTransform], list[list[Tensor]]], samples: Sequence[Sample]) -> Tensor:
+        """The samples' margins: of the photos themselves, or combined over their test-time copies
+        (``self.tta``); ``features_of(transform)`` gives the features of every sample's copy."""
+        transforms = tta_transforms(1 if self.tta.mode == "none" else self.tta.augmentations)
+        if len(transforms) == 1:
+            return self._outputs(features_of(transforms[0]), samples)[0]
+        foods = self.tta.mode == "foods"
+        margins, distances = [], []
+        for transform in transforms:
+            copy, fused = self._outputs(features_of(transform), samples, fused=foods)
+            margins.append(copy)
+            if foods:
+                per_member = [d.distances(fused[:, k]) for k, d in enumerate(self._densities)]  # type: ignore[index, arg-type]
+                distances.append(torch.stack(per_member, dim=-1).reshape(copy.shape))
+        return combine(torch.stack(margins), torch.stack(distances) if foods else None, self.tta)
 
     def probabilities_from_features(self, features: Sequence[Sequence[Tensor]], samples: Sequence[Sample]) -> Tensor:
         """Calibrated P(roadwork) per sample (see ``margins_from_features``)."""
@@ -249,18 +294,22 @@ class Predictor(SampleScoring):
     def sample_features(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                         use_cache: bool = True, progress: bool | None = False,
                         hashed: tuple[list[str | None], dict[str, str]] | None = None,
+                        transform: TtaTransform | None = None,
                         ) -> tuple[list[list[Tensor]], list[int], dict[str, str]]:
         """``[n_views, dim]`` features per source of the samples whose images decoded, their indices,
         and the failures by file name; ``hashed`` passes ``content_keys(samples)`` when the caller
-        already has them."""
+        already has them; ``transform`` gives the features of a test-time copy of every photo instead
+        (cached apart from the plain ones)."""
         spec = self.bundle.backbone
+        transform = None if transform is None or transform.identity else transform
         if use_cache and self.runtime is None:   # an ONNX export computes every feature itself
             if hashed is None:
                 hashed = content_keys(samples, progress)
             loaded, failures = [], {}
             for source in range(self.sources):
                 result, cached = extract_and_load(samples, lambda s=source: self.backbone(s), spec.views,
-                                                  self._store(source, cache_dir), progress=progress, hashed=hashed)
+                                                  self._store(source, cache_dir, transform), progress=progress,
+                                                  hashed=hashed, augment=transform)
                 loaded.append(cached)
                 failures |= result.failures
             good = [i for i in range(len(samples)) if all(cached[i] is not None for cached in loaded)]
@@ -268,8 +317,9 @@ class Predictor(SampleScoring):
         views, failures = [], {}
         for sample in samples:
             try:
-                views.append(image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
-                                         source=sample.file_name))
+                built = image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
+                                    source=sample.file_name)
+                views.append(built if transform is None else transform(built))
             except RoadworkError as error:
                 views.append(None)
                 failures[sample.file_name] = str(error)
@@ -280,9 +330,22 @@ class Predictor(SampleScoring):
                        use_cache: bool = True, progress: bool | None = False,
                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
                        ) -> tuple[Tensor | None, list[int], dict[str, str]]:
-        """Margins (see ``margins_from_features``) of the samples whose images decoded, their indices,
-        and the failures by file name."""
+        """Margins (see ``margins_from_features``; over test-time copies when ``use_tta`` turned them on)
+        of the samples whose images decoded, their indices, and the failures by file name."""
+        if use_cache and self.runtime is None and hashed is None:   # hash once for every copy
+            hashed = content_keys(samples, progress)
         features, good, failures = self.sample_features(samples, cache_dir, use_cache, progress, hashed)
-        margins = self.margins_from_features(features, [samples[i] for i in good]) if good else None
-        return margins, good, failures
+        if not good:
+            return None, good, failures
+        kept = [samples[i] for i in good]
+        kept_hashed = None if hashed is None else ([hashed[0][i] for i in good], {})
 
+        def features_of(transform: TtaTransform) -> list[list[Tensor]]:
+            if transform.identity:
+                return features
+            copies, copy_good, _ = self.sample_features(kept, cache_dir, use_cache, progress, kept_hashed, transform)
+            if len(copy_good) != len(kept):
+                raise RoadworkError(f"test-time copy {transform.name} failed on a photo whose original decoded")
+            return copies
+
+        return self._margins(features_of, kept), good, failures

@@ -34,6 +34,7 @@ class RoadworkBundleDetector:
 
     def load_model(self) -> None:
         self.predictor = Predictor.load(self.config.bundle, self.device)
+        self.predictor.use_tta(self.config.tta)
         self.predictor.warm_up()
 
     def __call__(self, image: Image.Image | bytes) -> float:

@@ -32,11 +32,12 @@ from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.distributed import is_main, launch
 from roadwork.evaluate.metrics import binary_metrics, reliability, with_intervals
 from roadwork.evaluate.report import write_predictions
-from roadwork.features.table import FeatureTable, head_margins
+from roadwork.features.table import FeatureTable, head_margins, head_outputs
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
 from roadwork.serve.calibration import fit_calibration
+from roadwork.serve.tta import FeatureDensity
 from roadwork.storage import atomic_write_bytes, atomic_write_json, writable_folder
 from roadwork.progress import console
 from roadwork.train.finetune import adapted_splits, resolve_mode
@@ -189,6 +190,20 @@ def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], g
     return np.concatenate(probabilities)
 
 
+def _feature_densities(result: CandidateResult, preps: list[PreparedData], splits: list[Split], vocab: MetadataVocab,
+                       config: TrainConfig, device: str) -> list[FeatureDensity]:
+    """Each served head's training-feature Gaussian (FOODS test-time augmentation), from its fusion-layer
+    features on the photos it learnt from, as served (without metadata when requests carry none)."""
+    densities = []
+    for head, prep, split in zip(result.heads, preps, splits):
+        table = _table(prep.train, _learning_rows(split), vocab, prep.text)
+        if config.validation.served_metadata == "none":
+            table = table.image_only()
+        _, fused = head_outputs(head, table, device, fused=True)
+        densities.append(FeatureDensity.fit(fused[:, 0]))
+    return densities
+
+
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
           add_data: Sequence[str] = (), cache_dir: str | Path | None = None, device: str = "cpu",
           resume: bool = False, progress: bool = True, soft_targets: Mapping[str, float] | None = None,
@@ -306,7 +321,8 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
                 config=config, vocab=vocab, backbone=prep.spec, calibration=calibration,
                 served_metadata=config.validation.served_metadata, metrics=metrics["validation"],
                 data_summary=data_summary, fingerprints=prep.train.keys,
-                adapted_backbones=[a[1] for a in adapted], backbone_training=settings)
+                adapted_backbones=[a[1] for a in adapted], backbone_training=settings,
+                densities=_feature_densities(result, preps, splits, vocab, config, device))
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -1,0 +1,142 @@
+"""Does test-time augmentation help (issue 11, plan component 19)? None, plain and FOODS on held-out photos.
+
+    python bench/bench_tta.py --work bench/out --real ../shared/data/real-dev
+
+On synthetic drives and real-dev (test photos from groups training never saw, as in
+bench_evaluate.py), a probe and a multi-view head (configs/cpu.yaml, frozen features, 5 grouped
+folds) are each scored by `roadwork evaluate` with `--tta none`, `plain` and `foods` over the plan's
+16 transforms (FOODS at temperature 1, the plan's softmax(-distance), and at 10). Reported: MCC and
+AUROC with 95% intervals, the paired MCC difference of each mode minus none (the same group
+bootstrap resamples), the FOODS weights (how often the photo itself is the closest copy, the
+effective number of copies 1 / sum(w^2)), and the request-path time per photo of each mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROADWORK, held_out_datasets, machine, run_measured, today  # noqa: E402
+
+from roadwork.config import TtaConfig  # noqa: E402
+from roadwork.data.augment import tta_transforms  # noqa: E402
+from roadwork.data.groups import group_samples  # noqa: E402
+from roadwork.data.sources import load_samples  # noqa: E402
+from roadwork.features.extract import content_keys  # noqa: E402
+from roadwork.evaluate.metrics import bootstrap_metrics, interval, paired_difference  # noqa: E402
+from roadwork.serve.predictor import Predictor  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
+HEADS = {"probe": "model.type=probe", "multi-view": "model.type=multiview"}
+MODES = {"none": TtaConfig(), "plain": TtaConfig(mode="plain"), "foods": TtaConfig(mode="foods"),
+         "foods T=10": TtaConfig(mode="foods", temperature=10.0)}
+TIMED_PHOTOS = 10
+
+
+def cli_options(config: TtaConfig) -> list[str]:
+    return ["--tta", config.mode, "--tta-augmentations", str(config.augmentations), "--tta-keep", str(config.keep),
+            "--tta-temperature", str(config.temperature)]
+
+
+def train(data: Path, out: Path, cache: Path, head: str) -> Path:
+    if not (out / "metrics.json").is_file():
+        run_measured([*ROADWORK, "train", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
+                      "--config", str(CONFIG), "--folds", "5", "--backbone-training", "frozen", "--set", head])
+    return out / "bundle"
+
+
+def evaluate(bundle: Path, data: Path, out: Path, cache: Path, config: TtaConfig) -> np.ndarray:
+    if not (out / "predictions.csv").is_file():
+        run_measured([*ROADWORK, "evaluate", "--bundle", str(bundle), "--data", str(data), "--out", str(out),
+                      "--cache-dir", str(cache), "--device", "cpu", *cli_options(config)])
+    with open(out / "predictions.csv", newline="") as handle:
+        return np.array([float(r["probability"]) for r in csv.DictReader(handle)])
+
+
+def foods_weights(bundle: Path, data: Path, cache: Path, config: TtaConfig) -> tuple[float, float]:
+    """Share of photos whose closest copy is the photo itself (for the first fold head), and the mean
+    effective number of copies FOODS averages."""
+    predictor = Predictor.from_bundle(bundle)
+    predictor.use_tta(config)
+    samples = load_samples(str(data))
+    distances = []
+    for transform in tta_transforms(config.augmentations):
+        features, _, _ = predictor.sample_features(samples, cache, transform=transform)
+        _, fused = predictor._outputs(features, samples, fused=True)
+        distances.append(predictor._densities[0].distances(fused[:, 0]))
+    d = torch.stack(distances)   # [copies, photos]
+    kept = int(np.ceil(config.keep * len(d) - 1e-9))
+    cutoff = d.kthvalue(kept, dim=0, keepdim=True).values
+    weights = torch.softmax((-d / config.temperature).masked_fill(d > cutoff, float("-inf")), dim=0)
+    return float((d.argmin(0) == 0).float().mean()), float((1.0 / (weights ** 2).sum(0)).mean())
+
+
+def request_ms(bundle: Path, data: Path, config: TtaConfig) -> float:
+    """Median milliseconds per photo on the request path (one photo per call, nothing cached)."""
+    predictor = Predictor.from_bundle(bundle)
+    predictor.use_tta(config)
+    predictor.warm_up()
+    photos = [s.read_bytes() for s in load_samples(str(data))[:TIMED_PHOTOS]]
+    times = []
+    for photo in photos:
+        start = time.perf_counter()
+        predictor.predict_images([photo])
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def bench(name: str, train_data: Path, test: Path, work: Path, cache: Path) -> list[str]:
+    samples = load_samples(str(test))
+    labels = np.array([s.label for s in samples])
+    groups = group_samples(samples, content_keys(samples)[0], None).ids   # as `evaluate` groups its resamples
+    lines = [f"\n{name}: train {train_data}, test {test} ({len(samples)} photos, {int(labels.sum())} roadwork)\n",
+             "| head | TTA | test MCC [95% CI] | AUROC | minus none: MCC [paired 95% CI] | photo itself closest | "
+             "copies averaged | request ms/photo |", "|---|---|---|---|---|---|---|---|"]
+    for head, setting in HEADS.items():
+        bundle = train(train_data, work / f"tta-{name}-{head}", cache, setting)
+        folders = {mode: work / f"tta-{name}-{head}-{mode.replace(' ', '').replace('=', '')}" for mode in MODES}
+        scored = [evaluate(bundle, test, folders[mode], cache, config) for mode, config in MODES.items()]
+        reports = {mode: json.loads((folders[mode] / "metrics.json").read_text()) for mode in MODES}
+        draws = bootstrap_metrics(scored, labels, groups, seed=0)
+        for (mode, config), draw in zip(MODES.items(), draws):
+            report = reports[mode]
+            row = f"| {head} | {mode} | {report['mcc']:.3f} {interval(draw['mcc'])} | {report['auroc']:.3f} | "
+            if mode == "none":
+                row += "- | - | - "
+            else:
+                difference = paired_difference(draws[0], draw)
+                row += f"{report['mcc'] - reports['none']['mcc']:+.3f} {difference['ci95']} | "
+                row += ("{:.2f} | {:.1f} ".format(*foods_weights(bundle, test, cache, config))
+                        if config.mode == "foods" else "- | - ")
+            lines.append(row + f"| {request_ms(bundle, test, config):.0f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
+    parser.add_argument("--only", choices=["real-dev", "synthetic"])
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    cache = args.work / "cache"
+    datasets = held_out_datasets(args.work, args.real)
+    lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_tta.py --work {args.work} "
+             f"--real {args.real}" + (f" --only {args.only}" if args.only else "")]
+    for name, (train_data, test) in datasets.items():
+        if args.only in (None, name):
+            lines += bench(name, train_data, test, args.work, cache)
+            print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
