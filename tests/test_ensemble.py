@@ -114,6 +114,7 @@ def test_an_ensemble_scores_each_member_over_test_time_copies(ensemble_run):
     config = TtaConfig(mode="foods", augmentations=4)
     predictor.use_tta(config)
     assert all(member.tta == config for member in predictor.members)
+    assert predictor.describe()["tta"]["mode"] == "foods"
     samples = load_samples(str(ensemble_run["data"]))[:4]
     batch, _ = predictor.predict_samples(samples, cache_dir=ensemble_run["cache"])
     request = [r.probability for r in predictor.predict_images([s.path for s in samples])]

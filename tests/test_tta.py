@@ -152,6 +152,7 @@ def test_foods_margin_is_a_weighted_mean_of_the_kept_copies(probe_bundle, tmp_pa
         copies.append(predictor.margins_from_features(features, samples))
     copies = torch.stack(copies)   # [copies, photos, fold heads]
     predictor.use_tta(FOODS)
+    assert predictor.describe()["tta"] == FOODS.model_dump()   # what /healthz reports
     margins, good, _ = predictor.sample_margins(samples, tmp_path)
     assert good == list(range(4)) and margins.shape == copies.shape[1:]
     assert (margins >= copies.min(0).values - 1e-5).all() and (margins <= copies.max(0).values + 1e-5).all()

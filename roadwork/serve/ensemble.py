@@ -135,7 +135,8 @@ class EnsemblePredictor(SampleScoring):
     def describe(self) -> dict[str, Any]:
         return {"bundle": str(self.path), "kind": "ensemble",
                 "backbone": sorted({m.bundle.backbone.name for m in self.members}),
-                "members": self.manifest["members"], "combiner": self.combiner.method}
+                "members": self.manifest["members"], "combiner": self.combiner.method,
+                "tta": self.members[0].tta.model_dump()}
 
     def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                        use_cache: bool = True, progress: bool | None = False,

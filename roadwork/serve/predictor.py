@@ -162,7 +162,7 @@ class Predictor(SampleScoring):
 
     def describe(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle.path), "kind": self.bundle.manifest.get("kind"),
-                "backbone": self.bundle.backbone.name}
+                "backbone": self.bundle.backbone.name, "tta": self.tta.model_dump()}
 
     @property
     def sources(self) -> int:
