@@ -12,13 +12,12 @@ real-dev: the grouped 70/30 split of bench_evaluate.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROADWORK, held_out_datasets, machine, run_measured, today  # noqa: E402
+from common import ROADWORK, held_out_main, run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ["--set", "backbone_training.mode=frozen", "--set", "validation.folds=3", "--set", "optim.epochs=15"]
@@ -54,22 +53,5 @@ def bench(name: str, train: Path, test: Path, work: Path, cache: Path) -> list[s
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
-    parser.add_argument("--only", choices=["real-dev", "synthetic"])
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    cache = args.work / "cache"
-    datasets = held_out_datasets(args.work, args.real)
-    lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_ensemble.py --work {args.work} "
-             f"--real {args.real}" + (f" --only {args.only}" if args.only else "")]
-    for name, (train, test) in datasets.items():
-        if args.only in (None, name):
-            lines += bench(name, train, test, args.work, cache)
-            print("\n".join(lines), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    held_out_main(__doc__, "bench_ensemble.py", bench)

@@ -18,7 +18,6 @@ also writes the two side-by-side reports (probe vs isotonic probe; probe vs mult
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROADWORK, held_out_datasets, machine, run_measured, today  # noqa: E402
+from common import ROADWORK, held_out_main, run_measured  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 BASE = ["--config", str(CONFIG), "--folds", "5", "--backbone-training", "frozen"]
@@ -89,20 +88,5 @@ def bench(name: str, train_data: Path, test_data: Path, work: Path, cache: Path)
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    cache = args.work / "cache"
-    datasets = held_out_datasets(args.work, args.real)
-    lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_evaluate.py --work {args.work} "
-             f"--real {args.real}"]
-    for name, (train_data, test_data) in datasets.items():
-        lines += bench(name, train_data, test_data, args.work, cache)
-    print("\n".join(lines))
-
-
 if __name__ == "__main__":
-    main()
+    held_out_main(__doc__, "bench_evaluate.py", bench)

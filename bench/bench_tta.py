@@ -13,7 +13,6 @@ effective number of copies 1 / sum(w^2)), and the request-path time per photo of
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROADWORK, held_out_datasets, machine, run_measured, today  # noqa: E402
+from common import ROADWORK, held_out_main, run_measured  # noqa: E402
 
 from roadwork.config import TtaConfig  # noqa: E402
 from roadwork.data.augment import tta_transforms  # noqa: E402
@@ -121,22 +120,5 @@ def bench(name: str, train_data: Path, test: Path, work: Path, cache: Path) -> l
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
-    parser.add_argument("--only", choices=["real-dev", "synthetic"])
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    cache = args.work / "cache"
-    datasets = held_out_datasets(args.work, args.real)
-    lines = [f"machine: {machine()}; date: {today()}; command: python bench/bench_tta.py --work {args.work} "
-             f"--real {args.real}" + (f" --only {args.only}" if args.only else "")]
-    for name, (train_data, test) in datasets.items():
-        if args.only in (None, name):
-            lines += bench(name, train_data, test, args.work, cache)
-            print("\n".join(lines), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    held_out_main(__doc__, "bench_tta.py", bench)

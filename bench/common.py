@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as dt
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,21 @@ def held_out_datasets(work: Path, real: Path, seed: int = 0) -> dict[str, tuple[
     return {"synthetic": (work / "synth-train", work / "synth-test"),
             "real-dev": (subset_folder(real, [r for r in rows if r["group"] not in held], work / "real-train"),
                          subset_folder(real, [r for r in rows if r["group"] in held], work / "real-test"))}
+
+
+def held_out_main(doc: str, script: str, bench: Callable[[str, Path, Path, Path, Path], list[str]]) -> None:
+    """The command line of the benchmarks on ``held_out_datasets``: ``--work``, ``--real``, ``--only``;
+    ``bench(name, train, test, work, cache)`` returns the lines printed for one dataset."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
+    parser.add_argument("--only", choices=["real-dev", "synthetic"])
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    datasets = held_out_datasets(args.work, args.real)
+    lines = [f"machine: {machine()}; date: {today()}; command: python bench/{script} --work {args.work} "
+             f"--real {args.real}" + (f" --only {args.only}" if args.only else "")]
+    for name, (train, test) in datasets.items():
+        if args.only in (None, name):
+            lines += bench(name, train, test, args.work, args.work / "cache")
+            print("\n".join(lines), flush=True)
