@@ -47,9 +47,12 @@ class FeatureDensity:
         n, dim = x.shape
         mean = x.mean(axis=0)
         centred = x - mean
-        # The sample covariance's eigenvectors are the right singular vectors of the centred rows.
-        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-        sample_eigen = singular ** 2 / n
+        if n > dim:   # the F x F covariance's eigenvectors: a matrix product, cheaper than an SVD of n rows
+            eigen, vectors = np.linalg.eigh(centred.T @ centred / n)
+            sample_eigen, vt = np.clip(eigen[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1].T)
+        else:         # the right singular vectors of the n centred rows
+            _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+            sample_eigen = singular ** 2 / n
         shrinkage = float(ledoit_wolf_shrinkage(centred, assume_centered=True))
         average = float(sample_eigen.sum() / dim)   # trace / F: the isotropic target's variance
         shrunk = (1.0 - shrinkage) * sample_eigen + shrinkage * average
