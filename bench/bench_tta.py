@@ -61,22 +61,28 @@ def evaluate(bundle: Path, data: Path, out: Path, cache: Path, config: TtaConfig
         return np.array([float(r["probability"]) for r in csv.DictReader(handle)])
 
 
-def foods_weights(bundle: Path, data: Path, cache: Path, config: TtaConfig) -> tuple[float, float]:
-    """Share of photos whose closest copy is the photo itself (for the first fold head), and the mean
-    effective number of copies FOODS averages."""
+def copy_distances(bundle: Path, data: Path, cache: Path) -> torch.Tensor:
+    """Mahalanobis distance of each test-time copy of each photo ``[copies, photos]`` from the training
+    features, averaged over the fold heads."""
     predictor = Predictor.from_bundle(bundle)
-    predictor.use_tta(config)
+    predictor.use_tta(MODES["foods"])
     samples = load_samples(str(data))
     distances = []
-    for transform in tta_transforms(config.augmentations):
+    for transform in tta_transforms(16):
         features, _, _ = predictor.sample_features(samples, cache, transform=transform)
         _, fused = predictor._outputs(features, samples, fused=True)
-        distances.append(predictor._densities[0].distances(fused[:, 0]))
-    d = torch.stack(distances)   # [copies, photos]
-    kept = int(np.ceil(config.keep * len(d) - 1e-9))
-    cutoff = d.kthvalue(kept, dim=0, keepdim=True).values
-    weights = torch.softmax((-d / config.temperature).masked_fill(d > cutoff, float("-inf")), dim=0)
-    return float((d.argmin(0) == 0).float().mean()), float((1.0 / (weights ** 2).sum(0)).mean())
+        distances.append(torch.stack([d.distances(fused[:, k]) for k, d in enumerate(predictor._densities)]).mean(0))
+    return torch.stack(distances)
+
+
+def foods_weights(distances: torch.Tensor, config: TtaConfig) -> tuple[float, float]:
+    """Share of photos whose closest copy is the photo itself, and the mean effective number of
+    copies FOODS averages (from the fold-averaged distances)."""
+    kept = int(np.ceil(config.keep * len(distances) - 1e-9))
+    cutoff = distances.kthvalue(kept, dim=0, keepdim=True).values
+    logits = (-distances / config.temperature).masked_fill(distances > cutoff, float("-inf"))
+    weights = torch.softmax(logits, dim=0)
+    return float((distances.argmin(0) == 0).float().mean()), float((1.0 / (weights ** 2).sum(0)).mean())
 
 
 def request_ms(bundle: Path, data: Path, config: TtaConfig) -> float:
@@ -100,12 +106,16 @@ def bench(name: str, train_data: Path, test: Path, work: Path, cache: Path) -> l
     lines = [f"\n{name}: train {train_data}, test {test} ({len(samples)} photos, {int(labels.sum())} roadwork)\n",
              "| head | TTA | test MCC [95% CI] | AUROC | minus none: MCC [paired 95% CI] | photo itself closest | "
              "copies averaged | request ms/photo |", "|---|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
     for head, setting in HEADS.items():
         bundle = train(train_data, work / f"tta-{name}-{head}", cache, setting)
         folders = {mode: work / f"tta-{name}-{head}-{mode.replace(' ', '').replace('=', '')}" for mode in MODES}
         scored = [evaluate(bundle, test, folders[mode], cache, config) for mode, config in MODES.items()]
         reports = {mode: json.loads((folders[mode] / "metrics.json").read_text()) for mode in MODES}
         draws = bootstrap_metrics(scored, labels, groups, seed=0)
+        distances = copy_distances(bundle, test, cache)
+        medians = ", ".join(f"{t.name} {d:.1f}" for t, d in zip(tta_transforms(16), distances.median(1).values))
+        notes.append(f"{head}: median distance of each copy from the training features: {medians}")
         for (mode, config), draw in zip(MODES.items(), draws):
             report = reports[mode]
             row = f"| {head} | {mode} | {report['mcc']:.3f} {interval(draw['mcc'])} | {report['auroc']:.3f} | "
@@ -114,10 +124,10 @@ def bench(name: str, train_data: Path, test: Path, work: Path, cache: Path) -> l
             else:
                 difference = paired_difference(draws[0], draw)
                 row += f"{report['mcc'] - reports['none']['mcc']:+.3f} {difference['ci95']} | "
-                row += ("{:.2f} | {:.1f} ".format(*foods_weights(bundle, test, cache, config))
+                row += ("{:.2f} | {:.1f} ".format(*foods_weights(distances, config))
                         if config.mode == "foods" else "- | - ")
             lines.append(row + f"| {request_ms(bundle, test, config):.0f} |")
-    return lines
+    return lines + ["", *notes]
 
 
 if __name__ == "__main__":

@@ -160,3 +160,16 @@ def test_a_request_left_waiting_past_its_timeout_gets_504_and_the_server_recover
         assert response.status_code == 504 and "0.3" in response.json()["error"]
         release.set()
         assert client.post("/predict", content=good, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
+def test_a_server_with_tta_answers_as_its_predictor_and_says_so(probe_bundle, served):
+    from roadwork.config import TtaConfig
+
+    predictor = Predictor.from_bundle(probe_bundle["bundle"])
+    predictor.use_tta(TtaConfig(mode="foods", augmentations=4))
+    with TestClient(create_app(predictor)) as client:
+        assert client.get("/healthz").json()["tta"]["mode"] == "foods"
+        answer = client.post("/predict", content=served["good"], headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 200
+    (expected,) = predictor.predict_images([served["good"]])
+    assert answer.json()["probability"] == pytest.approx(expected.probability, abs=1e-6)
