@@ -125,9 +125,8 @@ def held_out_main(doc: str, script: str, bench: Callable[[str, Path, Path, Path,
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     datasets = held_out_datasets(args.work, args.real)
-    lines = [f"machine: {machine()}; date: {today()}; command: python bench/{script} --work {args.work} "
-             f"--real {args.real}" + (f" --only {args.only}" if args.only else "")]
+    print(f"machine: {machine()}; date: {today()}; command: python bench/{script} --work {args.work} "
+          f"--real {args.real}" + (f" --only {args.only}" if args.only else ""), flush=True)
     for name, (train, test) in datasets.items():
         if args.only in (None, name):
-            lines += bench(name, train, test, args.work, args.work / "cache")
-            print("\n".join(lines), flush=True)
+            print("\n".join(bench(name, train, test, args.work, args.work / "cache")), flush=True)

@@ -53,3 +53,20 @@ def test_detector_configuration_is_validated(tmp_path):
     with pytest.raises(ConfigError, match="bundle") as error:
         RoadworkBundleDetector(config_name=str(config))
     assert "fallback" in str(error.value)
+
+
+def test_detector_yaml_turns_on_tta(probe_bundle, tmp_path):
+    from roadwork.config import TtaConfig
+
+    config = tmp_path / "foods.yaml"
+    config.write_text(f"bundle: {probe_bundle['bundle']}\ntta: {{mode: foods, augmentations: 4}}\n")
+    detector = RoadworkBundleDetector(config_name=str(config))
+    assert detector.predictor.tta == TtaConfig(mode="foods", augmentations=4)
+    sample = load_samples(str(probe_bundle["data"]))[2]
+    expected = Predictor.from_bundle(probe_bundle["bundle"])
+    expected.use_tta(detector.predictor.tta)
+    (answer,) = expected.predict_images([sample.read_bytes()])
+    assert detector(Image.open(io.BytesIO(sample.read_bytes()))) == pytest.approx(answer.probability, abs=1e-6)
+    config.write_text(f"bundle: {probe_bundle['bundle']}\ntta: {{mode: foods, keep: 0}}\n")
+    with pytest.raises(ConfigError, match="tta.keep"):
+        RoadworkBundleDetector(config_name=str(config))
