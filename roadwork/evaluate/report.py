@@ -166,9 +166,9 @@ def write_report(path: str | Path, report: dict[str, Any], figures: dict[str, An
         + _gallery("False negatives (roadwork, lowest P(roadwork))", m["worst"]["false_negatives"], by_name)
         for m in models)
     bootstrap, tta = report["bootstrap"], report["tta"]
-    augmentation = ("none" if tta["mode"] == "none" else
-                    f"{_esc(tta['mode'])} over {tta['augmentations']} copies per photo" +
-                    (f" (closest {tta['keep']:.0%} kept, temperature {tta['temperature']:g})" if tta["mode"] == "foods" else ""))
+    augmentation = "none" if tta["mode"] == "none" else f"{_esc(tta['mode'])} over {tta['augmentations']} copies per photo"
+    if tta["mode"] == "foods":
+        augmentation += f" (closest {tta['keep']:.0%} kept, temperature {tta['temperature']:g})"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>roadwork evaluation</title><style>{STYLE}</style></head>
 <body><h1>roadwork evaluation</h1>
