@@ -57,10 +57,11 @@ def test_a_combination_never_scores_photos_that_fitted_it(method):
 
 
 @pytest.fixture(scope="module")
-def ensemble_run(probe_bundle, tmp_path_factory):
+def ensemble_run(probe_bundle, tiny_vit_folder, tmp_path_factory):
+    """Two members on different backbone families: the embedded EfficientNet and a tiny ViT."""
     base = tmp_path_factory.mktemp("ensemble")
     spec = base / "spec.yaml"
-    spec.write_text(SPEC)
+    spec.write_text(SPEC.replace("seed: 1,", f"seed: 1, data.backbone: 'hf:{tiny_vit_folder}', data.input_size: 32,"))
     result = CliRunner().invoke(app, ["ensemble", "--config", str(spec), "--data", str(probe_bundle["data"]),
                                       "--out", str(base / "run"), "--set", "validation.groups=rows",
                                       "--set", "validation.folds=2", "--set", "backbone_training.mode=frozen",
@@ -86,6 +87,7 @@ def test_the_ensemble_bundle_predicts_evaluates_and_answers_requests(ensemble_ru
     bundle = ensemble_run["run"] / "bundle"
     predictor = Predictor.load(bundle)
     assert isinstance(predictor, EnsemblePredictor) and predictor.describe()["kind"] == "ensemble"
+    assert len(predictor.describe()["backbone"]) == 2   # each member runs its own backbone family
     photos = sorted((ensemble_run["data"] / "img").glob("*.jpg"))[:6]
     from roadwork.data.sources import load_samples
 
