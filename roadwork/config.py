@@ -305,10 +305,11 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _format(error: ValidationError) -> str:
+def _format(error: ValidationError, section: str | None = None) -> str:
+    """One line per invalid value, its dotted key named (under ``section`` when given)."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        key = ".".join(str(part) for part in ((section,) if section else ()) + tuple(item["loc"]))
         lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
@@ -367,7 +368,7 @@ def tta_config(**values: Any) -> TtaConfig:
     try:
         return TtaConfig.model_validate(values)
     except ValidationError as error:
-        raise ConfigError(_format(error).replace("\n  ", "\n  tta.")) from None
+        raise ConfigError(_format(error, "tta")) from None
 
 
 def detector_config(path: str | Path) -> DetectorConfig:

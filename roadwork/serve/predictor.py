@@ -314,17 +314,21 @@ class Predictor(SampleScoring):
                 failures |= result.failures
             good = [i for i in range(len(samples)) if all(cached[i] is not None for cached in loaded)]
             return [[cached[i] for i in good] for cached in loaded], good, failures   # type: ignore[misc]
-        views, failures = [], {}
-        for sample in samples:
+        views, good, failures = self._sample_views(samples)
+        return self._features([v if transform is None else transform(v) for v in views]), good, failures
+
+    def _sample_views(self, samples: Sequence[Sample]) -> tuple[list[Tensor], list[int], dict[str, str]]:
+        """The views of the samples whose images decoded, their indices, and the failures by file name."""
+        spec = self.bundle.backbone
+        views, good, failures = [], [], {}
+        for i, sample in enumerate(samples):
             try:
-                built = image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
-                                    source=sample.file_name)
-                views.append(built if transform is None else transform(built))
+                views.append(image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
+                                         source=sample.file_name))
+                good.append(i)
             except RoadworkError as error:
-                views.append(None)
                 failures[sample.file_name] = str(error)
-        good = [i for i, v in enumerate(views) if v is not None]
-        return self._features([views[i] for i in good]), good, failures  # type: ignore[misc]
+        return views, good, failures
 
     def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                        use_cache: bool = True, progress: bool | None = False,
@@ -332,13 +336,18 @@ class Predictor(SampleScoring):
                        ) -> tuple[Tensor | None, list[int], dict[str, str]]:
         """Margins (see ``margins_from_features``; over test-time copies when ``use_tta`` turned them on)
         of the samples whose images decoded, their indices, and the failures by file name."""
-        if use_cache and self.runtime is None and hashed is None:   # hash once for every copy
+        if not use_cache or self.runtime is not None:   # decode once; every copy transforms these views
+            views, good, failures = self._sample_views(samples)
+            kept = [samples[i] for i in good]
+            margins = self._margins(lambda t: self._features([t(v) for v in views]), kept) if good else None
+            return margins, good, failures
+        if hashed is None:   # hash once for every copy
             hashed = content_keys(samples, progress)
         features, good, failures = self.sample_features(samples, cache_dir, use_cache, progress, hashed)
         if not good:
             return None, good, failures
         kept = [samples[i] for i in good]
-        kept_hashed = None if hashed is None else ([hashed[0][i] for i in good], {})
+        kept_hashed = ([hashed[0][i] for i in good], {})
 
         def features_of(transform: TtaTransform) -> list[list[Tensor]]:
             if transform.identity:
