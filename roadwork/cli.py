@@ -31,6 +31,7 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", help="Backbone name (see
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local weights (folder saved with save_pretrained, or a checkpoint file) instead of the default download.")]
 ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", help="YAML configuration file (see configs/); repeat to layer files, later ones win.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a configuration value, e.g. --set model.d_model=256 (repeatable).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what the output already holds (refused without it; never when it holds an input).")]
 TargetGpsOpt = Annotated[Path | None, typer.Option("--target-gps", help="GPS-weighted sampling: CSV of latitude/longitude rows where served photos come from (sets sampling.target).")]
 TargetDataOpt = Annotated[str | None, typer.Option("--target-data", help="GPS-weighted sampling: a dataset whose GPS columns are the targets (sets sampling.target).")]
 
@@ -151,10 +152,14 @@ def synth(
     width: Annotated[int, typer.Option("--width", min=64, max=8192, help="Image width in pixels.")] = 640,
     height: Annotated[int, typer.Option("--height", min=64, max=8192, help="Image height in pixels.")] = 480,
     frames_per_drive: Annotated[int, typer.Option("--frames-per-drive", min=1, help="Consecutive, strongly correlated frames per drive (written with a `group` column); 1 = independent photos.")] = 1,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Render a synthetic street-scene dataset (procedural; no assets, no network)."""
     from roadwork.data.synth import write_synthetic_dataset
     from roadwork.progress import progress_bar
+    from roadwork.storage import check_output, write_folder
+
+    check_output(out, "dataset folder", replace=overwrite)
 
     with progress_bar(n, "synth") as advance:
         done = [0]
@@ -163,8 +168,8 @@ def synth(
             advance(count - done[0])
             done[0] = count
 
-        write_synthetic_dataset(out, n=n, seed=seed, width=width, height=height, progress=report,
-                                frames_per_drive=frames_per_drive)
+        write_folder(out, lambda staging: write_synthetic_dataset(   # swapped in whole: old or new, never a mix
+            staging, n=n, seed=seed, width=width, height=height, progress=report, frames_per_drive=frames_per_drive))
     console.print(f"wrote {n} images to {out}")
 
 
@@ -212,6 +217,7 @@ def augment_preview(
     views: ViewsOpt = ViewPlan.auto,
     input_size: Annotated[int, typer.Option("--input-size", min=32, max=2048, help="View side in pixels before the preview shrinks it.")] = 224,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for the augmentation draws.")] = 0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a sheet of original views and their per-view augmentations, to check a preset by eye."""
     import io
@@ -222,8 +228,9 @@ def augment_preview(
     from roadwork.data.augment import ViewAugmenter, preview_grid
     from roadwork.data.sources import load_samples
     from roadwork.data.views import image_views
-    from roadwork.storage import atomic_write_bytes
+    from roadwork.storage import atomic_write_bytes, check_output
 
+    check_output(out, "preview file", replace=overwrite, file=True)
     try:
         augmenter = ViewAugmenter(preset)
     except ValueError as error:
@@ -256,6 +263,7 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (overrides optim.epochs).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (overrides seed).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT: finished parts are kept, interrupted fits continue from their last epoch.")] = False,
+    overwrite: OverwriteOpt = False,
     target_gps: TargetGpsOpt = None,
     target_data: TargetDataOpt = None,
     devices: Annotated[int | None, typer.Option("--devices", min=1, help="Processes to train with (GPUs, or CPU processes); more than 1 needs --strategy ddp.")] = None,
@@ -271,7 +279,7 @@ def train(
         "validation.fraction": val_fraction, "validation.folds": folds, "validation.groups": group_column,
         "trainer.devices": devices, "trainer.strategy": strategy}, target=_target(target_gps, target_data))
     metrics = run_training(data, out, cfg, val_data=val_data, add_data=add_data or (), cache_dir=cache_dir,
-                           device=_device(device), resume=resume)
+                           device=_device(device), resume=resume, overwrite=overwrite)
     if not is_main():   # ddp: process 0 reports
         return
     groups = metrics["groups"]
@@ -336,12 +344,14 @@ def evaluate(
     tta_augmentations: TtaCountOpt = 16,
     tta_keep: TtaKeepOpt = 0.8,
     tta_temperature: TtaTemperatureOpt = 1.0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Score bundles on a labelled dataset: metrics with intervals, slices, reward, an HTML report."""
     from roadwork.evaluate.run import evaluate as run_evaluation
 
     report = run_evaluation(bundle, data, out, cache_dir=cache_dir, device=_device(device), resamples=resamples,
-                            seed=seed, tta=_tta(tta, tta_augmentations, tta_keep, tta_temperature))
+                            seed=seed, tta=_tta(tta, tta_augmentations, tta_keep, tta_temperature),
+                            overwrite=overwrite)
     for model in [report, *report.get("compared", [])]:
         auroc = "n/a (one class)" if model["auroc"] is None else f"{model['auroc']:.3f}"
         low, high = model["ci95"]["mcc"]
@@ -370,6 +380,7 @@ def ensemble(
     target_gps: TargetGpsOpt = None,
     cache_dir: CacheOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse finished members and continue an interrupted one.")] = False,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train the members of an ensemble spec, combine them on out-of-fold predictions, write one bundle."""
@@ -377,7 +388,7 @@ def ensemble(
 
     extra = list(overrides or []) + ([f"sampling.target={json.dumps(str(target_gps))}"] if target_gps else [])
     metrics = train_ensemble(load_spec(spec), data, out, configs=list(train_config or []), overrides=extra,
-                             cache_dir=cache_dir, device=_device(device), resume=resume)
+                             cache_dir=cache_dir, device=_device(device), resume=resume, overwrite=overwrite)
     for name, member in metrics["members"].items():
         console.print(f"  member {name:14s} out-of-fold MCC {member['mcc']:.3f} {member['mcc_ci95']}", highlight=False)
     for name, combination in metrics["combinations"].items():
@@ -399,13 +410,14 @@ def distill(
     overrides: SetOpt = None,
     cache_dir: CacheOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train one probe student on the teacher's softened probabilities mixed with the labels (distill.temperature, distill.mix)."""
     from roadwork.tune.distill import distill as run_distillation
 
     metrics = run_distillation(teacher, data, out, _training_config(config, overrides, {}), cache_dir=cache_dir,
-                               device=_device(device), resume=resume)
+                               device=_device(device), resume=resume, overwrite=overwrite)
     student, info = metrics["validation"], metrics["distillation"]
     console.print(f"student validation MCC {student['mcc']:.3f} {student['ci95']['mcc']}, AUROC {student['auroc']:.3f} "
                   f"(teacher on the same photos: MCC {info['teacher_on_these_photos']['mcc']:.3f}, trained on "
@@ -423,11 +435,15 @@ def active(
     similarity: Annotated[float | None, typer.Option("--similarity", min=0.0, max=1.0, help="Skip photos at least this similar to a pick (centred cosine of global-view features).")] = 0.8,
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Pick the pool photos most worth labelling next; label them, then `train --add-data OUT`."""
     from roadwork.data.sources import load_samples
     from roadwork.serve.predictor import Predictor
+    from roadwork.storage import check_output
     from roadwork.tune.active import CRITERIA, rank_pool, write_picks
+
+    check_output(out, "active-learning folder", replace=overwrite, inputs=[bundle, pool])
 
     chosen = dict.fromkeys(CRITERIA, 1.0)
     for item in weights or []:
@@ -492,6 +508,8 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images the backbone sees at once.")] = 16,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a request waits for others to batch with.")] = 5.0,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Images waiting beyond this get 503 at once.")] = 64,
+    max_batch_images: Annotated[int, typer.Option("--max-batch-images", min=1, help="Most images in one /predict/batch request (at most --max-queue).")] = 64,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=256, help="Most pixels per photo, read from its header before decoding (413 beyond).")] = 24_000_000,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, MiB (413 beyond).")] = 20.0,
     timeout_s: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds a request may wait for its answer (504 beyond).")] = 30.0,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="ROADWORK_API_KEY", help="Require this X-API-Key header (env ROADWORK_API_KEY).")] = None,
@@ -510,7 +528,8 @@ def serve(
     from roadwork.serve.server import create_app
 
     config = serve_config(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s, api_key=api_key)
+                          max_batch_images=max_batch_images, max_pixels=max_pixels,
+                          max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s, api_key=api_key)
     try:
         local = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -530,6 +549,7 @@ def export(
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the exported graphs, onnx.json and a copy of the bundle.")],
     format: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Export backbone(s) and heads to ONNX (dynamic batch), checked against PyTorch; `predict`, `evaluate` and `serve` take the folder as --bundle."""
     from roadwork.errors import RoadworkError
@@ -537,6 +557,6 @@ def export(
 
     if format != "onnx":
         raise RoadworkError(f"unknown export format {format!r}: onnx is supported")
-    manifest = export_onnx(bundle, out)
+    manifest = export_onnx(bundle, out, overwrite=overwrite)
     worst = max(manifest["max_difference_from_pytorch"].values())
     console.print(f"exported {len(manifest['files'])} graphs to {out} (largest difference from PyTorch {worst:.1e})")

@@ -6,6 +6,8 @@ An invalid value fails before any work starts, with a message naming the dotted 
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,8 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from roadwork.data.groups import AUTO, NEAR_DUPLICATE_SIMILARITY
+from roadwork.data.decode import DEFAULT_MAX_PIXELS
 from roadwork.data.views import VIEW_PLANS
 from roadwork.errors import RoadworkError
+from roadwork.storage import read_file
 
 
 class ConfigError(RoadworkError):
@@ -248,8 +252,17 @@ class ServeConfig(_Strict):
     max_queue: int = Field(64, ge=1, le=100_000)
     max_body_bytes: int = Field(20 * 2**20, ge=1024)
     max_batch_images: int = Field(64, ge=1, le=4096, description="images per /predict/batch request")
+    # 24 MP: a 6000x4000 camera photo; the network's photos are dashcam frames and phone photos (4032x3024).
+    max_pixels: int = Field(24_000_000, ge=256, le=DEFAULT_MAX_PIXELS, description="pixels per image, from its header")
     timeout_s: float = Field(30.0, gt=0.0)
     api_key: str | None = Field(None, min_length=8)
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> ServeConfig:
+        if self.max_batch_images > self.max_queue:   # such a batch could never be queued, however long it waits
+            raise ValueError(f"max_batch_images ({self.max_batch_images}) exceeds max_queue ({self.max_queue}): "
+                             "lower max_batch_images or raise max_queue")
+        return self
 
 
 class TtaConfig(_Strict):
@@ -305,13 +318,70 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+MAX_SHOWN = 120   # characters of an offending value an error shows: a huge value is named, not printed
+
+
+def short_repr(value: object) -> str:
+    short = reprlib.Repr()   # its limits as attributes: keyword arguments came in Python 3.12
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 60, 60
+    shown = short.repr(value)
+    return shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN - 3] + "..."
+
+
 def _format(error: ValidationError, section: str | None = None) -> str:
     """One line per invalid value, its dotted key named (under ``section`` when given)."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in ((section,) if section else ()) + tuple(item["loc"]))
-        lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+        lines.append(f"{key}: {item['msg']} (got {short_repr(item.get('input'))})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+MAX_CONFIG_BYTES = 2**20
+MAX_YAML_VALUES = 10_000   # values a configuration may hold once every alias is expanded
+
+
+def _expanded_size(root: yaml.Node) -> float:
+    """How many values ``root`` becomes once its aliases are copied out, counted on the composed graph
+    (an alias is the same node object again) without building anything: a few lines of nested
+    anchors ("billion laughs") expand to gigabytes, and a self-referencing one never ends (inf)."""
+    sizes: dict[int, float] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:   # iterative post-order: a deep document must not overflow Python's stack
+        node, children_done = stack.pop()
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            open_nodes.discard(id(node))
+        elif id(node) not in sizes:
+            if any(id(c) in open_nodes for c in children) or id(node) in open_nodes:
+                return math.inf
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+    return sizes[id(root)]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load``, after refusing (a ConfigError naming ``where``) a document that expands past
+    MAX_YAML_VALUES values or nests beyond Python's stack; a syntax error stays a ``yaml.YAMLError``."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_size(root) > MAX_YAML_VALUES:
+            raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_VALUES} values")
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
+def read_yaml(path: str | Path, what: str = "configuration") -> Any:
+    """A YAML file of at most MAX_CONFIG_BYTES from a regular file, parsed by ``parse_yaml``."""
+    try:
+        return parse_yaml(read_file(path, MAX_CONFIG_BYTES).decode("utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read {what}: {error}") from None
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -324,10 +394,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read configuration: {error}") from error
+    loaded = read_yaml(path)
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return loaded or {}
@@ -345,7 +412,7 @@ def load_config(paths: str | Path | Sequence[str | Path] | None = None,
         if not sep or not key.strip():
             raise ConfigError(f"override {override!r} must look like key=value (e.g. optim.lr=1e-3)")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw, f"--set {key.strip()}")
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key.strip(), value)

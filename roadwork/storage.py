@@ -10,7 +10,7 @@ import shutil
 import stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,52 @@ def writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     return folder
 
 
+def _writable_parent(path: Path, what: str) -> None:
+    """The nearest existing folder above ``path`` must let us create it."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RoadworkError(f"{what} {path} cannot be created: {parent} is not a writable folder")
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    inner, outer = inner.resolve(), outer.resolve()
+    return inner == outer or outer in inner.parents
+
+
+def check_output(path: str | os.PathLike[str], what: str, *, replace: bool = False, how: str = "--overwrite",
+                 inputs: Sequence[str | os.PathLike[str]] = (), file: bool = False) -> Path:
+    """Where a command will write (a folder, or with ``file`` one file), checked before any long work
+    and without creating anything, so an input error found later leaves nothing behind.
+
+    Existing content is never replaced unless ``replace`` (the user's ``how`` flag) says so, and never
+    when one of the command's ``inputs`` (paths that exist) lies inside it: replacing it would destroy
+    the data or model being read.
+    """
+    target = Path(path)
+    for source in inputs:
+        if Path(source).exists() and target.exists() and _inside(Path(source), target):
+            raise RoadworkError(f"{what} {target} holds the input {source}: writing there could destroy it; "
+                                "choose another folder")
+    if not target.exists() and not target.is_symlink():
+        _writable_parent(target, what)
+        return target
+    if file:
+        if not target.is_file():
+            raise RoadworkError(f"{what} {target} exists and is not a regular file")
+        if not replace:
+            raise RoadworkError(f"{what} {target} already exists: choose another name or pass {how}")
+    else:
+        if not target.is_dir():
+            raise RoadworkError(f"{what} {target} is a file, not a folder")
+        if not replace and any(target.iterdir()):
+            raise RoadworkError(f"{what} {target} is not empty: choose a new folder or pass {how}")
+    if not os.access(target if target.is_dir() else target.parent, os.W_OK | os.X_OK):
+        raise RoadworkError(f"{what} {target} is not writable")
+    return target
+
+
 MAX_FILE_BYTES = 100 * 2**20   # no photo a camera writes comes near it; a 2 GB "image" is an attack or a mistake
 
 
@@ -48,6 +94,19 @@ def read_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> 
     if len(data) > max_bytes:   # it grew after the check
         raise OSError(f"{path}: more than {max_bytes} bytes")
     return data
+
+
+MAX_JSON_BYTES = 16 * 2**20   # a manifest or index lists files and settings; megabytes, not gigabytes
+
+
+def read_json(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON document from a regular file of bounded size, else ``ValueError`` (``OSError`` when
+    unreadable): a symlink to /dev/zero, a FIFO or a deeply nested document must fail fast and plainly."""
+    data = read_file(path, max_bytes)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 @contextlib.contextmanager

@@ -74,5 +74,6 @@ def test_augment_preview_writes_a_sheet(tmp_path):
     assert result.exit_code == 0, result.output
     width, height = Image.open(out).size
     assert (width, height) == (4 + 132, 4 + 2 * 3 * 132)  # one view per row; 2 photos x (1 + 2 copies) rows
-    bad = CliRunner().invoke(app, ["augment-preview", "--data", str(data), "--out", str(out), "--preset", "medium"])
+    bad = CliRunner().invoke(app, ["augment-preview", "--data", str(data), "--out", str(out), "--preset", "medium",
+                                   "--overwrite"])
     assert bad.exit_code != 0 and "preset" in bad.output

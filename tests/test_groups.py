@@ -65,13 +65,20 @@ def test_near_duplicates_are_linked_and_distinct_photos_are_not():
 
 
 def test_the_threshold_is_the_documented_cosine():
-    base = torch.randn(1, 32)
-    centred = torch.cat([base, -base])            # centring keeps +/- base, so this pair has cosine -1
-    near, far = torch.randn(1, 32), torch.randn(1, 32)
-    features = torch.cat([centred, near, near + 0.05 * torch.randn(1, 32), far, far * -1.0])
-    grouping = group_samples(_samples(6), _keys(6), features, similarity=NEAR_DUPLICATE_SIMILARITY)
-    assert grouping.ids[2] == grouping.ids[3]  # near-copies
-    assert len({grouping.ids[0], grouping.ids[1]}) == 2 and len({grouping.ids[4], grouping.ids[5]}) == 2
+    """Pairs at centred cosine 0.81 group and pairs at 0.79 do not: the default is 0.8, to +-0.01."""
+    def pair(cosine: float, first_axis: int) -> torch.Tensor:
+        a, b = torch.zeros(2, 32)
+        a[first_axis] = 1.0
+        b[first_axis], b[first_axis + 1] = cosine, (1 - cosine**2) ** 0.5
+        return torch.stack([a, b])
+
+    close, apart = pair(0.81, 0), pair(0.79, 2)
+    features = torch.cat([close, apart, -close, -apart])   # mean 0, so centring leaves the cosines as built
+    grouping = group_samples(_samples(8), _keys(8), features)
+    assert NEAR_DUPLICATE_SIMILARITY == 0.8
+    assert grouping.ids[0] == grouping.ids[1] and grouping.ids[4] == grouping.ids[5]
+    assert grouping.ids[2] != grouping.ids[3] and grouping.ids[6] != grouping.ids[7]
+    assert grouping.count == 6
 
 
 def test_one_giant_group_is_reported():

@@ -45,13 +45,15 @@ def _hostile(good: bytes) -> dict[str, tuple[bytes, str, int]]:
         "invalid base64": (b'{"image": "***not base64***"}', "application/json", 400),
         "JSON without image": (b'{"picture": "abc"}', "application/json", 400),
         "invalid JSON": (b'{"image": ', "application/json", 400),
-        "decompression bomb": (_encoded(Image.new("1", (12_000, 12_000)), "PNG"), "image/png", 400),
+        "decompression bomb": (_encoded(Image.new("1", (12_000, 12_000)), "PNG"), "image/png", 413),
         "1x1 image": (_encoded(Image.new("RGB", (1, 1)), "PNG"), "image/png", 400),
         "wrong content type": (good, "text/plain", 415),
         "CMYK": (_encoded(colour.convert("CMYK"), "JPEG"), "image/jpeg", 200),
         "16-bit PNG": (_encoded(Image.fromarray(np.full((48, 64), 40_000, dtype=np.uint16)), "PNG"), "image/png", 200),
         "animated GIF": (animated.getvalue(), "image/gif", 200),
         "huge but allowed": (_encoded(Image.new("RGB", (6000, 4000), (90, 90, 90)), "JPEG"), "image/jpeg", 200),
+        "nested JSON": (b"[" * 100_000, "application/json", 400),
+        "nested JSON image": (b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", 400),
     }
 
 
@@ -123,7 +125,8 @@ def test_concurrent_requests_are_batched_and_overload_is_a_fast_503(served):
             calls.append(len(images))
             return predictor.predict_images(images, names)
 
-    app = create_app(Slow(), ServeConfig(max_batch=8, max_wait_ms=50, max_queue=4))  # type: ignore[arg-type]
+    app = create_app(Slow(), ServeConfig(max_batch=8, max_wait_ms=50, max_queue=4,
+                                         max_batch_images=4))  # type: ignore[arg-type]
     with TestClient(app) as client:
         async def burst() -> list[int]:
             import httpx
@@ -173,3 +176,87 @@ def test_a_server_with_tta_answers_as_its_predictor_and_says_so(probe_bundle, se
     assert answer.status_code == 200
     (expected,) = predictor.predict_images([served["good"]])
     assert answer.json()["probability"] == pytest.approx(expected.probability, abs=1e-6)
+
+
+class _Held:
+    """A predictor that holds the backbone until released and records every image it is given."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.bundle, self.predictor = predictor.bundle, predictor
+        self.release, self.seen = threading.Event(), []
+
+    def predict_images(self, images, names=None):
+        self.release.wait(10)
+        self.seen.extend(images)
+        return self.predictor.predict_images(images, names)
+
+
+def test_a_batch_is_queued_whole_or_refused_whole(served):
+    held, good = _Held(served["predictor"]), served["good"]
+    encoded = base64.b64encode(good).decode()
+    app = create_app(held, ServeConfig(max_batch=1, max_wait_ms=0, max_queue=4, max_batch_images=4))  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        async def crowd() -> list[int]:
+            import httpx
+
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+                async def single():
+                    return (await http.post("/predict", content=good, headers={"content-type": "image/jpeg"})).status_code
+
+                singles = [asyncio.create_task(single())]   # taken by the held backbone
+                await asyncio.sleep(0.2)
+                singles += [asyncio.create_task(single()) for _ in range(2)]   # 2 of 4 queue places
+                await asyncio.sleep(0.2)
+                batch = (await http.post("/predict/batch", json={"images": [encoded] * 3})).status_code
+                held.release.set()
+                return [batch, *await asyncio.gather(*singles)]
+
+        statuses = client.portal.call(crowd)
+    assert statuses == [503, 200, 200, 200]
+    assert len(held.seen) == 3   # none of the refused batch's images reached the backbone
+    with pytest.raises(ConfigError, match="max_batch_images.*max_queue"):
+        serve_config(max_queue=8, max_batch_images=16)
+
+
+def test_the_pixel_budget_is_checked_from_the_header_before_any_work(served):
+    held = _Held(served["predictor"])
+    held.release.set()
+    photo = _encoded(Image.new("RGB", (400, 300), (90, 90, 90)), "PNG")
+    with TestClient(create_app(held, ServeConfig(max_pixels=100_000))) as client:  # type: ignore[arg-type]
+        response = client.post("/predict", content=photo, headers={"content-type": "image/png"})
+        assert response.status_code == 413 and "120000 pixels exceed the limit of 100000" in response.json()["error"]
+        batch = client.post("/predict/batch", json={"images": [base64.b64encode(photo).decode(),
+                                                               base64.b64encode(served["good"]).decode()]})
+        results = batch.json()["results"]
+        assert "exceed" in results[0]["error"] and 0 <= results[1]["probability"] <= 1
+    assert held.seen == [served["good"]]
+
+
+def test_a_client_that_leaves_mid_body_is_one_log_line_and_counted_apart(served, caplog):
+    predictor, good = served["predictor"], served["good"]
+    app = create_app(predictor)
+    with TestClient(app) as client:
+        async def leave() -> None:
+            messages = iter([{"type": "http.request", "body": good[:100], "more_body": True},
+                             {"type": "http.disconnect"}])
+
+            async def receive():
+                return next(messages)
+
+            async def send(message):
+                pass
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+                     "root_path": "", "client": ("127.0.0.1", 5000), "server": ("test", 80),
+                     "headers": [(b"content-type", b"image/jpeg"), (b"content-length", str(len(good)).encode())]}
+            await app(scope, receive, send)
+
+        with caplog.at_level("INFO", logger="roadwork.serve.server"):
+            for _ in range(3):
+                client.portal.call(leave)
+        text = client.get("/metrics").text
+    assert 'roadwork_requests_total{endpoint="predict",status="499"} 3.0' in text
+    assert 'status="500"' not in text
+    records = [r for r in caplog.records if r.name == "roadwork.serve.server"]
+    assert len(records) == 3 and all(r.exc_info is None and "disconnected" in r.getMessage() for r in records)

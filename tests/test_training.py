@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from pydantic import BaseModel
 from safetensors.torch import load_file
 
 from conftest import orange_block_folder
@@ -138,6 +140,17 @@ def test_config_files_load_layer_in_order_and_base_is_the_defaults():
 
     configs = Path(__file__).resolve().parent.parent / "configs"
     assert load_config(configs / "base.yaml") == TrainConfig()   # base.yaml documents the real defaults
+
+    def same_keys(written: dict, model: BaseModel, where: str) -> None:   # every setting, none missing
+        assert set(written) == set(type(model).model_fields), where
+        dumped = model.model_dump(mode="json")
+        for key, value in written.items():
+            if isinstance(getattr(model, key), BaseModel):
+                same_keys(value, getattr(model, key), f"{where}{key}.")
+            else:
+                assert value == dumped[key], f"{where}{key}"
+
+    same_keys(yaml.safe_load((configs / "base.yaml").read_text()), TrainConfig(), "")
     for path in sorted(configs.rglob("*.yaml")):
         if path.parent.name == "ensemble":   # ensemble specs: every member's configuration must load
             from roadwork.tune.ensemble import load_spec, member_configs

@@ -73,6 +73,18 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the image header alone (no pixel decoded); None when no header is readable,
+    which the decoder then reports properly."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return None
+    return width * height
+
+
 def decode_image(
     data: bytes,
     *,

@@ -39,7 +39,7 @@ from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
 from roadwork.serve.ensemble import EnsemblePredictor
 from roadwork.serve.predictor import Predictor
-from roadwork.storage import atomic_write_json, writable_folder
+from roadwork.storage import atomic_write_json, check_output, write_folder
 
 log = logging.getLogger(__name__)
 GALLERY = 8   # worst false positives and false negatives shown per model
@@ -155,13 +155,14 @@ def _figures(reports: Sequence[dict[str, Any]], probabilities: Sequence[np.ndarr
 
 def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | Path, *,
              cache_dir: str | Path | None = None, device: str = "cpu", resamples: int = 1000,
-             seed: int = 0, tta: TtaConfig | None = None) -> dict[str, Any]:
-    """Score each bundle on DATA and write OUT/metrics.json, OUT/predictions.csv and OUT/report.html;
+             seed: int = 0, tta: TtaConfig | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Score each bundle on DATA and write OUT/metrics.json, OUT/predictions.csv and OUT/report.html
+    (all three, or none: the folder is swapped in whole; an OUT with content only with ``overwrite``);
     ``tta`` scores every bundle over test-time copies (roadwork.serve.tta)."""
     bundles = [bundles] if isinstance(bundles, str | Path) else list(bundles)
     if not bundles:
         raise ValueError("evaluate needs at least one bundle")
-    out = writable_folder(out, "report folder")
+    out = check_output(out, "report folder", replace=overwrite, inputs=[*bundles, data])
     all_samples = load_samples(data)
     hashed = content_keys(all_samples)
     models = [score_bundle(b, name, all_samples, hashed, cache_dir=cache_dir, device=device, tta=tta)
@@ -169,9 +170,8 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
     kept = np.flatnonzero(np.all([np.isfinite(m.served) for m in models], axis=0))
     if not len(kept):
         raise DatasetError(f"{data}: no image could be decoded")
-    rows = ((s.file_name, s.label, *(None if np.isnan(m.served[i]) else float(m.served[i]) for m in models))
-            for i, s in enumerate(all_samples))
-    write_predictions(out / "predictions.csv", rows, ["probability", *(f"probability_{m.name}" for m in models[1:])])
+    rows = [(s.file_name, s.label, *(None if np.isnan(m.served[i]) else float(m.served[i]) for m in models))
+            for i, s in enumerate(all_samples)]
     samples = [all_samples[i] for i in kept]
     labels = np.array([s.label for s in samples], dtype=np.int64)
     for model in models:
@@ -194,7 +194,13 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
         report["comparisons"] = [{"a": reports[0]["name"], "b": r["name"], **paired_difference(draws[0], d),
                                   "mcc_difference": round(r["mcc"] - reports[0]["mcc"], 4)}
                                  for d, r in zip(draws[1:], reports[1:])]
-    atomic_write_json(out / "metrics.json", report)
     figures = _figures(reports, [m.served for m in models], labels)
-    write_report(out / "report.html", report, figures, samples)
+
+    def fill(staging: Path) -> None:
+        write_predictions(staging / "predictions.csv", rows,
+                          ["probability", *(f"probability_{m.name}" for m in models[1:])])
+        atomic_write_json(staging / "metrics.json", report)
+        write_report(staging / "report.html", report, figures, samples)
+
+    write_folder(out, fill)
     return report

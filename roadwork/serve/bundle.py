@@ -32,7 +32,7 @@ from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.tta import FeatureDensity
-from roadwork.storage import atomic_write_bytes, atomic_write_json, sha256_file, write_folder
+from roadwork.storage import atomic_write_bytes, atomic_write_json, read_json, sha256_file, write_folder
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -167,7 +167,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = read_json(path / MANIFEST)
     except FileNotFoundError:
         raise BundleError(f"{path}: not a bundle (no {MANIFEST})") from None
     except (OSError, ValueError) as error:

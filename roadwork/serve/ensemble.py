@@ -9,7 +9,6 @@ one margin, the calibration of that margin, metrics, and the SHA-256 of every me
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import shutil
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import MANIFEST, BundleError, manifest_digest
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.predictor import ImageInput, Prediction, Predictor, SampleScoring
-from roadwork.storage import atomic_write_json, sha256_file, write_folder
+from roadwork.storage import atomic_write_json, read_json, sha256_file, write_folder
 
 ENSEMBLE_MANIFEST = "ensemble.json"
 MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")   # a folder name: no path separators, no ".."
@@ -104,7 +103,7 @@ class EnsemblePredictor(SampleScoring):
     def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
         self.path = Path(path)
         try:
-            manifest = json.loads((self.path / ENSEMBLE_MANIFEST).read_text())
+            manifest = read_json(self.path / ENSEMBLE_MANIFEST)
             if manifest.get("manifest_sha256") != manifest_digest(manifest):
                 raise BundleError(f"{self.path}: {ENSEMBLE_MANIFEST} was modified after it was written")
             names = manifest["members"]

@@ -10,7 +10,6 @@ export). Views are padded to MAX_VIEWS, so every graph has a fixed view count an
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from pathlib import Path
@@ -24,7 +23,7 @@ from roadwork.data.views import MAX_VIEWS
 from roadwork.errors import RoadworkError
 from roadwork.model.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
-from roadwork.storage import atomic_write_json, sha256_file, writable_folder
+from roadwork.storage import atomic_write_json, check_output, read_json, sha256_file, write_folder
 
 ONNX_MANIFEST = "onnx.json"
 OPSET = 17
@@ -81,16 +80,28 @@ def _export(module: nn.Module, inputs: tuple[Tensor, ...], path: Path, names: li
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
 
 
-def export_onnx(bundle_path: str | Path, out: str | Path) -> dict[str, Any]:
-    """Export the bundle's backbone(s) and heads to ``out``; check each graph against PyTorch."""
+def export_onnx(bundle_path: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Export the bundle's backbone(s) and heads to ``out``; check each graph against PyTorch.
+
+    ``out`` is written whole in a staging folder, then swapped in. It must be new or empty; an earlier
+    export there is replaced only with ``overwrite``, and anything else (a run, the source bundle) never.
+    """
+    out = check_output(out, "export folder", replace=overwrite, inputs=[bundle_path])
+    if out.is_dir() and any(out.iterdir()) and not (out / ONNX_MANIFEST).is_file():
+        raise RoadworkError(f"export folder {out} holds files that are not an ONNX export: choose a new folder")
+    bundle = load_bundle(bundle_path)
+    if bundle.served_metadata != "none":
+        raise RoadworkError("ONNX export covers bundles that serve the image alone (served_metadata: none)")
+    manifest: dict[str, Any] = {}
+    write_folder(out, lambda staging: manifest.update(_write_export(bundle, staging)))
+    return manifest
+
+
+def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
     import onnxruntime as ort
 
     from roadwork.serve.predictor import Predictor
 
-    bundle = load_bundle(bundle_path)
-    if bundle.served_metadata != "none":
-        raise RoadworkError("ONNX export covers bundles that serve the image alone (served_metadata: none)")
-    out = writable_folder(out, "export folder")
     predictor = Predictor(bundle)
     size, dim = bundle.backbone.input_size, bundle.backbone.feature_dim
     generator = torch.Generator().manual_seed(0)
@@ -115,10 +126,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path) -> dict[str, Any]:
             if parity[name] > TOLERANCE:
                 raise RoadworkError(f"{name}: ONNX output differs from PyTorch by {parity[name]:.2e} "
                                     f"(> {TOLERANCE}); not written as a working export")
-    copy = out / "bundle"
-    if copy.exists():
-        shutil.rmtree(copy)
-    shutil.copytree(bundle.path, copy)
+    shutil.copytree(bundle.path, out / "bundle")
     files = [f"{kind}-{i}.onnx" for i in range(predictor.sources) for kind in ("backbone", "head")]
     manifest = {"format": 1, "opset": OPSET, "sources": predictor.sources, "max_views": MAX_VIEWS,
                 "files": {name: sha256_file(out / name) for name in files}, "max_difference_from_pytorch": parity}
@@ -135,7 +143,7 @@ class OnnxRuntime:
 
         folder = Path(folder)
         try:
-            manifest = json.loads((folder / ONNX_MANIFEST).read_text())
+            manifest = read_json(folder / ONNX_MANIFEST)
             files = manifest["files"]
             sources = int(manifest["sources"])
         except (OSError, ValueError, KeyError, TypeError) as error:

@@ -2,9 +2,11 @@
 
 Concurrent requests are gathered into micro-batches (at most ``max_batch`` images, waiting at most
 ``max_wait_ms`` for company) so the backbone sees one batch instead of many single images. The queue
-is bounded: when it is full a request gets 503 at once instead of memory growing, and a request that
-waits longer than ``timeout_s`` gets 504. Bodies are read up to ``max_body_bytes`` (413 beyond). A bad
-image is a 4xx with one clear message, and the server keeps serving. Metrics are Prometheus text.
+is bounded: a request whose images do not all fit gets 503 at once, with none of them queued, instead
+of memory growing, and a request that waits longer than ``timeout_s`` gets 504. Bodies are read up to
+``max_body_bytes`` and photos up to ``max_pixels`` (from the header; 413 beyond). A bad image is a 4xx
+with one clear message, and the server keeps serving; a client that leaves mid-request is logged in one
+line and counted as 499. Metrics are Prometheus text.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from roadwork import __version__
 from roadwork.config import ServeConfig
-from roadwork.data.decode import ImageDecodeError, decode_base64
+from roadwork.data.decode import ImageDecodeError, decode_base64, header_pixels
 from roadwork.serve.ensemble import EnsemblePredictor
 from roadwork.serve.predictor import Prediction, Predictor
 
@@ -33,7 +36,10 @@ RAW_TYPES = ("image/", "application/octet-stream")
 
 
 class Overloaded(Exception):
-    """The request queue is full."""
+    """The request queue has no room for all of a request's images."""
+
+
+DISCONNECTED = 499   # nginx's "client closed request": no answer was wanted, and nothing failed here
 
 
 class RequestError(Exception):
@@ -50,13 +56,16 @@ class MicroBatcher:
         self.predict, self.config, self.batch_sizes = predict, config, batch_sizes
         self.queue: asyncio.Queue[tuple[bytes, asyncio.Future[Prediction]]] = asyncio.Queue(config.max_queue)
 
-    def submit(self, image: bytes) -> asyncio.Future[Prediction]:
-        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        try:
+    def submit(self, images: list[bytes]) -> list[asyncio.Future[Prediction]]:
+        """Queue all of a request's images or none (no await between the check and the puts, so no
+        other request can take the room meanwhile): a refused request costs the backbone nothing."""
+        if self.queue.maxsize - self.queue.qsize() < len(images):
+            raise Overloaded
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Prediction]] = [loop.create_future() for _ in images]
+        for image, future in zip(images, futures):
             self.queue.put_nowait((image, future))
-        except asyncio.QueueFull:
-            raise Overloaded from None
-        return future
+        return futures
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -104,6 +113,16 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise RequestError(400, "body is not valid JSON") from None
+    except RecursionError:
+        raise RequestError(400, "JSON body is nested too deeply") from None
+
+
+def _within_budget(image: bytes, max_pixels: int, where: str) -> bytes:
+    """Refuse a photo larger than the pixel budget from its header, before it costs a decode."""
+    pixels = header_pixels(image)
+    if pixels is not None and pixels > max_pixels:
+        raise RequestError(413, f"{where}: {pixels} pixels exceed the limit of {max_pixels} per image")
+    return image
 
 
 def _base64_image(value: Any, where: str) -> bytes:
@@ -115,7 +134,7 @@ def _base64_image(value: Any, where: str) -> bytes:
         raise RequestError(400, f"{where}: {error}") from None
 
 
-def _images(body: bytes, content_type: str, batch: bool, most: int) -> list[bytes | RequestError]:
+def _images(body: bytes, content_type: str, batch: bool, config: ServeConfig) -> list[bytes | RequestError]:
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/json":
         payload = _json(body)
@@ -124,16 +143,17 @@ def _images(body: bytes, content_type: str, batch: bool, most: int) -> list[byte
             raise RequestError(400, f'JSON body must be an object with "{key}"'
                                + (" (a list of base64 strings)" if batch else " (a base64 string)"))
         if not batch:
-            return [_base64_image(payload["image"], "image")]
+            return [_within_budget(_base64_image(payload["image"], "image"), config.max_pixels, "image")]
         images = payload["images"]
         if not isinstance(images, list) or not images:
             raise RequestError(400, '"images" must be a non-empty list of base64 strings')
-        if len(images) > most:
-            raise RequestError(413, f"{len(images)} images exceed the limit of {most} per request")
+        if len(images) > config.max_batch_images:
+            raise RequestError(413, f"{len(images)} images exceed the limit of {config.max_batch_images} per request")
         decoded: list[bytes | RequestError] = []
         for i, value in enumerate(images):   # a bad entry fails alone, like a bad image
             try:
-                decoded.append(_base64_image(value, f"images[{i}]"))
+                decoded.append(_within_budget(_base64_image(value, f"images[{i}]"), config.max_pixels,
+                                              f"images[{i}]"))
             except RequestError as error:
                 decoded.append(error)
         return decoded
@@ -142,7 +162,7 @@ def _images(body: bytes, content_type: str, batch: bool, most: int) -> list[byte
     if kind and not kind.startswith(RAW_TYPES):
         raise RequestError(415, f"content type {kind!r} is not accepted: send image bytes (image/* or "
                                 "application/octet-stream) or JSON {\"image\": base64}")
-    return [body]
+    return [_within_budget(body, config.max_pixels, "image")]
 
 
 def _answer(prediction: Prediction) -> dict[str, Any]:
@@ -184,8 +204,8 @@ def create_app(predictor: Predictor | EnsemblePredictor, config: ServeConfig | N
             if not authorised(request):
                 raise RequestError(401, "missing or wrong X-API-Key header")
             images = _images(await _body(request, config.max_body_bytes), request.headers.get("content-type", ""),
-                             batch, config.max_batch_images)
-            futures = [batcher.submit(image) for image in images if isinstance(image, bytes)]
+                             batch, config)
+            futures = batcher.submit([image for image in images if isinstance(image, bytes)])
             try:
                 answered = iter(await asyncio.wait_for(asyncio.gather(*futures), config.timeout_s))
             except TimeoutError:
@@ -201,6 +221,9 @@ def create_app(predictor: Predictor | EnsemblePredictor, config: ServeConfig | N
             status, content = 503, {"error": "server overloaded: request queue full, retry later"}
         except RequestError as error:
             status, content = error.status, {"error": str(error)}
+        except ClientDisconnect:   # the client left mid-body: one line, counted apart from server errors
+            log.warning("%s: client disconnected before sending the whole request", endpoint)
+            status, content = DISCONNECTED, {"error": "client disconnected"}
         except Exception:   # never a traceback to the client, never a dead server
             log.exception("request failed")
             status, content = 500, {"error": "internal error"}

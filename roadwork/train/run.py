@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save
 from roadwork.config import ConfigError, HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
 from roadwork.data.splits import kfold_splits, train_val_split
-from roadwork.distributed import is_main, launch
+from roadwork.distributed import barrier, is_main, launch
 from roadwork.evaluate.metrics import binary_metrics, reliability, with_intervals
 from roadwork.evaluate.report import write_predictions
 from roadwork.features.table import FeatureTable, head_margins, head_outputs
@@ -38,14 +38,14 @@ from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import save_bundle
 from roadwork.serve.calibration import fit_calibration
 from roadwork.serve.tta import FeatureDensity
-from roadwork.storage import atomic_write_bytes, atomic_write_json, writable_folder
+from roadwork.storage import atomic_write_bytes, atomic_write_json
 from roadwork.progress import console
 from roadwork.train.finetune import adapted_splits, resolve_mode
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
 from roadwork.train.prepare import Photos, PreparedData, prepare_data
 from roadwork.train.probe import fit_probe
 from roadwork.train.sampling import GpsSampling, check_report, describe_report
-from roadwork.train.trainer import check_loggers, claim_folder
+from roadwork.train.trainer import check_loggers, check_run_folder, claim_folder, open_run_folder
 
 log = logging.getLogger(__name__)
 CANDIDATES = ("probe", "multiview")
@@ -206,14 +206,16 @@ def _feature_densities(result: CandidateResult, preps: list[PreparedData], split
 
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
           add_data: Sequence[str] = (), cache_dir: str | Path | None = None, device: str = "cpu",
-          resume: bool = False, progress: bool = True, soft_targets: Mapping[str, float] | None = None,
-          ) -> dict[str, Any]:
+          resume: bool = False, overwrite: bool = False, progress: bool = True,
+          soft_targets: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Train on DATA (and the ``add_data`` datasets merged into it) and write OUT/bundle,
     OUT/metrics.json and OUT/validation_predictions.csv. ``soft_targets`` (by image SHA-256) replace
-    the labels the probe learns from (``roadwork distill``); held-out scores still use the labels."""
+    the labels the probe learns from (``roadwork distill``); held-out scores still use the labels.
+    A non-empty OUT is continued with ``resume`` or emptied first with ``overwrite``, never silently reused."""
     if soft_targets is not None and config.model.type != "probe":
         raise ConfigError(f"model.type: soft targets train the probe; got {config.model.type!r}")
-    out = writable_folder(out, "output folder")   # before hours of extraction, not after
+    out = check_run_folder(out, resume=resume, overwrite=overwrite,   # before hours of extraction, not after
+                           inputs=[p for p in (data, val_data, *add_data) if p])
     check_loggers(config)
     started = time.perf_counter()
     launch(config.trainer, device)   # ddp: the other processes start here and follow the same steps
@@ -230,6 +232,9 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
             found = sorted({prep.train.samples[i].label for i in rows}) if rows is not None else [0, 1]
             if found != [0, 1]:
                 raise DatasetError(f"split {index}: the {name} photos hold only class {found}{hint}")
+    if is_main():   # the inputs are sound: only now does OUT come into being (or lose its old run)
+        open_run_folder(out, clear=overwrite and not resume)
+    barrier()
     vocab = MetadataVocab.from_samples(
         prep.train.samples if len(splits) > 1 else [prep.train.samples[i] for i in splits[0].fit])
     held_photos = [(prep.val, np.arange(len(prep.val.samples))) if s.held is None else (prep.train, s.held)
@@ -283,9 +288,11 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     if not is_main():   # the same result, written once (by process 0)
         return {"validation": validation, "chosen_head": chosen}
     held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
-    write_predictions(out / "validation_predictions.csv",   # the group lets `ensemble` keep drives together
-                      zip(held_names, all_labels.tolist(), probabilities.tolist(), all_groups.tolist()),
-                      ["probability", "group"])
+    # The group lets `ensemble` keep drives together; the raw margin lets a cut rule be refitted offline.
+    write_predictions(out / "validation_predictions.csv",
+                      zip(held_names, all_labels.tolist(), probabilities.tolist(), served.tolist(),
+                          all_groups.tolist()),
+                      ["probability", "margin", "group"])
     kind = (f"out-of-fold over {len(splits)} grouped folds; each fold cut by a calibration fitted on the others"
             if len(splits) > 1 else
             "one held-out set that also chose the checkpoint, the cut and the head: optimistic")

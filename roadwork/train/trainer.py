@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from roadwork.config import ConfigError, TrainConfig
 from roadwork.distributed import barrier, is_main
-from roadwork.storage import atomic_write_json
+from roadwork.storage import atomic_write_json, check_output
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,29 @@ def build_trainer(config: TrainConfig, folder: Path, *, max_epochs: int, device:
         limit_val_batches=None if validate else 0, reload_dataloaders_every_n_epochs=int(reload_every_epoch),
     )
     return trainer, best
+
+
+RUN_FLAGS = "--resume (continue the run in it) or --overwrite (replace it)"
+
+
+def check_run_folder(out: str | Path, *, resume: bool, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """A run folder (``train``, ``distill``, ``ensemble``) may hold an earlier run only when the user
+    says what to do with it; nothing is created yet (see ``open_run_folder``)."""
+    if resume and overwrite:
+        raise ConfigError("give --resume or --overwrite, not both")
+    return check_output(out, "output folder", replace=resume or overwrite, how=RUN_FLAGS, inputs=inputs)
+
+
+def open_run_folder(out: Path, *, clear: bool) -> None:
+    """Create the run folder once the inputs have passed their checks; ``clear`` (--overwrite) first
+    removes the earlier run's files, so none of them mixes with the new run's."""
+    if clear and out.is_dir():
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def claim_folder(folder: Path, identity: dict[str, Any], epochs: int | None, *, resume: bool, setting: str,

@@ -30,7 +30,7 @@ from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import BundleError
 from roadwork.serve.ensemble import EnsemblePredictor
 from roadwork.serve.predictor import Predictor
-from roadwork.storage import atomic_write_bytes, atomic_write_text, writable_folder
+from roadwork.storage import atomic_write_bytes, atomic_write_text, write_folder
 
 CRITERIA = ("boundary", "uncertainty", "disagreement")
 
@@ -126,23 +126,25 @@ def rank_pool(predictor: Predictor | EnsemblePredictor, pool: Sequence[Sample], 
 
 def write_picks(picks: Sequence[Pick], pool: Sequence[Sample], out: str | Path) -> Path:
     """OUT/images/<picked photos> and OUT/metadata.csv, a dataset folder with an empty ``label`` to
-    fill in; ``train --add-data OUT`` reads it once labelled."""
-    out = writable_folder(out, "active-learning folder")
+    fill in; ``train --add-data OUT`` reads it once labelled. The folder is swapped in whole."""
     scores = ["source_file", "rank", "score", "probability", *CRITERIA]
     # A pool that is itself a picks folder carries old scores: the new ones replace them.
     extra = sorted({key for p in picks for key in pool[p.index].extra} - {"label", "file_name", *scores})
     columns = ["file_name", "label", *METADATA_FIELDS, *extra, *scores]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for rank, pick in enumerate(picks, 1):
-        sample = pool[pick.index]
-        name = f"images/{rank:05d}-{PurePosixPath(sample.file_name).name}"
-        atomic_write_bytes(out / name, sample.read_bytes())
-        row = {**sample.extra, **{f: getattr(sample, f) for f in METADATA_FIELDS},
-               "file_name": name, "label": "", "source_file": sample.file_name, "rank": rank,
-               "score": f"{pick.score:.4f}", "probability": f"{pick.probability:.4f}",
-               **{c: f"{getattr(pick, c):.4f}" for c in CRITERIA}}
-        writer.writerow({k: "" if v is None else v for k, v in row.items() if k in columns})
-    atomic_write_text(out / "metadata.csv", buffer.getvalue())
-    return out
+
+    def fill(staging: Path) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for rank, pick in enumerate(picks, 1):
+            sample = pool[pick.index]
+            name = f"images/{rank:05d}-{PurePosixPath(sample.file_name).name}"
+            atomic_write_bytes(staging / name, sample.read_bytes())
+            row = {**sample.extra, **{f: getattr(sample, f) for f in METADATA_FIELDS},
+                   "file_name": name, "label": "", "source_file": sample.file_name, "rank": rank,
+                   "score": f"{pick.score:.4f}", "probability": f"{pick.probability:.4f}",
+                   **{c: f"{getattr(pick, c):.4f}" for c in CRITERIA}}
+            writer.writerow({k: "" if v is None else v for k, v in row.items() if k in columns})
+        atomic_write_text(staging / "metadata.csv", buffer.getvalue())
+
+    return write_folder(out, fill)

@@ -27,6 +27,7 @@ from roadwork.serve.ensemble import logit
 from roadwork.serve.predictor import Predictor
 from roadwork.storage import atomic_write_json
 from roadwork.train.run import train
+from roadwork.train.trainer import check_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ def soft_targets(teacher: np.ndarray, labels: np.ndarray, temperature: float, mi
 
 def distill(teacher: str | Path, data: str, out: str | Path, config: TrainConfig, *,
             cache_dir: str | Path | None = None, device: str = "cpu", resume: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a probe student on DATA from TEACHER's softened probabilities; write OUT like ``train``."""
+    check_run_folder(out, resume=resume, overwrite=overwrite, inputs=[teacher, data])   # before scoring
     config = config.model_copy(update={"model": config.model.model_copy(update={"type": "probe"})})
     predictor = Predictor.load(teacher, device)
     samples = load_samples(data)
@@ -56,7 +58,8 @@ def distill(teacher: str | Path, data: str, out: str | Path, config: TrainConfig
     if seen_share > 0.5:
         log.warning("the teacher was trained on %.0f%% of these photos: its probabilities there are overconfident",
                     100 * seen_share)
-    metrics = train(data, out, config, cache_dir=cache_dir, device=device, resume=resume, progress=progress,
+    metrics = train(data, out, config, cache_dir=cache_dir, device=device, resume=resume, overwrite=overwrite,
+                    progress=progress,
                     soft_targets={hashed[0][i]: float(t) for i, t in zip(scored, targets)})   # type: ignore[misc]
     if not is_main():   # ddp: process 0 writes
         return metrics

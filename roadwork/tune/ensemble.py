@@ -20,19 +20,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
-from roadwork.config import ConfigError, TrainConfig, load_config
+from roadwork.config import ConfigError, TrainConfig, load_config, read_yaml
 from roadwork.data.records import DatasetError
 from roadwork.distributed import barrier, is_main
 from roadwork.evaluate.metrics import binary_metrics, bootstrap_metrics, interval, paired_difference
 from roadwork.serve.calibration import Calibration, fit_calibration
 from roadwork.serve.ensemble import COMBINATIONS, MEMBER_NAME, Combiner, logit, save_ensemble
-from roadwork.storage import atomic_write_json, writable_folder
+from roadwork.storage import atomic_write_json
 from roadwork.train.run import train
+from roadwork.train.trainer import check_run_folder, open_run_folder
 
 log = logging.getLogger(__name__)
 COMBINATION_FOLDS = 5
@@ -62,9 +62,7 @@ class EnsembleSpec(BaseModel):
 
 def load_spec(path: str | Path) -> EnsembleSpec:
     try:
-        return EnsembleSpec.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read the ensemble spec: {error}") from None
+        return EnsembleSpec.model_validate(read_yaml(path, "the ensemble spec") or {})
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"{path}: {problems}") from None
@@ -122,10 +120,13 @@ def combination_out_of_fold(method: str, probabilities: np.ndarray, labels: np.n
 
 def train_ensemble(spec: EnsembleSpec, data: str, out: str | Path, *, configs: list[str | Path] | None = None,
                    overrides: list[str] | None = None, cache_dir: str | Path | None = None, device: str = "cpu",
-                   resume: bool = False, progress: bool = True) -> dict[str, Any]:
+                   resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train every member into OUT/members/<name>, then write OUT/bundle (the ensemble) and OUT/metrics.json."""
-    out = writable_folder(out, "ensemble folder")
+    out = check_run_folder(out, resume=resume, overwrite=overwrite, inputs=[data])
     settings = member_configs(spec, list(configs or []), list(overrides or []))
+    if is_main():   # the spec is sound: only now does OUT come into being (or lose its old run)
+        open_run_folder(out, clear=overwrite and not resume)
+    barrier()
     runs = {name: out / "members" / name for name in settings}
     for name, config in settings.items():   # with --resume, train itself reuses what still fits the settings
         log.info("member %s", name)
