@@ -293,6 +293,14 @@ def train(
                   f"{val['ci95']['mcc'][0]:.3f}-{val['ci95']['mcc'][1]:.3f}), accuracy {val['accuracy']:.3f}, "
                   f"AUROC {val['auroc']:.3f}, n={val['n']}, {metrics['timing_s']['total']:.0f} s", highlight=False)
     console.print(f"  ({val['estimate']}; inputs: {val['inputs']})", highlight=False)
+    evidence = val["evidence"]
+    console.print(f"  decided by {evidence['groups']} groups (effective {evidence['effective_groups']}; "
+                  f"{evidence['groups_with_roadwork']} with roadwork); per-fold MCC "
+                  f"{', '.join('one class' if m is None else f'{m:.2f}' for m in evidence['fold_mcc'])}; interval from the "
+                  f"{evidence['mcc_ci95_from']}", highlight=False)
+    if evidence["few_groups"]:
+        console.print("[yellow]warning:[/] few independent groups decide this estimate: photos from other drives "
+                      "or cities may score far from it", highlight=False)
     console.print(f"bundle written to {out / 'bundle'}")
 
 

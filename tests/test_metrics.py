@@ -17,8 +17,10 @@ from sklearn.metrics import (
 )
 
 from roadwork.evaluate.metrics import (
+    between_fold_interval,
     binary_metrics,
     bootstrap_metrics,
+    group_evidence,
     paired_difference,
     reliability,
     weighted_metrics,
@@ -138,3 +140,25 @@ def test_reward_simulation_follows_the_network_formula():
     first, second = simulate_reward(noisy, labels, seed=3), simulate_reward(noisy, labels, seed=3)
     assert first == second and 0 < first["p05"] < first["mean"] < first["p95"] < 1
     assert simulate_reward(np.full(3, 0.9), [1, 1, 1]) is None   # one class: no 50/50 challenge stream
+
+
+def test_group_evidence_counts_a_giant_drive_about_once():
+    # Three drives of 80, 15 and 5 photos: 100 rows, but close to one and a half independent pieces.
+    groups = np.repeat([7, 3, 9], [80, 15, 5])
+    labels = np.concatenate([np.zeros(80), np.r_[np.ones(5), np.zeros(10)], np.ones(5)]).astype(int)
+    evidence = group_evidence(labels, groups)
+    assert evidence["groups"] == 3 and evidence["effective_groups"] == pytest.approx(100**2 / (80**2 + 15**2 + 5**2), abs=0.05)
+    assert evidence["groups_with_roadwork"] == 2 and evidence["groups_without"] == 2
+    single_photos = group_evidence(labels, np.arange(100))
+    assert single_photos["effective_groups"] == 100 and single_photos["groups_with_roadwork"] == 10
+
+
+def test_between_fold_interval_is_the_student_t_interval_of_the_fold_mean():
+    from scipy import stats
+
+    folds = [0.85, 0.89, 0.60, 0.82, 0.63]
+    low, high = stats.t.interval(0.95, 4, loc=np.mean(folds), scale=stats.sem(folds))
+    assert between_fold_interval(folds) == pytest.approx([low, high], abs=1e-4)
+    assert between_fold_interval([0.8]) is None and between_fold_interval([0.8, float("nan"), None]) is None
+    # Folds that disagree widen it; folds that agree narrow it.
+    assert np.diff(between_fold_interval([0.7, 0.71, 0.69]))[0] < np.diff(between_fold_interval(folds))[0]

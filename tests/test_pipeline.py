@@ -56,6 +56,10 @@ def test_train_writes_bundle_and_metrics(trained):
     assert metrics["groups"]["groups"] == 40 and metrics["folds"] == 1
     low, high = metrics["validation"]["ci95"]["mcc"]
     assert low <= metrics["validation"]["mcc"] <= high
+    evidence = metrics["validation"]["evidence"]   # one held-out set of about 6 single-photo groups
+    assert evidence["groups"] == n_val == evidence["effective_groups"] and evidence["few_groups"]
+    assert len(evidence["fold_mcc"]) == 1 and evidence["mcc_ci95_between_folds"] is None
+    assert evidence["mcc_ci95_from"] == "group bootstrap"
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     assert manifest["backbone"]["name"] == "efficientnet-lite0" and manifest["backbone"]["views"] == "auto"
     assert manifest["vocabulary"]["fields"]["weather"] == ["fog", "rain"]
@@ -372,6 +376,10 @@ def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, 
     assert metrics["folds"] == 4 and metrics["validation"]["n"] == 40 and set(metrics["candidates"]) == {
         "probe", "multiview"}
     assert metrics["calibration"]["fitted_on"] == 40
+    evidence, interval = metrics["validation"]["evidence"], metrics["validation"]["ci95"]["mcc"]
+    assert len(evidence["fold_mcc"]) == 4 and evidence["groups"] == 40
+    for part in (evidence["mcc_ci95_group_bootstrap"], evidence["mcc_ci95_between_folds"]):
+        assert interval[0] <= part[0] and part[1] <= interval[1]   # the reported interval covers both
     manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
     assert manifest["kind"] == "fold_ensemble" and manifest["members"] == 4
     assert manifest["head"]["type"] == metrics["chosen_head"]

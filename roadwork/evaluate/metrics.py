@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from roadwork.serve.calibration import bootstrap_weights, mcc_table
 
@@ -122,6 +123,27 @@ def interval(values: np.ndarray) -> list[float] | None:
         return None
     low, high = np.percentile(finite, [2.5, 97.5])
     return [round(float(low), 4), round(float(high), 4)]
+
+
+def group_evidence(labels: Sequence[int] | np.ndarray, groups: Sequence[int] | np.ndarray) -> dict[str, object]:
+    """How many independent units decide an estimate: the groups, their effective number (Kish:
+    (sum of sizes)^2 / sum of squared sizes, so one giant drive counts about once), and how many
+    groups hold each class. Fifty photos from three drives are three pieces of evidence, not fifty."""
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    sizes = np.bincount(codes).astype(float)
+    positive = np.bincount(codes, weights=np.asarray(labels, dtype=float), minlength=len(sizes))
+    return {"groups": int(len(sizes)), "effective_groups": round(float(sizes.sum() ** 2 / (sizes**2).sum()), 1),
+            "groups_with_roadwork": int((positive > 0).sum()), "groups_without": int((positive < sizes).sum())}
+
+
+def between_fold_interval(values: Sequence[float | None]) -> list[float] | None:
+    """95% Student-t interval of the mean of per-fold values (None and NaN folds left out; None for
+    fewer than two left): the spread between folds, which a bootstrap of a few large groups understates."""
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if finite.size < 2:
+        return None
+    half = float(student_t.ppf(0.975, finite.size - 1) * finite.std(ddof=1) / np.sqrt(finite.size))
+    return [round(float(finite.mean()) - half, 4), round(float(finite.mean()) + half, 4)]
 
 
 def with_intervals(probabilities: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
