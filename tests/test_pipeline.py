@@ -369,9 +369,12 @@ def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, 
     metrics = train(str(trained["data"]), tmp_path / "run", config, cache_dir=trained["cache"], progress=False)
     everything = {f"img/{i}.jpg" for i in range(40)}
     held_out = []
-    for fit_names, select_names in seen:
+    with open(tmp_path / "run" / "validation_predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for fold, (fit_names, select_names) in enumerate(seen):
         assert not set(fit_names) & set(select_names)
         held_out += sorted(everything - set(fit_names) - set(select_names))
+        assert {r["file_name"] for r in rows if r["fold"] == str(fold)} == everything - set(fit_names) - set(select_names)
     assert len(seen) == 4 and sorted(held_out) == sorted(everything)  # each photo held out exactly once
     assert metrics["folds"] == 4 and metrics["validation"]["n"] == 40 and set(metrics["candidates"]) == {
         "probe", "multiview"}

@@ -290,11 +290,13 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     if not is_main():   # the same result, written once (by process 0)
         return {"validation": validation, "chosen_head": chosen}
     held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
-    # The group lets `ensemble` keep drives together; the raw margin lets a cut rule be refitted offline.
+    # The group lets `ensemble` keep drives together; the raw margin and the fold let a cut rule be
+    # refitted offline, each fold's cut from the other folds only.
+    folds = np.repeat(np.arange(len(labels)), [len(y) for y in labels])
     write_predictions(out / "validation_predictions.csv",
                       zip(held_names, all_labels.tolist(), probabilities.tolist(), served.tolist(),
-                          all_groups.tolist()),
-                      ["probability", "margin", "group"])
+                          all_groups.tolist(), folds.tolist()),
+                      ["probability", "margin", "group", "fold"])
     kind = (f"out-of-fold over {len(splits)} grouped folds; each fold cut by a calibration fitted on the others"
             if len(splits) > 1 else
             "one held-out set that also chose the checkpoint, the cut and the head: optimistic")
