@@ -43,9 +43,9 @@ from common import held_out_datasets, machine, subset_folder, today  # noqa: E40
 from roadwork.config import load_config  # noqa: E402
 from roadwork.data.sources import load_samples  # noqa: E402
 from roadwork.data.splits import kfold_splits  # noqa: E402
-from roadwork.serve.calibration import (Calibration, bootstrap_mcc_curves, bootstrap_weights,  # noqa: E402
-                                        candidate_cuts, fit_calibration)
+from roadwork.serve.calibration import Calibration, candidate_cuts, fit_calibration  # noqa: E402
 from roadwork.serve.predictor import Predictor  # noqa: E402
+from roadwork.stats import bootstrap_mcc_curves, bootstrap_weights  # noqa: E402
 from roadwork.train.run import train  # noqa: E402
 
 VARIANTS = {"default": [], "frozen": ["backbone_training.mode=frozen", "model.type=probe"]}

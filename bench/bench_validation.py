@@ -35,12 +35,13 @@ from sklearn.metrics import matthews_corrcoef, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROADWORK, cached_photos, machine, subset_folder, today  # noqa: E402
 
-from roadwork.serve.calibration import bootstrap_mcc_curves, candidate_cuts  # noqa: E402
 from roadwork.config import load_config  # noqa: E402
 from roadwork.data.splits import kfold_splits  # noqa: E402
 from roadwork.evaluate.run import evaluate  # noqa: E402
 from roadwork.features.table import FeatureTable, head_margins  # noqa: E402
 from roadwork.serve.bundle import load_bundle  # noqa: E402
+from roadwork.serve.calibration import candidate_cuts  # noqa: E402
+from roadwork.stats import bootstrap_mcc_curves  # noqa: E402
 from roadwork.train.run import train  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"

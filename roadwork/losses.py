@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from roadwork.config import LossConfig
+from roadwork.features.metadata import NULL_INDEX
 from roadwork.model.head import HeadOutput
-from roadwork.model.metadata import NULL_INDEX
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float, alpha: float | None, smoothing: float) -> Tensor:

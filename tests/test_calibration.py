@@ -10,13 +10,8 @@ import torch
 from sklearn.metrics import matthews_corrcoef
 
 from roadwork.evaluate.metrics import reliability
-from roadwork.serve.calibration import (
-    Calibration,
-    bootstrap_mcc_curves,
-    candidate_cuts,
-    choose_cut,
-    fit_calibration,
-)
+from roadwork.serve.calibration import Calibration, candidate_cuts, choose_cut, fit_calibration
+from roadwork.stats import bootstrap_mcc_curves
 
 
 def test_mcc_curves_match_scikit_learn_at_every_cut():

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from roadwork.config import LossConfig
+from roadwork.features.metadata import NULL_INDEX
 from roadwork.losses import RoadworkLoss, consistency_loss, focal_loss, weather_loss
 from roadwork.model.head import HeadOutput
-from roadwork.model.metadata import NULL_INDEX
 
 
 def test_focal_reduces_to_cross_entropy_without_focusing():

@@ -5,13 +5,14 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from roadwork.data.records import Sample
 from roadwork.config import HeadConfig, LossConfig
+from roadwork.data.records import Sample
+from roadwork.features.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch, MetadataVocab
 from roadwork.losses import RoadworkLoss
 from roadwork.model.attention import GatedAttentionStack, attention_mask
 from roadwork.model.gafm import GatedAttentionFusion, MeanFusion
 from roadwork.model.head import HeadEnsemble, MultiViewHead, ProbeHead, build_head
-from roadwork.model.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch, MetadataEncoder, MetadataVocab
+from roadwork.model.metadata import MetadataEncoder
 from roadwork.model.pruning import ViewPruner
 from roadwork.model.pyramid import InputProjection, MultiScalePyramid
 
@@ -363,8 +364,8 @@ def test_text_encoder_embeds_distinct_strings_once():
 def test_view_logits_use_the_main_classifier_so_agreement_is_not_trivial():
     """With one view and mean fusion the pooled vector is that view's token: both logits must match."""
     from roadwork.data.records import Sample
+    from roadwork.features.metadata import MetadataBatch, MetadataVocab
     from roadwork.model.head import build_head
-    from roadwork.model.metadata import MetadataBatch, MetadataVocab
 
     vocab = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})
     head = build_head(HeadConfig(type="multiview", d_model=16, heads=2, attention_layers=1, fusion="mean", prune_k=None), 8, vocab).eval()
@@ -376,7 +377,7 @@ def test_view_logits_use_the_main_classifier_so_agreement_is_not_trivial():
 
 def test_hidden_rows_look_exactly_like_rows_without_metadata():
     from roadwork.data.records import Sample
-    from roadwork.model.metadata import MetadataBatch, MetadataVocab
+    from roadwork.features.metadata import MetadataBatch, MetadataVocab
 
     vocab = MetadataVocab({"weather": ["rain"], "daytime": ["night"], "scene": ["urban"]})
     full = Sample(file_name="a", label=1, latitude=10.0, longitude=20.0, weather="rain", daytime="night",
@@ -393,9 +394,9 @@ def test_hidden_rows_look_exactly_like_rows_without_metadata():
 def test_metadata_dropout_hides_inputs_and_keeps_the_weather_target(monkeypatch):
     from roadwork.config import OptimConfig
     from roadwork.data.records import Sample
+    from roadwork.features.metadata import MetadataBatch, MetadataVocab
     from roadwork.features.table import Batch
     from roadwork.losses import RoadworkLoss
-    from roadwork.model.metadata import MetadataBatch, MetadataVocab
     from roadwork.train.module import RoadworkModule
 
     vocab = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})

@@ -13,8 +13,8 @@ from roadwork.backbones.base import create_backbone
 from roadwork.cli import app
 from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.sources import load_samples
+from roadwork.features.metadata import MetadataVocab
 from roadwork.model.head import HeadEnsemble, MultiViewHead
-from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.bundle import BackboneSpec, BundleError, save_bundle
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.predictor import Predictor

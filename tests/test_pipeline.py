@@ -423,7 +423,7 @@ def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
     from roadwork.serve.calibration import selection_score
     from roadwork.data.records import Sample
     from roadwork.features.table import FeatureTable, head_margins
-    from roadwork.model.metadata import MetadataVocab
+    from roadwork.features.metadata import MetadataVocab
     from roadwork.train.fit import fit_multiview
 
     torch.manual_seed(0)
@@ -470,7 +470,7 @@ def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path
 def test_feature_bank_table_draws_a_version_per_row_each_epoch():
     from roadwork.data.records import Sample
     from roadwork.features.table import FeatureTable
-    from roadwork.model.metadata import MetadataVocab
+    from roadwork.features.metadata import MetadataVocab
     from roadwork.train.data import FeatureDataModule
 
     samples = [Sample(f"{i}.jpg", i % 2) for i in range(64)]

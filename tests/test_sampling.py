@@ -96,7 +96,7 @@ def test_epoch_sampler_draws_by_weight_reproducibly_and_shards_the_epoch():
 def test_the_trainers_loader_draws_by_the_gps_weights():
     """The weights must reach the loader the head trains from, not only be computed."""
     from roadwork.features.table import FeatureTable
-    from roadwork.model.metadata import MetadataVocab
+    from roadwork.features.metadata import MetadataVocab
     from roadwork.train.data import FeatureDataModule
 
     samples = [Sample(f"{i}.jpg", i % 2) for i in range(40)]
@@ -114,7 +114,7 @@ def test_the_trainers_loader_draws_by_the_gps_weights():
 def test_the_probe_weights_rows_like_the_sampler_would():
     """Zero weight on a row must equal leaving it out; a probe that ignored the weights would differ."""
     from roadwork.features.table import FeatureTable
-    from roadwork.model.metadata import MetadataVocab
+    from roadwork.features.metadata import MetadataVocab
     from roadwork.train.probe import fit_probe
 
     rng = np.random.default_rng(0)

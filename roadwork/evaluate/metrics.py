@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import t as student_t
 
-from roadwork.serve.calibration import bootstrap_weights, mcc_table
+from roadwork.stats import bootstrap_weights, mcc_table
 
 METRICS = ("mcc", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc", "auprc", "brier")
 RESAMPLE_BLOCK = 100   # resamples per block: keeps memory at block x rows

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from roadwork.evaluate.metrics import ReliabilityBin
-from roadwork.serve.calibration import bootstrap_mcc_curves
+from roadwork.stats import bootstrap_mcc_curves
 
 THRESHOLDS = np.round(np.linspace(0.01, 0.99, 99), 2)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from roadwork.serve.calibration import mcc_table
+from roadwork.stats import mcc_table
 
 MCC_WINDOW, ACCURACY_WINDOW = 100, 10
 

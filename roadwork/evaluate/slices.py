@@ -17,7 +17,7 @@ from roadwork.data.geo import TargetRegions
 from roadwork.data.groups import GROUP_COLUMNS
 from roadwork.data.records import CATEGORY_FIELDS, Sample
 from roadwork.evaluate.metrics import bootstrap_metrics, interval
-from roadwork.serve.calibration import mcc_table
+from roadwork.stats import mcc_table
 
 MISSING = "(missing)"
 MAX_CATEGORIES = 12   # an extra column with more distinct values is an id, not a category

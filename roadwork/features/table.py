@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from roadwork.data.records import Sample
-from roadwork.model.metadata import MetadataBatch, MetadataVocab
+from roadwork.features.metadata import MetadataBatch, MetadataVocab
 
 
 def pad_views(per_image: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

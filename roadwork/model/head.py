@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from roadwork.model.attention import GatedAttentionStack
 from roadwork.config import HeadConfig
+from roadwork.features.metadata import MetadataBatch, MetadataVocab
+from roadwork.model.attention import GatedAttentionStack
 from roadwork.model.gafm import GatedAttentionFusion, MeanFusion
-from roadwork.model.metadata import MetadataBatch, MetadataEncoder, MetadataVocab
+from roadwork.model.metadata import MetadataEncoder
 from roadwork.model.pruning import ViewPruner
 from roadwork.model.pyramid import InputProjection, MultiScalePyramid
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from roadwork.model.metadata import TEXT_DIM
+from roadwork.features.metadata import TEXT_DIM
 
 
 class TextEncoder:

@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save
 from roadwork import __version__
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
+from roadwork.features.metadata import MetadataVocab
 from roadwork.model.head import HeadEnsemble, build_head
-from roadwork.model.metadata import MetadataVocab
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.tta import FeatureDensity
 from roadwork.storage import atomic_write_bytes, atomic_write_json, read_json, sha256_file, write_folder

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from roadwork.data.views import MAX_VIEWS
 from roadwork.errors import RoadworkError
-from roadwork.model.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch
+from roadwork.features.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
 from roadwork.storage import atomic_write_json, check_output, read_json, sha256_file, write_folder
 

@@ -13,10 +13,10 @@ import torch
 
 from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import CATEGORY_FIELDS, Sample
+from roadwork.features.metadata import NULL_INDEX, MetadataVocab
 from roadwork.features.table import FeatureTable
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import MultiViewHead, build_head
-from roadwork.model.metadata import NULL_INDEX, MetadataVocab
 from roadwork.train.data import FeatureDataModule
 from roadwork.train.module import RoadworkModule
 from roadwork.train.trainer import build_trainer

@@ -30,17 +30,16 @@ from roadwork.config import ConfigError, HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.distributed import barrier, is_main, launch
-from roadwork.evaluate.metrics import (between_fold_interval, binary_metrics, group_evidence, reliability,
-                                       with_intervals)
+from roadwork.evaluate.metrics import between_fold_interval, binary_metrics, group_evidence, reliability, with_intervals
 from roadwork.evaluate.report import write_predictions
+from roadwork.features.metadata import MetadataVocab
 from roadwork.features.table import FeatureTable, head_margins, head_outputs
 from roadwork.model.head import HeadEnsemble, build_head
-from roadwork.model.metadata import MetadataVocab
+from roadwork.progress import console
 from roadwork.serve.bundle import save_bundle
 from roadwork.serve.calibration import fit_calibration
 from roadwork.serve.tta import FeatureDensity
 from roadwork.storage import atomic_write_bytes, atomic_write_json
-from roadwork.progress import console
 from roadwork.train.finetune import adapted_splits, resolve_mode
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
 from roadwork.train.prepare import Photos, PreparedData, prepare_data
