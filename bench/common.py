@@ -68,12 +68,12 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[fl
 
 def cached_photos(data: str | Path, cache_dir: str | Path, progress: bool = False):
     """(samples, content keys, [views, dim] features) of DATA from the feature cache, extracting what is missing."""
-    from roadwork.backbones.base import create_backbone
+    from roadwork.backbones.base import BackboneSpec, create_backbone
     from roadwork.data.sources import load_samples
     from roadwork.features.extract import extract_and_load, open_store
 
     samples = load_samples(str(data))
-    store = open_store(cache_dir, "efficientnet-lite0", 224, "auto")
+    store = open_store(cache_dir, BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
     result, features = extract_and_load(samples, lambda: create_backbone("efficientnet-lite0"), "auto", store,
                                         progress=progress)
     good = [i for i, f in enumerate(features) if f is not None]

@@ -187,13 +187,14 @@ def extract(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per backbone batch.")] = 16,
 ) -> None:
     """Fill the feature cache for DATA (already cached images are skipped)."""
-    from roadwork.backbones.base import create_backbone
+    from roadwork.backbones.base import BackboneSpec, create_backbone
     from roadwork.data.sources import load_samples
     from roadwork.features.extract import extract_features, open_store
 
     samples = load_samples(data, require_labels=False)
     model = create_backbone(backbone, weights=weights, device=_device(device), input_size=input_size)
-    store = open_store(cache_dir, model.name, model.input_size, views.value, weights, model.device)
+    spec = BackboneSpec.resolve(backbone, weights=weights, input_size=input_size, views=views.value)
+    store = open_store(cache_dir, spec, model.device)
     result = extract_features(samples, model, views.value, store, images_per_batch=batch, num_workers=workers)
     summary = {
         "images": len(samples), "extracted": result.extracted, "cached": result.cached,

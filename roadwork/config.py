@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from roadwork.data.groups import AUTO, NEAR_DUPLICATE_SIMILARITY
 from roadwork.data.decode import DEFAULT_MAX_PIXELS
+from roadwork.data.groups import AUTO, NEAR_DUPLICATE_SIMILARITY
 from roadwork.data.views import VIEW_PLANS
 from roadwork.errors import RoadworkError
 from roadwork.storage import read_file

@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import jpeg_bytes, write_folder
+
+from roadwork.backbones.base import BackboneSpec
 from roadwork.data.sources import load_samples
 from roadwork.features.extract import content_keys, extract_features, open_store
 from roadwork.features.store import FeatureStore, namespace_for
@@ -150,7 +151,7 @@ def test_namespace_follows_the_weights_not_just_their_path(tmp_path, monkeypatch
 
 def test_open_store_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ROADWORK_CACHE", str(tmp_path / "env-cache"))
-    store = open_store(None, "fake", 32, "auto")
+    store = open_store(None, BackboneSpec("fake", None, 32, 8, "auto"))
     assert store.root.parent == tmp_path / "env-cache"
 
 

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import orange_block_folder
-from roadwork.backbones.base import BATCHNORM, create_backbone
+
+from roadwork.backbones.base import BATCHNORM, BackboneSpec, create_backbone
 from roadwork.config import ConfigError, load_config
 from roadwork.data.sources import load_samples
 from roadwork.features.extract import content_keys, open_store
@@ -89,8 +89,8 @@ def test_adapted_features_never_reuse_frozen_cache_entries(photos, tmp_path, tin
 
     samples = load_samples(str(photos))
     key = content_keys(samples[:1])[0][0]
-    frozen = open_store(cache, "efficientnet-lite0", 64, "auto")
-    stores = [open_store(cache, "efficientnet-lite0", 64, "auto", variant=adapted_variant(d)) for d in digests]
+    frozen = open_store(cache, BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"))
+    stores = [open_store(cache, BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"), variant=adapted_variant(d)) for d in digests]
     assert len({frozen.root, *(s.root for s in stores)}) == 5
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted(s.root.name for s in [frozen, *stores])
     reference = frozen.load([key])[key]
@@ -164,8 +164,8 @@ def test_an_interrupted_fine_tuning_continues_from_its_last_epoch(photos, tmp_pa
 
 
 def test_auto_fine_tunes_only_what_was_measured_and_only_where_it_is_affordable():
+    from roadwork.backbones.base import BackboneSpec
     from roadwork.config import BackboneTrainingConfig
-    from roadwork.serve.bundle import BackboneSpec
     from roadwork.train.finetune import AUTO_MAX_PHOTOS_ON_CPU, AUTO_MODES, resolve_mode
 
     auto = BackboneTrainingConfig()

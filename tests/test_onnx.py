@@ -9,13 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from roadwork.backbones.base import create_backbone
+from roadwork.backbones.base import BackboneSpec, create_backbone
 from roadwork.cli import app
 from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.sources import load_samples
 from roadwork.features.metadata import MetadataVocab
 from roadwork.model.head import HeadEnsemble, MultiViewHead
-from roadwork.serve.bundle import BackboneSpec, BundleError, save_bundle
+from roadwork.serve.bundle import BundleError, save_bundle
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.predictor import Predictor
 

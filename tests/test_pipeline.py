@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import orange_block_folder
 from PIL import Image
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 from typer.testing import CliRunner
 
-from conftest import orange_block_folder
+from roadwork.backbones.base import BackboneSpec
 from roadwork.cli import app
 from roadwork.config import ConfigError, load_config
 from roadwork.data.sources import load_samples
@@ -75,7 +76,7 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
     samples = load_samples(trained["test"])
     predictor = Predictor(bundle)
     backbone = predictor.backbone()
-    store = open_store(trained["cache"], backbone.name, backbone.input_size, "auto")
+    store = open_store(trained["cache"], BackboneSpec(backbone.name, None, backbone.input_size, backbone.feature_dim, "auto"))
     keys = extract_features(samples, backbone, "auto", store, num_workers=0, progress=False).keys
     loaded = store.load(keys)
     features = [loaded[k] for k in keys]
@@ -390,7 +391,7 @@ def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, 
     assert len(bundle.head.members) == 4
     test_samples = load_samples(trained["test"])
     probs, _ = Predictor(bundle).predict_samples(test_samples, cache_dir=trained["cache"])
-    store = open_store(trained["cache"], "efficientnet-lite0", 224, "auto")
+    store = open_store(trained["cache"], BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
     keys = extract_features(test_samples, lambda: None, "auto", store, progress=False).keys
     loaded = store.load(keys)
     from roadwork.features.table import FeatureTable
@@ -420,10 +421,10 @@ def test_vocabulary_comes_from_training_rows_and_leakage_is_reported(trained, tm
 def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
     """Early stopping and the kept checkpoint follow ``val_served_mcc``: the image-only margins cut
     where the served calibration would cut them, not MCC at margin 0."""
-    from roadwork.serve.calibration import selection_score
     from roadwork.data.records import Sample
-    from roadwork.features.table import FeatureTable, head_margins
     from roadwork.features.metadata import MetadataVocab
+    from roadwork.features.table import FeatureTable, head_margins
+    from roadwork.serve.calibration import selection_score
     from roadwork.train.fit import fit_multiview
 
     torch.manual_seed(0)
@@ -454,8 +455,8 @@ def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path
     namespaces = sorted(p.name for p in trained["cache"].iterdir() if p.is_dir())
     assert sum("-aug1-heavy-" in n for n in namespaces) == 1 and sum("-aug2-heavy-" in n for n in namespaces) == 1
     samples = load_samples(trained["data"])
-    plain = open_store(trained["cache"], "efficientnet-lite0", 224, "auto")
-    copy = open_store(trained["cache"], "efficientnet-lite0", 224, "auto", variant=SeededCopy("heavy", 1).variant)
+    plain = open_store(trained["cache"], BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
+    copy = open_store(trained["cache"], BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"), variant=SeededCopy("heavy", 1).variant)
     keys = extract_features(samples, lambda: None, "auto", plain, progress=False).keys
     assert len(copy) == len(set(keys)) and not copy.missing(keys)
     first = keys[0]
@@ -469,8 +470,8 @@ def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path
 
 def test_feature_bank_table_draws_a_version_per_row_each_epoch():
     from roadwork.data.records import Sample
-    from roadwork.features.table import FeatureTable
     from roadwork.features.metadata import MetadataVocab
+    from roadwork.features.table import FeatureTable
     from roadwork.train.data import FeatureDataModule
 
     samples = [Sample(f"{i}.jpg", i % 2) for i in range(64)]

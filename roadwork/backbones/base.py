@@ -165,6 +165,26 @@ class BackboneInfo:
     source: str   # where the weights come from: a package, a hub id or a local path
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a run extracts with: a described backbone plus its weights location (resolved to an
+    absolute path) and view plan. It names the feature cache's namespace and is what a bundle records."""
+
+    name: str
+    weights: str | None
+    input_size: int
+    feature_dim: int
+    views: str
+
+    @classmethod
+    def resolve(cls, name: str, *, weights: str | Path | None = None, input_size: int | None = None,
+                views: str = "auto") -> BackboneSpec:
+        """The spec of `create_backbone(name, weights=..., input_size=...)`, without loading weights."""
+        info = describe_backbone(name, weights=weights, input_size=input_size)
+        return cls(info.name, str(Path(weights).resolve()) if weights else None, info.input_size, info.feature_dim,
+                   views)
+
+
 class BackboneFactory(Protocol):
     def __call__(
         self, name: str, *, weights: str | Path | None, device: str | torch.device, input_size: int | None

@@ -25,8 +25,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from roadwork.data.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, check_image_size, decode_image,
-                                  oriented_size, to_rgb)
+from roadwork.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    check_image_size,
+    decode_image,
+    oriented_size,
+    to_rgb,
+)
 
 VIEW_PLANS = ("auto", "seed12", "global")
 # The most views any plan gives one photo: the global view, at most 6 x 6 tiles (3 per long side,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from roadwork.backbones.base import BackboneSpec
 from roadwork.data.decode import ImageDecodeError
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.views import image_views
@@ -193,12 +194,12 @@ def extract_and_load(samples: Sequence[Sample], backbone: torch.nn.Module | Call
     return result, [None if k is None else loaded[k] for k in result.keys]
 
 
-def open_store(cache_dir: str | Path | None, backbone: str, input_size: int, plan: str,
-               weights: str | None = None, device: str | torch.device = "cpu", variant: str | None = None) -> FeatureStore:
-    """The store for this backbone, weights, input size, view plan, device (and variant) under ``cache_dir``.
-
-    Takes names, not a built backbone, so a fully cached evaluation never loads the model.
+def open_store(cache_dir: str | Path | None, spec: BackboneSpec, device: str | torch.device = "cpu",
+               variant: str | None = None) -> FeatureStore:
+    """The store for this backbone spec (name, weights, input size, view plan), device and variant
+    under ``cache_dir``. Takes a spec, not a built backbone, so a fully cached evaluation never loads
+    the model.
     """
     root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
     precision = "bf16" if torch.device(device).type == "cuda" else "fp32"  # Backbone.run autocasts on CUDA
-    return FeatureStore(root, namespace_for(backbone, input_size, plan, weights, precision, variant))
+    return FeatureStore(root, namespace_for(spec.name, spec.input_size, spec.views, spec.weights, precision, variant))

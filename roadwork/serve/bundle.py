@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from roadwork import __version__
+from roadwork.backbones.base import BackboneSpec
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
 from roadwork.features.metadata import MetadataVocab
@@ -44,15 +45,6 @@ _VERSIONED = ("torch", "timm", "transformers", "lightning", "safetensors", "sent
 
 class BundleError(RoadworkError):
     """A bundle that is missing, incomplete, tampered with, or from an incompatible version."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    weights: str | None
-    input_size: int
-    feature_dim: int
-    views: str
 
 
 @dataclass

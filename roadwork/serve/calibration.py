@@ -25,7 +25,6 @@ from sklearn.isotonic import IsotonicRegression
 
 from roadwork.stats import bootstrap_mcc_curves, bootstrap_weights
 
-
 log = logging.getLogger(__name__)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 MAX_CUTS = 200

@@ -138,7 +138,7 @@ class Predictor(SampleScoring):
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor | EnsemblePredictor:
         """A bundle folder, a folder ``roadwork export --format onnx`` wrote (then run by onnxruntime),
         or an ensemble folder ``roadwork ensemble`` wrote."""
-        from roadwork.serve.ensemble import EnsemblePredictor, is_ensemble   # it builds on this class
+        from roadwork.serve.ensemble import EnsemblePredictor, is_ensemble  # it builds on this class
 
         if is_ensemble(path):
             return EnsemblePredictor(path, device)
@@ -185,10 +185,9 @@ class Predictor(SampleScoring):
         return self._backbones[source]
 
     def _store(self, source: int, cache_dir: str | Path | None, transform: TtaTransform | None = None) -> FeatureStore:
-        spec = self.bundle.backbone
         adapted = adapted_variant(self.bundle.adapted_digest(source)) if self.bundle.adapted else None
         variant = "+".join(v for v in (adapted, transform.variant if transform else None) if v) or None
-        return open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, self.device, variant=variant)
+        return open_store(cache_dir, self.bundle.backbone, self.device, variant=variant)
 
     def _features(self, views: Sequence[Tensor]) -> list[list[Tensor]]:
         """Per source, each image's ``[views, dim]`` features, the views of several images batched together."""

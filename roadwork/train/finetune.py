@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from roadwork.backbones.adapt import adapt_backbone, changed_weights, create_adapted_backbone, weight_snapshot
-from roadwork.backbones.base import Backbone, create_backbone
+from roadwork.backbones.base import Backbone, BackboneSpec, create_backbone
 from roadwork.config import BackboneTrainingConfig, OptimConfig, TrainConfig
 from roadwork.data.augment import ViewAugmenter
 from roadwork.data.records import DatasetError, Sample
@@ -38,10 +38,9 @@ from roadwork.features.extract import ViewsDataset, default_workers, extract_and
 from roadwork.features.store import adapted_variant
 from roadwork.features.table import as_is
 from roadwork.progress import progress_bar
-from roadwork.serve.bundle import BackboneSpec
 from roadwork.storage import atomic_write_bytes
-from roadwork.train.prepare import Photos, PreparedData
 from roadwork.train.module import warmup_cosine
+from roadwork.train.prepare import Photos, PreparedData
 from roadwork.train.sampling import EpochSampler
 from roadwork.train.trainer import build_trainer, claim_folder
 
@@ -255,8 +254,7 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
         backbone = create_adapted_backbone(data.backbone, changed, weights=data.backbone_weights,
                                            input_size=data.input_size, device=device)
         spec = prep.spec
-        store = open_store(cache_dir, spec.name, spec.input_size, spec.views, spec.weights, device,
-                           variant=adapted_variant(digest))
+        store = open_store(cache_dir, spec, device, variant=adapted_variant(digest))
         result, features = extract_and_load(everything, backbone, spec.views, store, num_workers=config.data.num_workers,
                                             progress=progress, hashed=(list(keys), {}))
         if result.failures:

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC, BinaryMatthewsCorrCoef
 
-from roadwork.serve.calibration import selection_score
 from roadwork.config import OptimConfig
+from roadwork.features.table import Batch
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import HeadOutput
-from roadwork.features.table import Batch
+from roadwork.serve.calibration import selection_score
 
 
 class RoadworkModule(L.LightningModule):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import create_backbone, describe_backbone
+from roadwork.backbones.base import BackboneSpec, create_backbone
 from roadwork.config import TrainConfig
 from roadwork.data.augment import SeededCopy
 from roadwork.data.groups import Grouping, check_label_conflicts, group_samples, leakage_report
@@ -24,7 +24,6 @@ from roadwork.data.sources import load_samples
 from roadwork.distributed import rank_and_world
 from roadwork.features.extract import content_keys, extract_and_load, open_store
 from roadwork.model.text import TextEncoder
-from roadwork.serve.bundle import BackboneSpec
 
 
 @dataclass
@@ -87,10 +86,9 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     dropped = set(range(len(samples))) - {readable[i] for i in keep}   # unreadable or conflicting
 
     data = config.data
-    info = describe_backbone(data.backbone, weights=data.backbone_weights, input_size=data.input_size)
-    weights = str(Path(data.backbone_weights).resolve()) if data.backbone_weights else None
-    spec = BackboneSpec(info.name, weights, info.input_size, info.feature_dim, data.views)
-    store = open_store(cache_dir, info.name, info.input_size, data.views, data.backbone_weights, device)
+    spec = BackboneSpec.resolve(data.backbone, weights=data.backbone_weights, input_size=data.input_size,
+                                views=data.views)
+    store = open_store(cache_dir, spec, device)
     # The backbone is built only if some photo is not cached yet, and then once.
     build = cache(lambda: create_backbone(data.backbone, weights=data.backbone_weights, device=device,
                                           input_size=data.input_size))
@@ -106,8 +104,7 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     require_both_classes(train.samples, "training (after dropping undecodable images)")
     for copy in range(1, data.augment_copies + 1):
         augment = SeededCopy(data.augment, copy)
-        copy_store = open_store(cache_dir, info.name, info.input_size, data.views, data.backbone_weights, device,
-                                variant=augment.variant)
+        copy_store = open_store(cache_dir, spec, device, variant=augment.variant)
         _, augmented = extract_and_load(train.samples, build, data.views, copy_store, num_workers=data.num_workers,
                                         progress=progress, hashed=(list(train.keys), {}), augment=augment)
         # An augmented copy cannot fail where its photo did not; keep the photo if it somehow does.

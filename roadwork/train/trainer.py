@@ -14,8 +14,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint,
-                                         RichProgressBar, ThroughputMonitor)
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    ThroughputMonitor,
+)
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
