@@ -15,13 +15,18 @@ Ambiguous real-dev rows are left out, as in the other real-dev benchmarks.
 
 Every run keeps its out-of-fold margins (validation_predictions.csv); each cut rule below is then
 refitted on them and applied to the held-out margins, so one training run scores every rule:
-* current: the shipped rule (bootstrap-smoothed MCC cut, moved from margin 0 only at 90% confidence);
+* old (0.9): the rule shipped until issue 18 (bootstrap-smoothed MCC cut, moved from margin 0 when it
+  wins in 90% of group-bootstrap resamples);
+* new (1.0): the same, moved only when it wins in every resample (`validation.cut_confidence` now);
 * zero: margin 0 with a fitted temperature;
+* fold-consistent: the old rule, but the cut leaves margin 0 only if no fold's MCC gets worse;
 * platt: logistic regression of the label on the margin (cut where it says 0.5);
 * balanced: the same with both classes weighted equally (calibrated for the network's 50/50 stream);
 * balanced-mcc: the cut of the best bootstrap-smoothed MCC with both classes weighted equally.
 Held-out MCC is reported at the photos' own prevalence and reweighted to 50/50 ("bal."), the share
-the validator sends. A rerun with the same --work reuses finished training runs.
+the validator sends. "mean gap" is the mean |estimate - held-out MCC| under the old / new rule (the
+estimate refitted from the out-of-fold margins as `train` would with that rule); "best cut in hindsight" is the held-out MCC of the best cut chosen on the
+held-out photos themselves (the mean member margin of a fold ensemble): what no rule can beat. A rerun with the same --work reuses finished training runs.
 """
 
 from __future__ import annotations
@@ -70,12 +75,27 @@ def balanced_mcc(margins: np.ndarray, labels: np.ndarray, groups: np.ndarray) ->
     return Calibration(cut, platt(margins - cut, labels, balanced=True).temperature)
 
 
+def fold_consistent(margins: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: np.ndarray) -> Calibration:
+    """The old rule (0.9), but the cut leaves margin 0 only if no fold's MCC gets worse there: each
+    fold's margins come from its own model and drives, so a move that helps the pool but hurts one
+    fold is a property of some drives or sources, not of the model."""
+    calibration = fit_calibration(margins, labels, confidence=0.9, groups=groups)[0]
+    cut = calibration.margin_threshold
+    for fold in np.unique(folds):
+        rows = folds == fold
+        if matthews_corrcoef(labels[rows], margins[rows] > cut) < matthews_corrcoef(labels[rows], margins[rows] > 0):
+            return RULES["zero"](margins, labels, groups, folds)
+    return calibration
+
+
 RULES = {
-    "current": lambda m, y, g: fit_calibration(m, y, groups=g)[0],
-    "zero": lambda m, y, g: Calibration(0.0, fit_calibration(m, y, confidence=2.0, groups=g)[0].temperature),
-    "platt": lambda m, y, g: platt(m, y, balanced=False),
-    "balanced": lambda m, y, g: platt(m, y, balanced=True),
-    "balanced-mcc": balanced_mcc,
+    "old (0.9)": lambda m, y, g, f: fit_calibration(m, y, confidence=0.9, groups=g)[0],
+    "zero": lambda m, y, g, f: Calibration(0.0, fit_calibration(m, y, confidence=2.0, groups=g)[0].temperature),
+    "new (1.0)": lambda m, y, g, f: fit_calibration(m, y, confidence=1.0, groups=g)[0],
+    "fold-consistent": fold_consistent,
+    "platt": lambda m, y, g, f: platt(m, y, balanced=False),
+    "balanced": lambda m, y, g, f: platt(m, y, balanced=True),
+    "balanced-mcc": lambda m, y, g, f: balanced_mcc(m, y, g),
 }
 
 
@@ -101,44 +121,56 @@ def splits(work: Path, real: Path) -> dict[str, tuple[Path, Path]]:
 def crossfit_folds(run_dir: Path) -> dict[str, dict]:
     """One pseudo-run per fold of a training run: the other folds' out-of-fold margins to fit a rule
     on, this fold's margins to score it on."""
-    with open(run_dir / "validation_predictions.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["margin"]]
-    estimate = json.loads((run_dir / "metrics.json").read_text())["validation"]["mcc"]
+    run = {k: np.array(v) if k != "estimate" else v for k, v in out_of_fold(run_dir).items()}
     result = {}
-    for fold in sorted({r["fold"] for r in rows}, key=int):
-        fit, held = [r for r in rows if r["fold"] != fold], [r for r in rows if r["fold"] == fold]
+    for fold in np.unique(run["oof_fold"]):
+        fit, held = run["oof_fold"] != fold, run["oof_fold"] == fold
         result[f"crossfit:{fold}"] = {
-            "oof_margin": [float(r["margin"]) for r in fit], "oof_label": [int(r["label"]) for r in fit],
-            "oof_group": [r["group"] for r in fit], "held_margins": [[float(r["margin"])] for r in held],
-            "held_label": [int(r["label"]) for r in held], "estimate": estimate}
+            **{k: run[k][fit].tolist() for k in ("oof_margin", "oof_label", "oof_group", "oof_fold")},
+            "held_margins": run["oof_margin"][held][:, None].tolist(), "held_label": run["oof_label"][held].tolist(),
+            "estimate": run["estimate"]}
     return result
 
 
 def scored(train_data: Path, test_data: Path, out: Path, cache: Path, overrides: list[str]) -> dict:
     """Train (or reuse) one run; its out-of-fold and held-out margins and its own estimate."""
-    saved = out / "margins.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())
     if not (out / "metrics.json").is_file():
         train(str(train_data), out, load_config(None, overrides), cache_dir=cache, progress=False)
-    with open(out / "validation_predictions.csv", newline="") as handle:
-        oof = [r for r in csv.DictReader(handle) if r["margin"]]
-    predictor = Predictor.load(out / "bundle")
-    samples = load_samples(str(test_data))
-    margins, good, _ = predictor.sample_margins(samples, cache)
-    margins = margins if margins.ndim == 2 else margins[:, None]
-    result = {"oof_margin": [float(r["margin"]) for r in oof], "oof_label": [int(r["label"]) for r in oof],
-              "oof_group": [r["group"] for r in oof], "held_margins": margins.tolist(),
-              "held_label": [samples[i].label for i in good],
-              "estimate": json.loads((out / "metrics.json").read_text())["validation"]["mcc"]}
-    saved.write_text(json.dumps(result))
-    return result
+    saved = out / "held-out.json"
+    if not saved.is_file():
+        predictor = Predictor.load(out / "bundle")
+        samples = load_samples(str(test_data))
+        margins, good, _ = predictor.sample_margins(samples, cache)
+        margins = margins if margins.ndim == 2 else margins[:, None]
+        saved.write_text(json.dumps({"held_margins": margins.tolist(), "held_label": [samples[i].label for i in good]}))
+    return out_of_fold(out) | json.loads(saved.read_text())
+
+
+def out_of_fold(run_dir: Path) -> dict:
+    """A run's out-of-fold margins, labels, groups and folds, and its own estimate."""
+    with open(run_dir / "validation_predictions.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["margin"]]
+    return {"oof_margin": [float(r["margin"]) for r in rows], "oof_label": [int(r["label"]) for r in rows],
+            "oof_group": [r["group"] for r in rows], "oof_fold": [int(r.get("fold") or 0) for r in rows],
+            "estimate": json.loads((run_dir / "metrics.json").read_text())["validation"]["mcc"]}
 
 
 def held_out(run: dict, rule: str) -> tuple[np.ndarray, np.ndarray]:
-    m, y = np.array(run["oof_margin"]), np.array(run["oof_label"])
-    calibration = RULES[rule](m, y, np.unique(run["oof_group"], return_inverse=True)[1])
+    m, y, f = np.array(run["oof_margin"]), np.array(run["oof_label"]), np.array(run["oof_fold"])
+    calibration = RULES[rule](m, y, np.unique(run["oof_group"], return_inverse=True)[1], f)
     return calibration(torch.tensor(run["held_margins"], dtype=torch.float64)).numpy(), np.array(run["held_label"])
+
+
+def estimate(run: dict, rule: str) -> float:
+    """What `train` would estimate with this rule: each fold's out-of-fold margins cut by the rule
+    fitted on the other folds, pooled."""
+    m, y, f = np.array(run["oof_margin"]), np.array(run["oof_label"]), np.array(run["oof_fold"])
+    g = np.unique(run["oof_group"], return_inverse=True)[1]
+    decided = np.zeros(len(m), dtype=bool)
+    for fold in np.unique(f):
+        calibration = RULES[rule](m[f != fold], y[f != fold], g[f != fold], f[f != fold])
+        decided[f == fold] = calibration(torch.tensor(m[f == fold], dtype=torch.float64)).numpy() > 0.5
+    return matthews_corrcoef(y, decided)
 
 
 def mccs(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -171,23 +203,26 @@ def main() -> None:
             runs[name] = scored(train_data, test_data, out, args.work / "cache", VARIANTS[args.variant])
         print(f"trained {name}", flush=True)
     header = " | ".join(f"{r} MCC / bal." for r in RULES)
-    print(f"\n| split | n (pos.) | AUROC | estimate | {header} |\n|{'---|' * (4 + len(RULES))}")
+    print(f"\n| split | n (pos.) | AUROC | estimate | best cut in hindsight | {header} |\n|{'---|' * (5 + len(RULES))}")
     families: dict[str, list[str]] = {}
     for name, run in runs.items():
         families.setdefault(name.split(":")[0], []).append(name)
         y = np.array(run["held_label"])
         auroc = roc_auc_score(y, np.mean(run["held_margins"], axis=1)) if len(np.unique(y)) > 1 else float("nan")
         cells = [mccs(*held_out(run, rule)) for rule in RULES]
-        print(f"| {name} | {len(y)} ({y.sum()}) | {auroc:.3f} | {run['estimate']:.3f} | "
+        margins = np.mean(run["held_margins"], axis=1)
+        hindsight = max(matthews_corrcoef(y, margins > cut) for cut in np.unique(margins))
+        print(f"| {name} | {len(y)} ({y.sum()}) | {auroc:.3f} | {run['estimate']:.3f} | {hindsight:.3f} | "
               + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells) + " |")
     for family, names in families.items():
         if len(names) > 1:   # pooled over the held-out parts of one family
             pooled = {rule: [held_out(runs[n], rule) for n in names] for rule in RULES}
             cells = [mccs(np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts]))
                      for parts in pooled.values()]
-            gap = ("it is the estimate" if family == "crossfit" else
-                   f"mean gap {np.mean([abs(runs[n]['estimate'] - mccs(*held_out(runs[n], 'current'))[0]) for n in names]):.3f}")
-            print(f"| {family} pooled | | | {gap} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells)
+            gap = ("it is the estimate" if family == "crossfit" else "mean gap " + " / ".join(
+                f"{np.mean([abs(estimate(runs[n], rule) - mccs(*held_out(runs[n], rule))[0]) for n in names]):.3f}"
+                for rule in ("old (0.9)", "new (1.0)")))
+            print(f"| {family} pooled | | | {gap} | | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells)
                   + " |")
 
 

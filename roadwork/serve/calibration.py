@@ -9,7 +9,8 @@ Why not the MCC-best cut of the validation margins: on a few hundred margins the
 noisy, so its raw argmax chases noise (measured: held-out MCC fell from 0.43 at margin 0 to 0.35 at
 the fitted cut). Here each candidate cut is scored by its MCC averaged over bootstrap resamples (a
 smoothed curve), and the cut moves away from the model's own margin 0 only when the paired
-bootstrap says the move helps in most resamples.
+bootstrap says the move helps in every resample (``validation.cut_confidence``): a move that wins
+in 96% of resamples of two sources' margins cost the third source 0.11 MCC.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 
+from roadwork.config import CUT_CONFIDENCE
 from roadwork.stats import bootstrap_mcc_curves, bootstrap_weights
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ def candidate_cuts(margins: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([quantiles, [0.0]]))
 
 
-def choose_cut(margins: np.ndarray, labels: np.ndarray, *, resamples: int = 200, confidence: float = 0.9,
+def choose_cut(margins: np.ndarray, labels: np.ndarray, *, resamples: int = 200, confidence: float = CUT_CONFIDENCE,
                seed: int = 0, groups: np.ndarray | None = None) -> CutChoice:
     """The cut to serve: margin 0 unless another cut beats it in ``confidence`` of the resamples."""
     margins = np.asarray(margins, dtype=np.float64)
@@ -128,7 +130,7 @@ def selection_score(margins: np.ndarray, labels: np.ndarray, seed: int = 0) -> f
 
 
 def fit_calibration(margins: np.ndarray, labels: np.ndarray, *, method: str = "temperature",
-                    confidence: float = 0.9, seed: int = 0, groups: np.ndarray | None = None,
+                    confidence: float = CUT_CONFIDENCE, seed: int = 0, groups: np.ndarray | None = None,
                     ) -> tuple[Calibration, CutChoice]:
     """Cut by ``choose_cut``, then the likelihood-optimal temperature around it, or (``method=
     "isotonic"``) the isotonic regression of the labels on the margins.
