@@ -97,8 +97,8 @@ class DataConfig(_Strict):
 
 
 # The served cut leaves margin 0 only if it wins in every bootstrap resample: at 0.9 a move fitted on
-# two real-dev sources cost the third 0.11 MCC (0.891 -> 0.779), while on all of real-dev the two
-# agree (bench/RESULTS.md, "Photos from other sources").
+# two real-dev sources cost the third 0.11 MCC (0.891 -> 0.779), while on all of real-dev and on
+# unseen synthetic drives the two agree (bench/RESULTS.md, "Photos from other sources").
 CUT_CONFIDENCE = 1.0
 
 

@@ -64,6 +64,15 @@ def test_by_default_the_cut_moves_only_when_every_resample_agrees():
     assert choose_cut(margins, labels).cut == 0.0 and fit_calibration(margins, labels)[0].margin_threshold == 0.0
 
 
+def test_a_margin_zero_that_calls_every_photo_one_class_is_left_without_a_vote():
+    # Six validation photos of a barely trained head, all above margin 0: few resamples hold both
+    # classes, so no move can win every one of them, yet margin 0 decides nothing.
+    margins, labels = np.array([0.5, 0.7, 0.9, 2.1, 2.4, 2.6]), np.array([0, 0, 0, 1, 1, 1])
+    choice = choose_cut(margins, labels)
+    assert choice.moved_confidence < 1.0 and 0.9 <= choice.cut < 2.1
+    assert matthews_corrcoef(labels, margins > choice.cut) == 1.0
+
+
 def test_a_clearly_better_cut_is_taken():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 400)

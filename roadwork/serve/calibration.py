@@ -120,7 +120,9 @@ def choose_cut(margins: np.ndarray, labels: np.ndarray, *, resamples: int = 200,
     wins = float(np.mean(curves[:, best] > curves[:, zero]))
     if smoothed[best] <= 0.0:
         return CutChoice(0.0, float(smoothed[zero]), float(smoothed[zero]), 0.0, degenerate=True)
-    chosen = best if wins >= confidence else zero
+    # Margin 0 that calls every photo one class decides nothing: then the best cut needs no vote.
+    one_sided = bool((margins > 0).all() or (margins <= 0).all())
+    chosen = best if wins >= confidence or one_sided else zero
     return CutChoice(float(cuts[chosen]), float(smoothed[chosen]), float(smoothed[zero]), wins)
 
 
