@@ -26,9 +26,9 @@ DATA = {"real-dev": ("real-train", "real-test"), "synthetic": ("synth-train", "s
 
 
 def latency_ms(bundle: Path, photos: list[Path]) -> float:
-    from roadwork.serve.predictor import Predictor
+    from roadwork.serve.scorer import load_scorer
 
-    predictor = Predictor.load(bundle)
+    predictor = load_scorer(bundle)
     predictor.warm_up()
     started = time.perf_counter()
     for photo in photos:

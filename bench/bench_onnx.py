@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40)
     args = parser.parse_args()
     export_onnx(args.bundle, args.work / "onnx")
-    runtimes = {"PyTorch": Predictor.from_bundle(args.bundle), "onnxruntime": Predictor.load(args.work / "onnx")}
+    runtimes = {"PyTorch": Predictor.load(args.bundle), "onnxruntime": Predictor.load(args.work / "onnx")}
     print(f"{machine()}, {today()}, `python bench/bench_onnx.py`; bundle {args.bundle}\n")
     print("| image | PyTorch p50 ms | p95 ms | onnxruntime p50 ms | p95 ms | largest probability difference |")
     print("|---|---|---|---|---|---|")

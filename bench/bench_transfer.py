@@ -49,7 +49,7 @@ from roadwork.config import load_config  # noqa: E402
 from roadwork.data.sources import load_samples  # noqa: E402
 from roadwork.data.splits import kfold_splits  # noqa: E402
 from roadwork.serve.calibration import Calibration, candidate_cuts, fit_calibration  # noqa: E402
-from roadwork.serve.predictor import Predictor  # noqa: E402
+from roadwork.serve.scorer import load_scorer  # noqa: E402
 from roadwork.stats import bootstrap_mcc_curves, bootstrap_weights  # noqa: E402
 from roadwork.train.run import train  # noqa: E402
 
@@ -138,7 +138,7 @@ def scored(train_data: Path, test_data: Path, out: Path, cache: Path, overrides:
         train(str(train_data), out, load_config(None, overrides), cache_dir=cache, progress=False)
     saved = out / "held-out.json"
     if not saved.is_file():
-        predictor = Predictor.load(out / "bundle")
+        predictor = load_scorer(out / "bundle")
         samples = load_samples(str(test_data))
         margins, good, _ = predictor.sample_margins(samples, cache)
         margins = margins if margins.ndim == 2 else margins[:, None]

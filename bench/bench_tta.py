@@ -64,7 +64,7 @@ def evaluate(bundle: Path, data: Path, out: Path, cache: Path, config: TtaConfig
 def copy_distances(bundle: Path, data: Path, cache: Path) -> torch.Tensor:
     """Mahalanobis distance of each test-time copy of each photo ``[copies, photos]`` from the training
     features, averaged over the fold heads."""
-    predictor = Predictor.from_bundle(bundle)
+    predictor = Predictor.load(bundle)
     predictor.use_tta(MODES["foods"])
     samples = load_samples(str(data))
     distances = []
@@ -87,7 +87,7 @@ def foods_weights(distances: torch.Tensor, config: TtaConfig) -> tuple[float, fl
 
 def request_ms(bundle: Path, data: Path, config: TtaConfig) -> float:
     """Median milliseconds per photo on the request path (one photo per call, nothing cached)."""
-    predictor = Predictor.from_bundle(bundle)
+    predictor = Predictor.load(bundle)
     predictor.use_tta(config)
     predictor.warm_up()
     photos = [s.read_bytes() for s in load_samples(str(data))[:TIMED_PHOTOS]]

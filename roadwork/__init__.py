@@ -1,3 +1,3 @@
 """Binary roadwork classifiers for street-level photos."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -448,7 +448,7 @@ def active(
 ) -> None:
     """Pick the pool photos most worth labelling next; label them, then `train --add-data OUT`."""
     from roadwork.data.sources import load_samples
-    from roadwork.serve.predictor import Predictor
+    from roadwork.serve.scorer import load_scorer
     from roadwork.storage import check_output
     from roadwork.tune.active import CRITERIA, rank_pool, write_picks
 
@@ -466,7 +466,7 @@ def active(
     if not any(chosen.values()):
         raise typer.BadParameter("at least one criterion needs a non-zero weight", param_hint="--weight")
     samples = load_samples(pool, require_labels=False)
-    picks, failures = rank_pool(Predictor.load(bundle, _device(device)), samples, budget, weights=chosen,
+    picks, failures = rank_pool(load_scorer(bundle, _device(device)), samples, budget, weights=chosen,
                                 similarity=similarity, cache_dir=cache_dir, progress=True)
     write_picks(picks, samples, out)
     if failures:
@@ -490,10 +490,10 @@ def predict(
 ) -> None:
     """Print one JSON line per image: {"file", "probability", "roadwork"} (or "error")."""
     from roadwork.data.records import Sample
-    from roadwork.serve.predictor import Predictor
+    from roadwork.serve.scorer import load_scorer
 
     config = _tta(tta, tta_augmentations, tta_keep, tta_temperature)
-    predictor = Predictor.load(bundle, _device(device))
+    predictor = load_scorer(bundle, _device(device))
     predictor.use_tta(config)
     samples = [Sample(file_name=str(p), label=None, path=p) for p in paths]
     probs, failures = predictor.predict_samples(samples, cache_dir=cache_dir, use_cache=not no_cache)
@@ -533,7 +533,7 @@ def serve(
     import uvicorn
 
     from roadwork.config import serve_config
-    from roadwork.serve.predictor import Predictor
+    from roadwork.serve.scorer import load_scorer
     from roadwork.serve.server import create_app
 
     config = serve_config(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
@@ -546,7 +546,7 @@ def serve(
     if not local and api_key is None:
         console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who reaches it can use it")
     augmentation = _tta(tta, tta_augmentations, tta_keep, tta_temperature)
-    predictor = Predictor.load(bundle, _device(device))
+    predictor = load_scorer(bundle, _device(device))
     predictor.use_tta(augmentation)
     predictor.warm_up()
     uvicorn.run(create_app(predictor, config), host=host, port=port, log_level="warning")
@@ -556,7 +556,7 @@ def serve(
 @_friendly
 def export(
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the exported graphs, onnx.json and a copy of the bundle.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the exported graphs, their manifest and a copy of the bundle.")],
     format: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
     overwrite: OverwriteOpt = False,
 ) -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from roadwork.cli import app
 from roadwork.serve.bundle import BundleError
 from roadwork.serve.ensemble import Combiner, EnsemblePredictor, logit
-from roadwork.serve.predictor import Predictor
+from roadwork.serve.scorer import load_scorer
 from roadwork.tune.ensemble import combination_out_of_fold, fit_combiner
 
 SPEC = """combine: auto
@@ -85,7 +85,7 @@ def test_ensemble_metrics_compare_every_combination_with_the_best_member(ensembl
 
 def test_the_ensemble_bundle_predicts_evaluates_and_answers_requests(ensemble_run, tmp_path):
     bundle = ensemble_run["run"] / "bundle"
-    predictor = Predictor.load(bundle)
+    predictor = load_scorer(bundle)
     assert isinstance(predictor, EnsemblePredictor) and predictor.describe()["kind"] == "ensemble"
     assert len(predictor.describe()["backbone"]) == 2   # each member runs its own backbone family
     photos = sorted((ensemble_run["data"] / "img").glob("*.jpg"))[:6]
@@ -112,7 +112,7 @@ def test_an_ensemble_scores_each_member_over_test_time_copies(ensemble_run):
     from roadwork.config import TtaConfig
     from roadwork.data.sources import load_samples
 
-    predictor = Predictor.load(ensemble_run["run"] / "bundle")
+    predictor = load_scorer(ensemble_run["run"] / "bundle")
     config = TtaConfig(mode="foods", augmentations=4)
     predictor.use_tta(config)
     assert all(member.tta == config for member in predictor.members)
@@ -130,9 +130,10 @@ def test_a_tampered_ensemble_is_refused(ensemble_run, tmp_path):
 
     copy = tmp_path / "bundle"
     shutil.copytree(ensemble_run["run"] / "bundle", copy)
-    manifest = json.loads((copy / "ensemble.json").read_text())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["kind"] == "ensemble" and manifest["format_version"] == 1
     manifest["combiner"]["weights"] = [1.0, 0.0]
-    (copy / "ensemble.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="modified"):
         EnsemblePredictor(copy)
     shutil.rmtree(copy)

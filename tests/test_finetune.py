@@ -74,7 +74,7 @@ def test_mode_trains_saves_reloads_and_predicts_identically(mode, kind, photos, 
     cached_predictor = Predictor(bundle)
     cached, failures = cached_predictor.predict_samples(samples, cache_dir=tmp_path / "cache")
     assert not failures and not cached_predictor._backbones   # served from the features training cached
-    fresh, _ = Predictor.from_bundle(tmp_path / "run" / "bundle").predict_samples(samples, use_cache=False)
+    fresh, _ = Predictor.load(tmp_path / "run" / "bundle").predict_samples(samples, use_cache=False)
     np.testing.assert_allclose(np.array(cached), np.array(fresh), atol=1e-5)
     assert np.std(fresh) > 0
 

@@ -71,3 +71,32 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from roadwork.serve.predictor import Predictor\n    import roadwork.cli\n")
     assert _imports(probe) == [(2, "roadwork.serve.predictor"), (3, "roadwork.cli")]
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle between modules (imports inside functions count): each kind of bundle is found
+    through the registry in serve/scorer.py, by name, not by importing its loaders' users."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).with_suffix("")
+        parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
+        module = ".".join(("roadwork", *parts))
+        graph[module] = {m for _, m in _imports(path)}
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if target == module or target not in graph:
+                continue
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target):], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(cycles)

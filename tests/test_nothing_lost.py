@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from conftest import write_folder
 from roadwork.cli import app
 from roadwork.serve.bundle import MANIFEST
+from roadwork.serve.onnx import OnnxPredictor
 from roadwork.serve.predictor import Predictor
+from roadwork.serve.scorer import load_scorer
 
 runner = CliRunner()
 
@@ -55,7 +57,7 @@ def test_export_never_deletes_the_bundle_it_reads_nor_anything_else(probe_bundle
     assert graph.read_bytes().endswith(b"\0")
     assert runner.invoke(app, ["export", "--bundle", str(run / "bundle"), "--out", str(out),
                                "--overwrite"]).exit_code == 0
-    assert Predictor.load(out).runtime is not None   # replaced whole, and verified
+    assert isinstance(load_scorer(out), OnnxPredictor)   # replaced whole, and verified
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging folder left
 
 

@@ -34,7 +34,7 @@ def _resave(bundle, path: Path) -> Path:
 
     keys = [f"{i:064x}" for i in range(3)]
     return save_bundle(path, head=bundle.head, head_config=bundle.head_config, config=TrainConfig(), vocab=bundle.vocab,
-                       backbone=bundle.backbone, calibration=bundle.calibration, served_metadata=bundle.served_metadata,
+                       backbone=bundle.backbone, calibration=bundle.calibration, served=bundle.served,
                        metrics={}, data_summary={}, fingerprints=keys)
 
 
@@ -82,7 +82,7 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
     features = [loaded[k] for k in keys]
     before = predictor.probabilities_from_features([features], samples)
     _resave(bundle, tmp_path / "copy")
-    after = Predictor.from_bundle(tmp_path / "copy").probabilities_from_features([features], samples)
+    after = Predictor.load(tmp_path / "copy").probabilities_from_features([features], samples)
     assert torch.equal(before, after)
     assert before.min() >= 0 and before.max() <= 1 and before.std() > 0
 
@@ -245,7 +245,7 @@ def test_the_bundle_serves_what_training_measured(trained):
         rows = list(csv.DictReader(handle))
     by_name = {s.file_name: s for s in load_samples(trained["data"])}
     samples = [by_name[r["file_name"]] for r in rows]
-    probs, failures = Predictor.from_bundle(trained["run"] / "bundle").predict_samples(samples, cache_dir=trained["cache"])
+    probs, failures = Predictor.load(trained["run"] / "bundle").predict_samples(samples, cache_dir=trained["cache"])
     assert failures == {} and len(rows) == trained["metrics"]["validation"]["n"]
     assert np.allclose(probs, [float(r["probability"]) for r in rows], atol=2e-6)
     metrics = json.loads((trained["run"] / "metrics.json").read_text())
@@ -311,13 +311,13 @@ def test_invalid_config_fails_at_start_naming_the_key(trained, tmp_path):
 def test_fully_cached_evaluation_never_loads_the_backbone(trained, tmp_path, monkeypatch):
     import roadwork.serve.predictor as predictor_module
 
-    Predictor.from_bundle(trained["run"] / "bundle").predict_samples(load_samples(trained["test"]), cache_dir=trained["cache"])
+    Predictor.load(trained["run"] / "bundle").predict_samples(load_samples(trained["test"]), cache_dir=trained["cache"])
 
     def refuse(*args, **kwargs):
         raise AssertionError("the backbone was loaded although every feature is cached")
 
     monkeypatch.setattr(predictor_module, "create_backbone", refuse)
-    probs, failures = Predictor.from_bundle(trained["run"] / "bundle").predict_samples(
+    probs, failures = Predictor.load(trained["run"] / "bundle").predict_samples(
         load_samples(trained["test"]), cache_dir=trained["cache"])
     assert failures == {} and all(p is not None for p in probs)
 

@@ -22,7 +22,7 @@ from roadwork.serve.server import create_app
 @pytest.fixture(scope="module")
 def served(probe_bundle):
     samples = load_samples(str(probe_bundle["data"]))
-    return {"predictor": Predictor.from_bundle(probe_bundle["bundle"]), "good": samples[1].read_bytes(),
+    return {"predictor": Predictor.load(probe_bundle["bundle"]), "good": samples[1].read_bytes(),
             "other": samples[2].read_bytes()}
 
 
@@ -168,7 +168,7 @@ def test_a_request_left_waiting_past_its_timeout_gets_504_and_the_server_recover
 def test_a_server_with_tta_answers_as_its_predictor_and_says_so(probe_bundle, served):
     from roadwork.config import TtaConfig
 
-    predictor = Predictor.from_bundle(probe_bundle["bundle"])
+    predictor = Predictor.load(probe_bundle["bundle"])
     predictor.use_tta(TtaConfig(mode="foods", augmentations=4))
     with TestClient(create_app(predictor)) as client:
         assert client.get("/healthz").json()["tta"]["mode"] == "foods"

@@ -24,7 +24,7 @@ def served(probe_bundle):
 
 
 def test_every_input_kind_gives_the_probability_of_predict_and_evaluate(served):
-    predictor = Predictor.from_bundle(served["bundle"])
+    predictor = Predictor.load(served["bundle"])
     samples = load_samples(str(served["data"]))[:6]
     paths = [str(s.path) for s in samples]
     files = [s.read_bytes() for s in samples]
@@ -44,7 +44,7 @@ def test_every_input_kind_gives_the_probability_of_predict_and_evaluate(served):
 
 
 def test_bad_inputs_fail_alone_with_a_clear_reason(served, tmp_path):
-    predictor = Predictor.from_bundle(served["bundle"])
+    predictor = Predictor.load(served["bundle"])
     good = load_samples(str(served["data"]))[1].read_bytes()
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
@@ -63,7 +63,7 @@ def test_bad_inputs_fail_alone_with_a_clear_reason(served, tmp_path):
 
 
 def test_concurrent_callers_get_the_answers_of_a_single_caller(served):
-    predictor = Predictor.from_bundle(served["bundle"])
+    predictor = Predictor.load(served["bundle"])
     files = [s.read_bytes() for s in load_samples(str(served["data"]))[:8]]
     alone = [a.probability for a in predictor.predict_images(files)]
     with ThreadPoolExecutor(max_workers=8) as pool:

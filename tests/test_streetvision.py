@@ -26,7 +26,7 @@ def detector(probe_bundle, tmp_path_factory):
 def test_detector_answers_like_the_predictor(detector, probe_bundle):
     sample = load_samples(str(probe_bundle["data"]))[1]
     image = Image.open(io.BytesIO(sample.read_bytes()))
-    (expected,) = Predictor.from_bundle(probe_bundle["bundle"]).predict_images([sample.read_bytes()])
+    (expected,) = Predictor.load(probe_bundle["bundle"]).predict_images([sample.read_bytes()])
     assert detector(image) == pytest.approx(expected.probability, abs=1e-6)
     synapse = answer_challenge(detector, SimpleNamespace(image=base64.b64encode(sample.read_bytes()).decode()))
     assert synapse.prediction == pytest.approx(expected.probability, abs=1e-6)
@@ -63,7 +63,7 @@ def test_detector_yaml_turns_on_tta(probe_bundle, tmp_path):
     detector = RoadworkBundleDetector(config_name=str(config))
     assert detector.predictor.tta == TtaConfig(mode="foods", augmentations=4)
     sample = load_samples(str(probe_bundle["data"]))[2]
-    expected = Predictor.from_bundle(probe_bundle["bundle"])
+    expected = Predictor.load(probe_bundle["bundle"])
     expected.use_tta(detector.predictor.tta)
     (answer,) = expected.predict_images([sample.read_bytes()])
     assert detector(Image.open(io.BytesIO(sample.read_bytes()))) == pytest.approx(answer.probability, abs=1e-6)

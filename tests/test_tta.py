@@ -123,8 +123,8 @@ def test_training_stores_each_heads_feature_density(probe_bundle):
 def test_tta_gives_one_answer_on_every_path_and_caches_its_copies(probe_bundle, tmp_path, mode):
     config = TtaConfig(mode=mode, augmentations=6)
     samples = load_samples(str(probe_bundle["data"]))[:6]
-    plain = Predictor.from_bundle(probe_bundle["bundle"])
-    predictor = Predictor.from_bundle(probe_bundle["bundle"])
+    plain = Predictor.load(probe_bundle["bundle"])
+    predictor = Predictor.load(probe_bundle["bundle"])
     predictor.use_tta(config)
     # This easy data saturates the fitted calibration at 0 and 1; a broad one lets the margins show.
     predictor.bundle.calibration = Calibration(temperature=20.0)
@@ -145,7 +145,7 @@ def test_tta_gives_one_answer_on_every_path_and_caches_its_copies(probe_bundle, 
 
 def test_foods_margin_is_a_weighted_mean_of_the_kept_copies(probe_bundle, tmp_path):
     samples = load_samples(str(probe_bundle["data"]))[:4]
-    predictor = Predictor.from_bundle(probe_bundle["bundle"])
+    predictor = Predictor.load(probe_bundle["bundle"])
     copies = []
     for transform in tta_transforms(FOODS.augmentations):
         features, _, _ = predictor.sample_features(samples, tmp_path, transform=transform)
@@ -165,9 +165,9 @@ def test_foods_needs_a_bundle_with_feature_statistics(probe_bundle, tmp_path):
     bundle = load_bundle(probe_bundle["bundle"])
     old = save_bundle(tmp_path / "old", head=bundle.head, head_config=bundle.head_config, config=TrainConfig(),
                       vocab=bundle.vocab, backbone=bundle.backbone, calibration=bundle.calibration,
-                      served_metadata=bundle.served_metadata, metrics={}, data_summary={}, fingerprints=[])
+                      served=bundle.served, metrics={}, data_summary={}, fingerprints=[])
     assert json.loads((old / "manifest.json").read_text())["feature_density"] is None
-    predictor = Predictor.from_bundle(old)
+    predictor = Predictor.load(old)
     with pytest.raises(BundleError, match="no training-feature statistics"):
         predictor.use_tta(FOODS)
     predictor.use_tta(TtaConfig(mode="plain"))   # plain needs none
@@ -185,7 +185,7 @@ def test_cli_predict_and_evaluate_take_tta(probe_bundle, tmp_path):
                                  "--tta", "foods", "--tta-augmentations", "6", *(str(s.path) for s in samples)])
     assert result.exit_code == 0, result.output
     printed = [json.loads(line)["probability"] for line in result.output.strip().splitlines()]
-    predictor = Predictor.from_bundle(probe_bundle["bundle"])
+    predictor = Predictor.load(probe_bundle["bundle"])
     predictor.use_tta(FOODS)
     np.testing.assert_allclose(printed, predictor.predict_samples(samples, cache_dir=tmp_path)[0], atol=1e-5)
     bad = runner.invoke(app, ["predict", "--bundle", str(probe_bundle["bundle"]), "--tta", "foods",

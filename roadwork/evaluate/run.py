@@ -37,8 +37,7 @@ from roadwork.evaluate.reward import simulate_reward
 from roadwork.evaluate.slices import find_slices, slice_table
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
-from roadwork.serve.ensemble import EnsemblePredictor
-from roadwork.serve.predictor import Predictor
+from roadwork.serve.scorer import Scorer, load_scorer
 from roadwork.storage import atomic_write_json, check_output, write_folder
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class Scored:
     seconds: float   # scoring time, feature extraction (or cache reads) included
 
 
-def training_overlap(predictor: Predictor | EnsemblePredictor, samples: Sequence[Sample],
+def training_overlap(predictor: Scorer, samples: Sequence[Sample],
                      keys: Sequence[str | None]) -> list[str]:
     """File names of evaluation photos that the bundle was trained on (same bytes)."""
     seen = predictor.training_fingerprints()
@@ -81,7 +80,7 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
                  hashed: tuple[list[str | None], dict[str, str]], *, cache_dir: str | Path | None,
                  device: str, tta: TtaConfig | None = None) -> Scored:
     started = time.perf_counter()
-    predictor = Predictor.load(bundle, device)
+    predictor = load_scorer(bundle, device)
     if tta is not None:
         predictor.use_tta(tta)
     overlap = training_overlap(predictor, samples, hashed[0])
@@ -94,8 +93,7 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
         raw = torch.sigmoid(margins)
         served[good] = predictor.calibration(margins).numpy()
         uncalibrated[good] = (raw.mean(dim=-1) if raw.ndim == 2 else raw).numpy()
-    inputs = "the image alone" if predictor.served_metadata == "none" else "image and metadata"
-    return Scored(name, str(bundle), served, uncalibrated, predictor.calibration.method, inputs, failures, overlap,
+    return Scored(name, str(bundle), served, uncalibrated, predictor.calibration.method, predictor.served.describe(), failures, overlap,
                   time.perf_counter() - started)
 
 

@@ -141,3 +141,30 @@ class MetadataBatch:
             text=self.text * keep.unsqueeze(-1),
             text_present=self.text_present & keep,
         )
+
+    def as_served(self, served: ServedInputs) -> MetadataBatch:
+        """What a served request would carry of this batch: all of it, or every field NULL."""
+        return self if served.metadata else self.hidden(torch.ones(len(self), dtype=torch.bool, device=self.gps.device))
+
+
+@dataclass(frozen=True)
+class ServedInputs:
+    """What served requests carry, so that the checkpoint choice, the cut, evaluation and scoring all see
+    those inputs: the image alone (``validation.served_metadata: none``; StreetVision's validators send
+    nothing else) or the image with the dataset's metadata (``all``)."""
+
+    metadata: bool
+
+    @classmethod
+    def named(cls, name: str) -> ServedInputs:
+        if name not in ("none", "all"):
+            raise ValueError(f"served_metadata must be 'none' or 'all', got {name!r}")
+        return cls(metadata=name == "all")
+
+    @property
+    def name(self) -> str:
+        """The value of ``validation.served_metadata`` and of a bundle's manifest."""
+        return "all" if self.metadata else "none"
+
+    def describe(self) -> str:
+        return "image and metadata" if self.metadata else "the image alone"

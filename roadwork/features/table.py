@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from roadwork.data.records import Sample
-from roadwork.features.metadata import MetadataBatch, MetadataVocab
+from roadwork.features.metadata import MetadataBatch, MetadataVocab, ServedInputs
 
 
 def pad_views(per_image: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -87,6 +87,10 @@ class FeatureTable(Dataset):
         """The same rows with every metadata field NULL: the request a validator sends."""
         hidden = self.meta.hidden(torch.ones(len(self), dtype=torch.bool))
         return FeatureTable(self.features, self.view_mask, hidden, self.labels, self.file_names, self.alternatives)
+
+    def as_served(self, served: ServedInputs) -> FeatureTable:
+        """The rows as a served request would carry them."""
+        return self if served.metadata else self.image_only()
 
     def __getitem__(self, index: int) -> Batch:
         return self.__getitems__([index])

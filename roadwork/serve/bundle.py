@@ -29,7 +29,7 @@ from roadwork import __version__
 from roadwork.backbones.base import BackboneSpec
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
-from roadwork.features.metadata import MetadataVocab
+from roadwork.features.metadata import MetadataVocab, ServedInputs
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.tta import FeatureDensity
@@ -40,6 +40,7 @@ WEIGHTS = "model.safetensors"
 FINGERPRINTS = "fingerprints.safetensors"
 DENSITY = "feature-density.safetensors"
 FORMAT_VERSION = 2
+HEAD_KINDS = ("head", "fold_ensemble")   # one head, or the k heads of a k-fold run
 _VERSIONED = ("torch", "timm", "transformers", "lightning", "safetensors", "sentence-transformers")
 
 
@@ -54,7 +55,7 @@ class Bundle:
     vocab: MetadataVocab
     backbone: BackboneSpec
     calibration: Calibration
-    served_metadata: str   # "none": requests carry the image alone, so metadata is hidden when scoring
+    served: ServedInputs   # the image alone: metadata is hidden when scoring
     manifest: dict[str, Any]
     path: Path
     adapted: list[str]     # per member, the file of its fine-tuned backbone's changed weights; [] = frozen
@@ -102,7 +103,7 @@ def _versions() -> dict[str, str]:
 
 
 def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig, config: TrainConfig,
-                vocab: MetadataVocab, backbone: BackboneSpec, calibration: Calibration, served_metadata: str,
+                vocab: MetadataVocab, backbone: BackboneSpec, calibration: Calibration, served: ServedInputs,
                 metrics: dict[str, Any], data_summary: dict[str, Any], fingerprints: list[str],
                 adapted_backbones: list[dict[str, torch.Tensor]] | None = None,
                 backbone_training: BackboneTrainingConfig | None = None,
@@ -136,7 +137,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "members": members,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "head": head_config.model_dump(mode="json"),
-            "served_metadata": served_metadata,
+            "served_metadata": served.name,
             "config": config.model_dump(mode="json"),
             "backbone": backbone.__dict__,
             "backbone_training": (backbone_training or BackboneTrainingConfig(mode="frozen")).model_dump(mode="json"),
@@ -166,6 +167,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: unreadable {MANIFEST}: {error}") from error
     if not isinstance(manifest, dict):
         raise BundleError(f"{path}: {MANIFEST} must hold a JSON object, not {type(manifest).__name__}")
+    if manifest.get("kind") not in HEAD_KINDS:
+        raise BundleError(f"{path}: a bundle of kind {manifest.get('kind')!r}, not a trained head; "
+                          "roadwork.serve.scorer.load_scorer loads every kind")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     return manifest
@@ -202,9 +206,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         vocab = MetadataVocab.from_dict(manifest["vocabulary"])
         backbone = BackboneSpec(**manifest["backbone"])
         calibration = Calibration.from_dict(manifest["calibration"])
-        served_metadata = manifest["served_metadata"]
-        if served_metadata not in ("none", "all"):
-            raise ValueError(f"served_metadata must be 'none' or 'all', got {served_metadata!r}")
+        served = ServedInputs.named(manifest["served_metadata"])
         members = manifest["members"]
         if not isinstance(members, int) or not 1 <= members <= 1000:
             raise ValueError(f"members must be an integer from 1 to 1000, got {members!r}")
@@ -228,4 +230,4 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path}: manifest and weights do not fit together: {type(error).__name__}: {reason}") \
             from error
     head.to(device).eval()
-    return Bundle(head, head_config, vocab, backbone, calibration, served_metadata, manifest, path, adapted, density)
+    return Bundle(head, head_config, vocab, backbone, calibration, served, manifest, path, adapted, density)

@@ -1,17 +1,19 @@
-"""ONNX export of a bundle, and the onnxruntime path the Predictor can run it on.
+"""ONNX export of a bundle (bundle kind ``onnx``), and the scorer that runs it with onnxruntime.
 
 ``export_onnx`` writes, per feature source (one, or one per head of a fine-tuned bundle),
 ``backbone-<i>.onnx`` (views as floats in 0..1, ``[N, 3, S, S]`` -> pooled ``[N, D]``, normalisation
 inside) and ``head-<i>.onnx`` (``[B, MAX_VIEWS, D]`` features and a ``[B, MAX_VIEWS]`` view mask ->
 ``[B, K]`` margins of image-only requests), beside a copy of the bundle (for its calibration, view plan
-and verification) and ``onnx.json`` (file hashes, and the largest difference from PyTorch measured at
-export). Views are padded to MAX_VIEWS, so every graph has a fixed view count and a dynamic batch.
+and verification) and ``manifest.json`` (kind, format version, file hashes, and the largest difference
+from PyTorch measured at export). Views are padded to MAX_VIEWS, so every graph has a fixed view count
+and a dynamic batch.
 """
 
 from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,14 @@ from torch import Tensor, nn
 from roadwork.data.views import MAX_VIEWS
 from roadwork.errors import RoadworkError
 from roadwork.features.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch
-from roadwork.serve.bundle import Bundle, BundleError, load_bundle
-from roadwork.storage import atomic_write_json, check_output, read_json, sha256_file, write_folder
+from roadwork.config import TtaConfig
+from roadwork.features.table import FeatureTable
+from roadwork.serve.bundle import MANIFEST, Bundle, BundleError, load_bundle
+from roadwork.serve.predictor import Predictor
+from roadwork.serve.scorer import read_kind
+from roadwork.storage import atomic_write_json, check_output, sha256_file, write_folder
 
-ONNX_MANIFEST = "onnx.json"
+FORMAT_VERSION = 1
 OPSET = 17
 TOLERANCE = 1e-3   # largest margin or feature difference from PyTorch an export may show
 
@@ -87,20 +93,25 @@ def export_onnx(bundle_path: str | Path, out: str | Path, *, overwrite: bool = F
     export there is replaced only with ``overwrite``, and anything else (a run, the source bundle) never.
     """
     out = check_output(out, "export folder", replace=overwrite, inputs=[bundle_path])
-    if out.is_dir() and any(out.iterdir()) and not (out / ONNX_MANIFEST).is_file():
+    if out.is_dir() and any(out.iterdir()) and not _is_export(out):
         raise RoadworkError(f"export folder {out} holds files that are not an ONNX export: choose a new folder")
     bundle = load_bundle(bundle_path)
-    if bundle.served_metadata != "none":
+    if bundle.served.metadata:
         raise RoadworkError("ONNX export covers bundles that serve the image alone (served_metadata: none)")
     manifest: dict[str, Any] = {}
     write_folder(out, lambda staging: manifest.update(_write_export(bundle, staging)))
     return manifest
 
 
+def _is_export(folder: Path) -> bool:
+    try:
+        return read_kind(folder)[0] == "onnx"
+    except BundleError:
+        return False
+
+
 def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
     import onnxruntime as ort
-
-    from roadwork.serve.predictor import Predictor
 
     predictor = Predictor(bundle)
     size, dim = bundle.backbone.input_size, bundle.backbone.feature_dim
@@ -128,29 +139,42 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
                                     f"(> {TOLERANCE}); not written as a working export")
     shutil.copytree(bundle.path, out / "bundle")
     files = [f"{kind}-{i}.onnx" for i in range(predictor.sources) for kind in ("backbone", "head")]
-    manifest = {"format": 1, "opset": OPSET, "sources": predictor.sources, "max_views": MAX_VIEWS,
+    manifest = {"kind": "onnx", "format_version": FORMAT_VERSION, "opset": OPSET, "sources": predictor.sources, "max_views": MAX_VIEWS,
                 "files": {name: sha256_file(out / name) for name in files}, "max_difference_from_pytorch": parity}
-    atomic_write_json(out / ONNX_MANIFEST, manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
 
-class OnnxRuntime:
-    """onnxruntime sessions of an export, verified against ``onnx.json``; the Predictor calls these in
-    place of the PyTorch backbone and heads."""
+class OnnxPredictor(Predictor):
+    """An export run by onnxruntime on the CPU, verified against its manifest: the bundle copy's
+    calibration and view plan, the exported graphs in place of the PyTorch backbone(s) and heads.
+    Every feature is computed here, so no feature cache is read or written."""
+
+    reads_cache = False
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         folder = Path(folder)
+        kind, manifest = read_kind(folder)
         try:
-            manifest = read_json(folder / ONNX_MANIFEST)
+            if kind != "onnx":
+                raise ValueError(f"kind is {kind!r}")
+            # Exports written before every kind had a manifest.json said "format": 1 in onnx.json.
+            version = manifest.get("format_version", manifest.get("format"))
+            if version != FORMAT_VERSION:
+                raise ValueError(f"format {version!r} is not supported (expected {FORMAT_VERSION})")
             files = manifest["files"]
             sources = int(manifest["sources"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise BundleError(f"{folder}: not an ONNX export ({ONNX_MANIFEST}: {error})") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise BundleError(f"{folder}: not an ONNX export this roadwork reads ({error})") from None
         for name, digest in files.items():
             if not (folder / name).is_file() or sha256_file(folder / name) != digest:
-                raise BundleError(f"{folder}: {name} is missing or does not match {ONNX_MANIFEST}")
+                raise BundleError(f"{folder}: {name} is missing or does not match the manifest")
+        super().__init__(load_bundle(folder / "bundle"), "cpu")
+        if len(files) != 2 * self.sources or sources != self.sources:
+            raise BundleError(f"{folder}: {sources} exported sources for a bundle with {self.sources}")
+        self.folder = folder
         options = ort.SessionOptions()
         # Idle onnxruntime threads spin by default and starve the decoding and resizing torch does
         # between two runs: 90 ms per 224 px request instead of 11 on 2 cores.
@@ -164,10 +188,28 @@ class OnnxRuntime:
         self.backbones = [session(f"backbone-{i}.onnx") for i in range(sources)]
         self.heads = [session(f"head-{i}.onnx") for i in range(sources)]
 
-    def features(self, source: int, views: Tensor) -> Tensor:
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> OnnxPredictor:
+        """onnxruntime runs on the CPU whatever ``device`` says."""
+        return cls(path)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "bundle": str(self.folder), "kind": "onnx", "runtime": "onnxruntime"}
+
+    def use_tta(self, config: TtaConfig) -> None:
+        if config.mode == "foods":
+            raise BundleError(f"{self.folder}: FOODS needs the heads' fusion-layer features, which an ONNX export "
+                              "does not output; use --tta plain, or the bundle itself")
+        super().use_tta(config)
+
+    def _encode(self, source: int, views: Tensor) -> Tensor:
         x = views.float().div(255.0) if views.dtype == torch.uint8 else views.float()
         return torch.from_numpy(self.backbones[source].run(None, {"views": x.cpu().numpy()})[0])
 
-    def margins(self, source: int, features: Tensor, view_mask: Tensor) -> Tensor:
-        padded, mask = pad_views(features, view_mask)
-        return torch.from_numpy(self.heads[source].run(None, {"features": padded, "view_mask": mask})[0])
+    def _head_outputs(self, tables: Sequence[FeatureTable], fused: bool) -> tuple[Tensor, Tensor | None]:
+        margins = []
+        for session, table in zip(self.heads, tables):
+            padded, mask = pad_views(table.features, table.view_mask)
+            margins.append(torch.from_numpy(session.run(None, {"features": padded, "view_mask": mask})[0]))
+        stacked = torch.cat(margins, -1)
+        return (stacked.squeeze(-1) if stacked.shape[-1] == 1 else stacked), None

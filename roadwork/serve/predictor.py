@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,35 +23,13 @@ from roadwork.errors import RoadworkError
 from roadwork.features.extract import content_keys, extract_and_load, open_store
 from roadwork.features.store import FeatureStore, adapted_variant
 from roadwork.features.table import FeatureTable, head_outputs
+from roadwork.features.metadata import ServedInputs
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
 from roadwork.serve.calibration import Calibration
-from roadwork.serve.onnx import ONNX_MANIFEST, OnnxRuntime
+from roadwork.serve.scorer import Hashed, ImageInput, MemberScores, Prediction, Scorer
 from roadwork.serve.tta import FeatureDensity, combine
 from roadwork.storage import read_file
-
-if TYPE_CHECKING:
-    from roadwork.serve.ensemble import EnsemblePredictor
-
-ImageInput = bytes | str | Path | Image.Image | np.ndarray
-
-
-@dataclass
-class Prediction:
-    """One request image's answer: a probability, or the reason it has none."""
-
-    name: str
-    probability: float | None = None
-    error: str | None = None
-
-
-def spread(count: int, good: Sequence[int], values: Tensor | None) -> list[float | None]:
-    """``values`` of the rows ``good`` placed in a list of ``count``, None elsewhere (failed images)."""
-    placed: list[float | None] = [None] * count
-    if values is not None:
-        for i, value in zip(good, values.tolist()):
-            placed[i] = value
-    return placed
 
 
 def request_views(image: ImageInput, plan: str, input_size: int, device: torch.device, name: str) -> Tensor:
@@ -73,45 +49,20 @@ def request_views(image: ImageInput, plan: str, input_size: int, device: torch.d
     raise ImageDecodeError(f"{name}: unsupported image input {type(image).__name__}")
 
 
-class SampleScoring(ABC):
-    """``predict_samples`` for anything with ``sample_margins`` and a ``calibration`` (a bundle's
-    Predictor, an ensemble's)."""
-
-    calibration: Calibration
-
-    @abstractmethod
-    def use_tta(self, config: TtaConfig) -> None:
-        """Score over test-time copies from now on (roadwork.serve.tta); mode none turns it off."""
-
-    @abstractmethod
-    def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                       use_cache: bool = True, progress: bool | None = False,
-                       hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                       ) -> tuple[Tensor | None, list[int], dict[str, str]]:
-        """Margins of the samples that could be scored, their indices, failures by file name."""
-
-    def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
-                        use_cache: bool = True, progress: bool | None = False,
-                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                        ) -> tuple[list[float | None], dict[str, str]]:
-        """Probabilities (None where an image failed) and the failures by file name."""
-        margins, good, failures = self.sample_margins(samples, cache_dir, use_cache, progress, hashed)
-        return spread(len(samples), good, None if margins is None else self.calibration(margins)), failures
-
-
-class Predictor(SampleScoring):
-    """Holds the heads, and loads the backbone(s) and text encoder only when first needed.
+class Predictor(Scorer):
+    """A head or fold-ensemble bundle: holds the heads, and loads the backbone(s) and text encoder only
+    when first needed.
 
     A frozen-backbone bundle has one feature source shared by every head; a fine-tuned one has a
     source per head (its own adapted backbone, with features cached under that backbone's digest).
     """
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", batch_size: int = 256,
-                 runtime: OnnxRuntime | None = None) -> None:
+    reads_cache = True   # False where a runtime computes every feature itself (an ONNX export)
+
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", batch_size: int = 256) -> None:
         self.bundle = bundle
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.runtime = runtime   # an ONNX export run by onnxruntime instead of the PyTorch modules
         self.head = bundle.head.to(self.device).eval()
         self._backbones: dict[int, Backbone] = {}
         self._lock = threading.RLock()
@@ -119,43 +70,25 @@ class Predictor(SampleScoring):
         self.tta = TtaConfig()
         self._densities: list[FeatureDensity] | None = None
 
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        return cls(load_bundle(path, device), device)
+
     def use_tta(self, config: TtaConfig) -> None:
         if config.mode == "foods":
-            if self.runtime is not None:
-                raise BundleError(f"{self.bundle.path}: FOODS needs the heads' fusion-layer features, which an "
-                                  "ONNX export does not output; use --tta plain, or the bundle itself")
             self._densities = self.bundle.densities()
             if self._densities is None:
                 raise BundleError(f"{self.bundle.path}: this bundle holds no training-feature statistics for FOODS "
                                   "(it was written before they existed); retrain it, or use --tta plain")
         self.tta = config
 
-    @classmethod
-    def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-        return cls(load_bundle(path, device), device)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor | EnsemblePredictor:
-        """A bundle folder, a folder ``roadwork export --format onnx`` wrote (then run by onnxruntime),
-        or an ensemble folder ``roadwork ensemble`` wrote."""
-        from roadwork.serve.ensemble import EnsemblePredictor, is_ensemble  # it builds on this class
-
-        if is_ensemble(path):
-            return EnsemblePredictor(path, device)
-        return cls.from_onnx(path) if (Path(path) / ONNX_MANIFEST).is_file() else cls.from_bundle(path, device)
-
-    @classmethod
-    def from_onnx(cls, folder: str | Path) -> Predictor:
-        """The export ``roadwork export --format onnx`` wrote, run by onnxruntime on the CPU."""
-        return cls(load_bundle(Path(folder) / "bundle"), "cpu", runtime=OnnxRuntime(folder))
-
     @property
     def calibration(self) -> Calibration:
         return self.bundle.calibration
 
     @property
-    def served_metadata(self) -> str:
-        return self.bundle.served_metadata
+    def served(self) -> ServedInputs:
+        return self.bundle.served
 
     def training_fingerprints(self) -> set[int]:
         return self.bundle.training_fingerprints()
@@ -197,11 +130,13 @@ class Predictor(SampleScoring):
         stacked = torch.cat(list(views))
         per_source = []
         for source in range(self.sources):
-            encode = (lambda x, s=source: self.runtime.features(s, x)) if self.runtime is not None else \
-                self.backbone(source).features
-            pooled = torch.cat([encode(chunk).cpu() for chunk in stacked.split(self.batch_size)])
+            pooled = torch.cat([self._encode(source, chunk).cpu() for chunk in stacked.split(self.batch_size)])
             per_source.append(list(pooled.split(counts)))
         return per_source
+
+    def _encode(self, source: int, views: Tensor) -> Tensor:
+        """Pooled ``[N, D]`` features of ``[N, 3, S, S]`` views from feature source ``source``."""
+        return self.backbone(source).features(views)
 
     def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
         """Calibrated P(roadwork) for images held in memory or named by path: the request path of a server.
@@ -235,7 +170,7 @@ class Predictor(SampleScoring):
 
     def _text_embeddings(self, samples: Sequence[Sample]) -> dict[str, Tensor] | None:
         model = self.bundle.head_config
-        if self.bundle.served_metadata == "none" or not (model.metadata and model.text):
+        if not (self.served.metadata and model.metadata and model.text):
             return None
         if self._text is None:
             self._text = TextEncoder()
@@ -257,12 +192,11 @@ class Predictor(SampleScoring):
         if len(features) != self.sources:
             raise ValueError(f"this bundle reads features from {self.sources} backbone(s), got {len(features)} lists")
         text = self._text_embeddings(samples)
-        tables = [FeatureTable.build(samples, f, self.bundle.vocab, text) for f in features]
-        if self.bundle.served_metadata == "none":
-            tables = [t.image_only() for t in tables]
-        if self.runtime is not None:
-            margins = torch.cat([self.runtime.margins(i, t.features, t.view_mask) for i, t in enumerate(tables)], -1)
-            return (margins.squeeze(-1) if margins.shape[-1] == 1 else margins), None
+        tables = [FeatureTable.build(samples, f, self.bundle.vocab, text).as_served(self.served) for f in features]
+        return self._head_outputs(tables, fused)
+
+    def _head_outputs(self, tables: Sequence[FeatureTable], fused: bool) -> tuple[Tensor, Tensor | None]:
+        """Margins and fusion-layer features of the heads, one table per source (see ``_outputs``)."""
         if self.sources == 1:
             return head_outputs(self.head, tables[0], self.device, self.batch_size, fused)
         outputs = [head_outputs(member, table, self.device, self.batch_size, fused)
@@ -292,8 +226,7 @@ class Predictor(SampleScoring):
 
     def sample_features(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                         use_cache: bool = True, progress: bool | None = False,
-                        hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                        transform: TtaTransform | None = None,
+                        hashed: Hashed | None = None, transform: TtaTransform | None = None,
                         ) -> tuple[list[list[Tensor]], list[int], dict[str, str]]:
         """``[n_views, dim]`` features per source of the samples whose images decoded, their indices,
         and the failures by file name; ``hashed`` passes ``content_keys(samples)`` when the caller
@@ -301,7 +234,7 @@ class Predictor(SampleScoring):
         (cached apart from the plain ones)."""
         spec = self.bundle.backbone
         transform = None if transform is None or transform.identity else transform
-        if use_cache and self.runtime is None:   # an ONNX export computes every feature itself
+        if use_cache and self.reads_cache:
             if hashed is None:
                 hashed = content_keys(samples, progress)
             loaded, failures = [], {}
@@ -331,11 +264,10 @@ class Predictor(SampleScoring):
 
     def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                        use_cache: bool = True, progress: bool | None = False,
-                       hashed: tuple[list[str | None], dict[str, str]] | None = None,
-                       ) -> tuple[Tensor | None, list[int], dict[str, str]]:
+                       hashed: Hashed | None = None) -> tuple[Tensor | None, list[int], dict[str, str]]:
         """Margins (see ``margins_from_features``; over test-time copies when ``use_tta`` turned them on)
         of the samples whose images decoded, their indices, and the failures by file name."""
-        if not use_cache or self.runtime is not None:   # decode once; every copy transforms these views
+        if not use_cache or not self.reads_cache:   # decode once; every copy transforms these views
             views, good, failures = self._sample_views(samples)
             kept = [samples[i] for i in good]
             margins = self._margins(lambda t: self._features([t(v) for v in views]), kept) if good else None
@@ -357,3 +289,13 @@ class Predictor(SampleScoring):
             return copies
 
         return self._margins(features_of, kept), good, failures
+
+    def member_scores(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
+                      progress: bool | None = False, hashed: Hashed | None = None) -> MemberScores:
+        features, good, failures = self.sample_features(samples, cache_dir, progress=progress, hashed=hashed)
+        if not good:
+            return MemberScores(torch.empty(0, len(self.head.members)), torch.empty(0, 0), good, failures)
+        margins = self.margins_from_features(features, [samples[i] for i in good])
+        members = margins if margins.ndim == 2 else margins[:, None]
+        probabilities = torch.stack([self.calibration(members[:, k]) for k in range(members.shape[1])], 1)
+        return MemberScores(probabilities, torch.stack([f[0] for f in features[0]]), good, failures)

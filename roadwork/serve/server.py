@@ -1,4 +1,4 @@
-"""``roadwork serve``: the HTTP front of a Predictor (FastAPI; run by uvicorn).
+"""``roadwork serve``: the HTTP front of a Scorer (FastAPI; run by uvicorn).
 
 Concurrent requests are gathered into micro-batches (at most ``max_batch`` images, waiting at most
 ``max_wait_ms`` for company) so the backbone sees one batch instead of many single images. The queue
@@ -28,8 +28,7 @@ from starlette.requests import ClientDisconnect
 from roadwork import __version__
 from roadwork.config import ServeConfig
 from roadwork.data.decode import ImageDecodeError, decode_base64, header_pixels
-from roadwork.serve.ensemble import EnsemblePredictor
-from roadwork.serve.predictor import Prediction, Predictor
+from roadwork.serve.scorer import Prediction, Scorer
 
 log = logging.getLogger(__name__)
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -171,7 +170,7 @@ def _answer(prediction: Prediction) -> dict[str, Any]:
         {"error": prediction.error}
 
 
-def create_app(predictor: Predictor | EnsemblePredictor, config: ServeConfig | None = None) -> FastAPI:
+def create_app(predictor: Scorer, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     registry = CollectorRegistry()
     requests = Counter("roadwork_requests", "HTTP requests", ["endpoint", "status"], registry=registry)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from roadwork.config import detector_config
 from roadwork.data.decode import decode_base64
-from roadwork.serve.predictor import Predictor
+from roadwork.serve.scorer import Scorer, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,11 @@ class RoadworkBundleDetector:
         self.model_name = model_name
         self.config = detector_config(config_name)
         self.device = device or self.config.device
-        self.predictor: Predictor | None = None
+        self.predictor: Scorer | None = None
         self.load_model()
 
     def load_model(self) -> None:
-        self.predictor = Predictor.load(self.config.bundle, self.device)
+        self.predictor = load_scorer(self.config.bundle, self.device)
         self.predictor.use_tta(self.config.tta)
         self.predictor.warm_up()
 

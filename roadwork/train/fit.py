@@ -13,7 +13,7 @@ import torch
 
 from roadwork.config import HeadConfig, TrainConfig
 from roadwork.data.records import CATEGORY_FIELDS, Sample
-from roadwork.features.metadata import NULL_INDEX, MetadataVocab
+from roadwork.features.metadata import NULL_INDEX, MetadataVocab, ServedInputs
 from roadwork.features.table import FeatureTable
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import MultiViewHead, build_head
@@ -50,7 +50,8 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
     L.seed_everything(config.seed, workers=True, verbose=False)
     head = build_head(head_config, feature_dim, vocab)
     module = RoadworkModule(head, RoadworkLoss(config.loss), config.optim, config.data.metadata_dropout,
-                            config.validation.served_metadata, step_metrics=config.trainer.step_metrics)
+                            ServedInputs.named(config.validation.served_metadata),
+                            step_metrics=config.trainer.step_metrics)
     trainer, checkpoints = build_trainer(config, out, max_epochs=config.optim.epochs, device=device,
                                          progress=progress, batch_size_fn=lambda batch: batch.labels.shape[0],
                                          monitor=MONITOR, patience=config.optim.patience,

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.classification import BinaryAUROC, BinaryMatthewsCorrCoef
 
 from roadwork.config import OptimConfig
+from roadwork.features.metadata import ServedInputs
 from roadwork.features.table import Batch
 from roadwork.losses import RoadworkLoss
 from roadwork.model.head import HeadOutput
@@ -25,11 +26,12 @@ from roadwork.serve.calibration import selection_score
 
 class RoadworkModule(L.LightningModule):
     def __init__(self, head: torch.nn.Module, loss: RoadworkLoss, optim: OptimConfig,
-                 metadata_dropout: float = 0.0, served_metadata: str = "none", step_metrics: bool = False) -> None:
+                 metadata_dropout: float = 0.0, served: ServedInputs = ServedInputs(metadata=False),
+                 step_metrics: bool = False) -> None:
         super().__init__()
         self.head, self.loss, self.optim = head, loss, optim
         self.metadata_dropout = metadata_dropout
-        self.served_metadata = served_metadata
+        self.served = served
         self.step_metrics = step_metrics
         self.val_auroc = BinaryAUROC()
         self.train_mcc = BinaryMatthewsCorrCoef()   # at margin 0, on the rows as trained (metadata and all)
@@ -62,8 +64,8 @@ class RoadworkModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out, _ = self._step(batch, "val")
-        if self.served_metadata == "none":
-            out = self(dataclasses.replace(batch, meta=batch.meta.hidden(torch.ones_like(batch.labels, dtype=torch.bool))))
+        if not self.served.metadata:
+            out = self(dataclasses.replace(batch, meta=batch.meta.as_served(self.served)))
         margin = out.margin.float()
         self.val_auroc.update(torch.sigmoid(margin), batch.labels)
         self._served_margins.append(margin.detach().cpu())

@@ -32,7 +32,7 @@ from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.distributed import barrier, is_main, launch
 from roadwork.evaluate.metrics import between_fold_interval, binary_metrics, group_evidence, reliability, with_intervals
 from roadwork.evaluate.report import write_predictions
-from roadwork.features.metadata import MetadataVocab
+from roadwork.features.metadata import MetadataVocab, ServedInputs
 from roadwork.features.table import FeatureTable, head_margins, head_outputs
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.progress import console
@@ -112,7 +112,7 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
     photo) are the GPS sampling weights, ``targets`` soft training targets (distillation, probe only)."""
     result = CandidateResult(name)
     head_config = config.model.model_copy(update={"type": name})
-    served_none = config.validation.served_metadata == "none"
+    inputs = ServedInputs.named(config.validation.served_metadata)
     for index, split in enumerate(splits):
         prep = preps[index]
         folder = out / "splits" / f"{name}-{index}"
@@ -147,7 +147,7 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
             atomic_write_bytes(saved, save({k: v.contiguous() for k, v in head.state_dict().items()}))
         with_metadata = head_margins(head, held).numpy()
         result.metadata.append(with_metadata)
-        result.served.append(head_margins(head, held.image_only()).numpy() if served_none else with_metadata)
+        result.served.append(with_metadata if inputs.metadata else head_margins(head, held.as_served(inputs)).numpy())
         result.heads.append(head)
         result.info.append(info)
     return result
@@ -194,11 +194,9 @@ def _feature_densities(result: CandidateResult, preps: list[PreparedData], split
                        config: TrainConfig, device: str) -> list[FeatureDensity]:
     """Each served head's training-feature Gaussian (FOODS test-time augmentation), from its fusion-layer
     features on the photos it learnt from, as served (without metadata when requests carry none)."""
-    densities = []
+    densities, inputs = [], ServedInputs.named(config.validation.served_metadata)
     for head, prep, split in zip(result.heads, preps, splits):
-        table = _table(prep.train, _learning_rows(split), vocab, prep.text)
-        if config.validation.served_metadata == "none":
-            table = table.image_only()
+        table = _table(prep.train, _learning_rows(split), vocab, prep.text).as_served(inputs)
         _, fused = head_outputs(head, table, device, fused=True)
         densities.append(FeatureDensity.fit(fused[:, 0]))
     return densities
@@ -301,10 +299,10 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
             "one held-out set that also chose the checkpoint, the cut and the head: optimistic")
     if len(names) > 1 and len(splits) > 1:
         kind += f"; the better of {len(names)} heads on these same photos, so slightly optimistic"
-    served_label = "the image alone" if config.validation.served_metadata == "none" else "the dataset's metadata"
+    inputs = ServedInputs.named(config.validation.served_metadata)
     head = HeadEnsemble(result.heads)
     metrics: dict[str, Any] = {
-        "validation": {**validation, "estimate": kind, "inputs": served_label},
+        "validation": {**validation, "estimate": kind, "inputs": inputs.describe()},
         "validation_with_metadata": binary_metrics(
             calibration(torch.from_numpy(np.concatenate(result.metadata))).numpy(), all_labels, 0.5),
         "chosen_head": chosen,
@@ -329,7 +327,7 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
                     "train": _summary(prep.train), "groups": prep.grouping.summary()}
     save_bundle(out / "bundle", head=head, head_config=config.model.model_copy(update={"type": chosen}),
                 config=config, vocab=vocab, backbone=prep.spec, calibration=calibration,
-                served_metadata=config.validation.served_metadata, metrics=metrics["validation"],
+                served=inputs, metrics=metrics["validation"],
                 data_summary=data_summary, fingerprints=prep.train.keys,
                 adapted_backbones=[a[1] for a in adapted], backbone_training=settings,
                 densities=_feature_densities(result, preps, splits, vocab, config, device))

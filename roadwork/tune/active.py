@@ -27,9 +27,7 @@ import torch
 from roadwork.data.groups import NEAR_DUPLICATE_SIMILARITY, centred_unit_vectors
 from roadwork.data.records import METADATA_FIELDS, DatasetError, Sample
 from roadwork.features.extract import content_keys
-from roadwork.serve.bundle import BundleError
-from roadwork.serve.ensemble import EnsemblePredictor
-from roadwork.serve.predictor import Predictor
+from roadwork.serve.scorer import Scorer
 from roadwork.storage import atomic_write_bytes, atomic_write_text, write_folder
 
 CRITERIA = ("boundary", "uncertainty", "disagreement")
@@ -91,33 +89,27 @@ def diverse_top(order: Sequence[int], budget: int, features: torch.Tensor | None
     return picked
 
 
-def rank_pool(predictor: Predictor | EnsemblePredictor, pool: Sequence[Sample], budget: int, *, weights: Mapping[str, float] | None = None,
+def rank_pool(scorer: Scorer, pool: Sequence[Sample], budget: int, *, weights: Mapping[str, float] | None = None,
               similarity: float | None = NEAR_DUPLICATE_SIMILARITY, cache_dir: str | Path | None = None,
               progress: bool | None = False) -> tuple[list[Pick], dict[str, str]]:
     """The ``budget`` pool photos most worth labelling, best first, and the photos that failed."""
     if budget < 1:
         raise ValueError(f"budget must be at least 1, got {budget}")
-    if not isinstance(predictor, Predictor):
-        raise BundleError("active learning reads one bundle, not an ensemble folder (a k-fold bundle already "
-                          "gives the members' disagreement)")
     weights = dict.fromkeys(CRITERIA, 1.0) if weights is None else dict(weights)
     unknown = set(weights) - set(CRITERIA)
     if unknown or not any(weights.values()):
         raise ValueError(f"active-learning weights must name some of {CRITERIA} with a non-zero weight, got {weights}")
     hashed = content_keys(pool, progress)
-    features, good, failures = predictor.sample_features(pool, cache_dir=cache_dir, progress=progress, hashed=hashed)
+    scores = scorer.member_scores(pool, cache_dir=cache_dir, progress=progress, hashed=hashed)
+    good, failures = scores.good, scores.failures
     if not good:
         raise DatasetError("no pool image could be decoded")
-    photos = [pool[i] for i in good]
-    margins = predictor.margins_from_features(features, photos)
-    members = margins if margins.ndim == 2 else margins[:, None]
-    calibration = predictor.calibration
-    member_probabilities = torch.stack([calibration(members[:, k]) for k in range(members.shape[1])], 1).numpy()
+    member_probabilities = scores.probabilities.numpy()
     values = criteria(member_probabilities)
     score = combined_score(values, weights)
     order = np.argsort(-score, kind="stable")
-    global_views = torch.stack([f[0] for f in features[0]]) if similarity is not None else None
-    chosen = diverse_top(order.tolist(), budget, global_views, [hashed[0][i] for i in good], similarity)
+    embeddings = scores.embeddings if similarity is not None else None
+    chosen = diverse_top(order.tolist(), budget, embeddings, [hashed[0][i] for i in good], similarity)
     probabilities = member_probabilities.mean(axis=1)
     picks = [Pick(good[j], float(score[j]), float(probabilities[j]),
                   *(float(values[name][j]) for name in CRITERIA)) for j in chosen]

@@ -24,7 +24,7 @@ from roadwork.evaluate.metrics import binary_metrics
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
 from roadwork.serve.ensemble import logit
-from roadwork.serve.predictor import Predictor
+from roadwork.serve.scorer import load_scorer
 from roadwork.storage import atomic_write_json
 from roadwork.train.run import train
 from roadwork.train.trainer import check_run_folder
@@ -43,7 +43,7 @@ def distill(teacher: str | Path, data: str, out: str | Path, config: TrainConfig
     """Train a probe student on DATA from TEACHER's softened probabilities; write OUT like ``train``."""
     check_run_folder(out, resume=resume, overwrite=overwrite, inputs=[teacher, data])   # before scoring
     config = config.model_copy(update={"model": config.model.model_copy(update={"type": "probe"})})
-    predictor = Predictor.load(teacher, device)
+    predictor = load_scorer(teacher, device)
     samples = load_samples(data)
     hashed = content_keys(samples, progress)
     probabilities, _ = predictor.predict_samples(samples, cache_dir=cache_dir, progress=progress, hashed=hashed)
