@@ -30,6 +30,7 @@ browser:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 test: install browser
+	$(BIN)/ruff check roadwork tests bench
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 demo: install

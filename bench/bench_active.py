@@ -3,11 +3,12 @@
     python bench/bench_active.py --work bench/out --real ../shared/data/real-dev --seeds 0 1
 
 A labelled start set (whole groups drawn at random) trains a probe (configs/cpu.yaml, frozen
-features, 3 grouped folds, 30% of the groups inside each fold choose its checkpoint); each round then adds BUDGET photos from the rest of the training data
-(the pool) and retrains: `roadwork active` picks (labelled from the known labels, as a person
-would) or random picks. Every round's bundle is scored on test photos from groups never used for
-training with `roadwork evaluate`. Synthetic drives: train `synth --seed 11`, test `--seed 12` (as
-in bench_adapt.py); real-dev: the grouped 70/30 split of bench_evaluate.py.
+features, 3 grouped folds, 30% of the groups inside each fold choose its checkpoint); each round
+then adds BUDGET photos from the rest of the training data (the pool) and retrains: `roadwork
+active` picks (labelled from the known labels, as a person would) or random picks. Every round's
+bundle is scored on test photos from groups never used for training with `roadwork evaluate`.
+Synthetic drives: train `synth --seed 11`, test `--seed 12` (as in bench_adapt.py); real-dev: the
+grouped 70/30 split of bench_evaluate.py.
 """
 
 from __future__ import annotations

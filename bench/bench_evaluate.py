@@ -23,7 +23,6 @@ import shutil
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROADWORK, held_out_main, run_measured  # noqa: E402
 
@@ -58,9 +57,11 @@ def evaluate(bundles: list[Path], data: Path, out: Path, cache: Path) -> dict:
 
 def row(name: str, validation: dict, test: dict) -> str:
     mcc = test["ci95"]["mcc"]
-    return (f"| {name} | {validation['ece_uncalibrated']:.3f} | {validation['ece']:.3f} | {validation['brier']:.3f} | "
-            f"{validation['mcc']:.3f} | {test['calibration']['ece_uncalibrated']:.3f} | {test['calibration']['ece']:.3f} | "
-            f"{test['brier']:.3f} | {test['mcc']:.3f} [{mcc[0]:.2f}, {mcc[1]:.2f}] |")
+    return (
+        f"| {name} | {validation['ece_uncalibrated']:.3f} | {validation['ece']:.3f} | {validation['brier']:.3f} | "
+        f"{validation['mcc']:.3f} | {test['calibration']['ece_uncalibrated']:.3f} | {test['calibration']['ece']:.3f} | "
+        f"{test['brier']:.3f} | {test['mcc']:.3f} [{mcc[0]:.2f}, {mcc[1]:.2f}] |"
+    )
 
 
 def bench(name: str, train_data: Path, test_data: Path, work: Path, cache: Path) -> list[str]:

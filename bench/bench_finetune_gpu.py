@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, today  # noqa: E402
-
 from roadwork.backbones.adapt import adapt_backbone  # noqa: E402
 from roadwork.backbones.base import create_backbone  # noqa: E402
 

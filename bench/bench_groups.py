@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cached_photos, machine, today  # noqa: E402
-
 from roadwork.data.groups import find_group_column, group_samples  # noqa: E402
 
 THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9)

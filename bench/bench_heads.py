@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROADWORK, machine, today  # noqa: E402
-
 from roadwork.config import load_config  # noqa: E402
 from roadwork.evaluate.run import evaluate  # noqa: E402
 from roadwork.train.run import train  # noqa: E402
@@ -93,17 +92,31 @@ def main() -> None:
                             cache_dir=cache, progress=False)
             seconds = time.perf_counter() - started
             test = evaluate(out / "bundle", str(test_data), args.work / "heads-reports" / out.name, cache_dir=cache)
-            bare = evaluate(out / "bundle", str(image_only_test), args.work / "heads-reports" / f"{out.name}-image-only",
-                            cache_dir=cache)
+            bare = evaluate(
+                out / "bundle",
+                str(image_only_test),
+                args.work / "heads-reports" / f"{out.name}-image-only",
+                cache_dir=cache,
+            )
             results.append((metrics, test, bare, seconds))
             print(f"{name} seed={seed}: val MCC {metrics['validation']['mcc']:.3f} test MCC {test['mcc']:.3f} "
                   f"AUROC {test['auroc']:.3f} image-only test MCC {bare['mcc']:.3f} train {seconds:.0f} s "
                   f"(extract {metrics['timing_s']['extract']} s)", flush=True)
         mccs = [t["mcc"] for _, t, _, _ in results]
         bare_mccs = [b["mcc"] for _, _, b, _ in results]
-        rows.append((name, results[0][0]["parameters"], statistics.mean(m["validation"]["mcc"] for m, *_ in results),
-                     statistics.mean(mccs), statistics.pstdev(mccs), statistics.mean(t["auroc"] for _, t, _, _ in results),
-                     statistics.mean(bare_mccs), statistics.pstdev(bare_mccs), statistics.mean(r[3] for r in results)))
+        rows.append(
+            (
+                name,
+                results[0][0]["parameters"],
+                statistics.mean(m["validation"]["mcc"] for m, *_ in results),
+                statistics.mean(mccs),
+                statistics.pstdev(mccs),
+                statistics.mean(t["auroc"] for _, t, _, _ in results),
+                statistics.mean(bare_mccs),
+                statistics.pstdev(bare_mccs),
+                statistics.mean(r[3] for r in results),
+            )
+        )
     print(f"\n| variant | parameters | val MCC | test MCC (mean ± sd over seeds {args.seeds}) | test AUROC "
           "| image-only test MCC | train s |")
     print("|---|---|---|---|---|---|---|")

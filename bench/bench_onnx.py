@@ -18,7 +18,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import jpeg  # noqa: E402
 from common import machine, today  # noqa: E402
-
 from roadwork.serve.onnx import export_onnx  # noqa: E402
 from roadwork.serve.predictor import Predictor  # noqa: E402
 

@@ -100,7 +100,9 @@ def main() -> None:
         else:
             raise RuntimeError("server did not start")
         print(f"{machine()}, {today()}, `python bench/bench_serve.py`; bundle {bundle}\n")
-        print("| image | roadwork serve p50 ms | p95 ms | reference ViT-B/16 pipeline p50 ms | p95 ms | speed-up (p50) |")
+        print(
+            "| image | roadwork serve p50 ms | p95 ms | reference ViT-B/16 pipeline p50 ms | p95 ms | speed-up (p50) |"
+        )
         print("|---|---|---|---|---|---|")
         reference = reference_pipeline()
         for name, body in images.items():
@@ -121,7 +123,8 @@ def main() -> None:
         del reference
 
         process = psutil.Process(server.pid)
-        print("\n| concurrent clients | requests | throughput img/s | p50 ms | p95 ms | p99 ms | statuses | peak server RSS MiB |")
+        print("\n| concurrent clients | requests | throughput img/s | p50 ms | p95 ms | p99 ms | statuses "
+              "| peak server RSS MiB |")
         print("|---|---|---|---|---|---|---|---|")
         body = images["1920x1080"]
         for clients in args.clients:
@@ -130,16 +133,18 @@ def main() -> None:
             peak = [process.memory_info().rss]
             lock = threading.Lock()
 
-            def worker() -> None:
+            def worker(lock: threading.Lock, latencies: list[float], statuses: Counter[int]) -> None:
                 with httpx.Client(timeout=120) as own:
                     for _ in range(args.per_client):
                         started = time.perf_counter()
-                        status = own.post(f"{url}/predict", content=body, headers={"content-type": "image/jpeg"}).status_code
+                        status = own.post(
+                            f"{url}/predict", content=body, headers={"content-type": "image/jpeg"}
+                        ).status_code
                         with lock:
                             latencies.append(time.perf_counter() - started)
                             statuses[status] += 1
 
-            threads = [threading.Thread(target=worker) for _ in range(clients)]
+            threads = [threading.Thread(target=worker, args=(lock, latencies, statuses)) for _ in range(clients)]
             started = time.perf_counter()
             for thread in threads:
                 thread.start()
@@ -150,8 +155,11 @@ def main() -> None:
             ok = statuses.get(200, 0)
             p50, p95, p99 = percentiles(latencies)
             shown = ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()))
-            print(f"| {clients} | {len(latencies)} | {ok / seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {shown} | "
-                  f"{max(peak) / 2**20:.0f} |", flush=True)
+            print(
+                f"| {clients} | {len(latencies)} | {ok / seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {shown} | "
+                f"{max(peak) / 2**20:.0f} |",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(30)

@@ -28,7 +28,6 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, today  # noqa: E402
-
 from roadwork.data.synth import render_scene, write_synthetic_dataset  # noqa: E402
 
 

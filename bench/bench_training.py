@@ -67,8 +67,11 @@ def main() -> None:
             out = args.work / "training-real" / name.replace(" ", "_")
             metrics = train(data, out, cache, overrides, folds=5)
             v = metrics["validation"]
-            print(f"| {name} | {v['mcc']:.3f} [{v['ci95']['mcc'][0]:.2f}, {v['ci95']['mcc'][1]:.2f}] | {v['auroc']:.3f} "
-                  f"| {epochs(metrics):.1f} | {float((out / 'wall_s').read_text()):.0f} |", flush=True)
+            print(
+                f"| {name} | {v['mcc']:.3f} [{v['ci95']['mcc'][0]:.2f}, {v['ci95']['mcc'][1]:.2f}] | {v['auroc']:.3f} "
+                f"| {epochs(metrics):.1f} | {float((out / 'wall_s').read_text()):.0f} |",
+                flush=True,
+            )
         return
     data = synth(args.work / "synth-train", 400, 11, 4)
     test = synth(args.work / "synth-test", 400, 12, 4)

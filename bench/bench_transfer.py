@@ -25,8 +25,10 @@ refitted on them and applied to the held-out margins, so one training run scores
 * balanced-mcc: the cut of the best bootstrap-smoothed MCC with both classes weighted equally.
 Held-out MCC is reported at the photos' own prevalence and reweighted to 50/50 ("bal."), the share
 the validator sends. "mean gap" is the mean |estimate - held-out MCC| under the old / new rule (the
-estimate refitted from the out-of-fold margins as `train` would with that rule); "best cut in hindsight" is the held-out MCC of the best cut chosen on the
-held-out photos themselves (the mean member margin of a fold ensemble): what no rule can beat. A rerun with the same --work reuses finished training runs.
+estimate refitted from the out-of-fold margins as `train` would with that rule); "best cut in
+hindsight" is the held-out MCC of the best cut chosen on the held-out photos themselves (the mean
+member margin of a fold ensemble): what no rule can beat. A rerun with the same --work reuses
+finished training runs.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import held_out_datasets, machine, subset_folder, today  # noqa: E402
-
 from roadwork.config import load_config  # noqa: E402
 from roadwork.data.sources import load_samples  # noqa: E402
 from roadwork.data.splits import kfold_splits  # noqa: E402

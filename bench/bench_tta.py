@@ -25,13 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROADWORK, held_out_main, run_measured  # noqa: E402
-
 from roadwork.config import TtaConfig  # noqa: E402
 from roadwork.data.augment import tta_transforms  # noqa: E402
 from roadwork.data.groups import group_samples  # noqa: E402
 from roadwork.data.sources import load_samples  # noqa: E402
-from roadwork.features.extract import content_keys  # noqa: E402
 from roadwork.evaluate.metrics import bootstrap_metrics, interval, paired_difference  # noqa: E402
+from roadwork.features.extract import content_keys  # noqa: E402
 from roadwork.serve.predictor import Predictor  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"

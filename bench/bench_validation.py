@@ -34,7 +34,6 @@ from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROADWORK, cached_photos, machine, subset_folder, today  # noqa: E402
-
 from roadwork.config import load_config  # noqa: E402
 from roadwork.data.splits import kfold_splits  # noqa: E402
 from roadwork.evaluate.run import evaluate  # noqa: E402
@@ -82,13 +81,21 @@ def leakage(work: Path, cache: Path) -> None:
     print("|---|---|---|---|---|")
     for name, overrides in variants.items():
         metrics, bundle = run(train_data, work / "leakage" / str(abs(hash(name)) % 10**6), cache, overrides)
-        test = evaluate(bundle, str(test_data), work / "leakage-reports" / str(abs(hash(name)) % 10**6), cache_dir=cache)
+        test = evaluate(
+            bundle, str(test_data), work / "leakage-reports" / str(abs(hash(name)) % 10**6), cache_dir=cache
+        )
         val = metrics["validation"]
-        print(f"| {name} | {val['mcc']:.3f} [{val['ci95']['mcc'][0]:.2f}, {val['ci95']['mcc'][1]:.2f}] | {test['mcc']:.3f} "
-              f"| {test['auroc']:.3f} | {val['mcc'] - test['mcc']:+.3f} |", flush=True)
+        print(
+            f"| {name} | {val['mcc']:.3f} [{val['ci95']['mcc'][0]:.2f}, {val['ci95']['mcc'][1]:.2f}] "
+            f"| {test['mcc']:.3f} "
+            f"| {test['auroc']:.3f} | {val['mcc'] - test['mcc']:+.3f} |",
+            flush=True,
+        )
 
 
-def _margins(bundle_path: Path, data: Path, cache: Path, names: list[str] | None, hide: bool) -> tuple[np.ndarray, np.ndarray]:
+def _margins(
+    bundle_path: Path, data: Path, cache: Path, names: list[str] | None, hide: bool
+) -> tuple[np.ndarray, np.ndarray]:
     bundle = load_bundle(bundle_path)
     samples, _, features = cached_photos(data, cache)
     if names is not None:
@@ -126,8 +133,11 @@ def synthetic(work: Path, cache: Path, seeds: list[int]) -> None:
         test_margins, test_labels = _margins(bundle, test_data, cache, None, hide=True)
         auroc = roc_auc_score(test_labels, test_margins)
         cut = load_bundle(bundle).calibration.margin_threshold
-        for name, value in (("single split, old cut (raw MCC argmax, margins with metadata)", _raw_argmax(val_meta, val_labels)),
-                            ("single split, margin 0", 0.0), ("single split, new cut (smoothed, image-only)", cut)):
+        for name, value in (
+            ("single split, old cut (raw MCC argmax, margins with metadata)", _raw_argmax(val_meta, val_labels)),
+            ("single split, margin 0", 0.0),
+            ("single split, new cut (smoothed, image-only)", cut),
+        ):
             record(name, matthews_corrcoef(test_labels, test_margins > value), auroc, metrics["validation"]["mcc"])
         for name, overrides in (("probe, single split", ["validation.folds=1", "model.type=probe"]),
                                 ("probe, --folds 5", ["model.type=probe"]),
@@ -144,7 +154,9 @@ def synthetic(work: Path, cache: Path, seeds: list[int]) -> None:
     print(f"\n| variant | test MCC (mean ± sd over seeds {seeds}) | test AUROC | reported validation MCC |")
     print("|---|---|---|---|")
     for name, values in rows.items():
-        print(f"| {name} | {fmt([v[0] for v in values])} | {fmt([v[1] for v in values])} | {fmt([v[2] for v in values])} |")
+        print(
+            f"| {name} | {' | '.join(fmt([v[i] for v in values]) for i in range(3))} |"
+        )
 
 
 def real(work: Path, cache: Path, data: Path, seed: int) -> None:

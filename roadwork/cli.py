@@ -10,10 +10,19 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import typer
 
+from roadwork.config import (
+    AUGMENT_PRESETS,
+    NEAR_DUPLICATE_SIMILARITY,
+    VIEW_PLANS,
+    BackboneTrainingConfig,
+    DataConfig,
+    ServeConfig,
+    TtaConfig,
+)
 from roadwork.progress import console
 
 app = typer.Typer(
@@ -36,20 +45,20 @@ TargetGpsOpt = Annotated[Path | None, typer.Option("--target-gps", help="GPS-wei
 TargetDataOpt = Annotated[str | None, typer.Option("--target-data", help="GPS-weighted sampling: a dataset whose GPS columns are the targets (sets sampling.target).")]
 
 
-class ViewPlan(str, enum.Enum):
-    auto = "auto"
-    seed12 = "seed12"
-    global_ = "global"
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.StrEnum]:
+    """A Typer choice type over a setting's allowed values (config.py is their one home)."""
+    return enum.StrEnum(name, [(value, value) for value in values])  # type: ignore[return-value]
 
+
+ViewPlan = _choices("ViewPlan", VIEW_PLANS)
+TtaMode = _choices("TtaMode", get_args(TtaConfig.model_fields["mode"].annotation))
+Preset = _choices("Preset", AUGMENT_PRESETS)
+TTA, SERVE = TtaConfig(), ServeConfig()   # the defaults the options show
+VIEWS, TTA_MODE = ViewPlan(DataConfig().views), TtaMode(TTA.mode)
+PRESET = Preset(BackboneTrainingConfig().augment)
 
 ViewsOpt = Annotated[ViewPlan, typer.Option("--views", help="View plan: auto (tiles only for large photos), seed12 (the plan's 12 views) or global.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")]
-
-
-class TtaMode(str, enum.Enum):
-    none = "none"
-    plain = "plain"
-    foods = "foods"
 
 
 TtaOpt = Annotated[TtaMode, typer.Option("--tta", help="Test-time augmentation: none, plain (mean over the plan's fixed transforms of each photo) or foods (keep the copies closest to the training features, softmax-weighted). It multiplies the backbone's cost.")]
@@ -99,7 +108,7 @@ def _device(name: str) -> str:
 def _tta(mode: TtaMode, augmentations: int, keep: float, temperature: float) -> Any:
     from roadwork.config import tta_config
 
-    return tta_config(mode=mode.value, augmentations=augmentations, keep=keep, temperature=temperature)
+    return tta_config(mode=str(mode), augmentations=augmentations, keep=keep, temperature=temperature)
 
 
 def _target(target_gps: Path | None, target_data: str | None) -> str | None:
@@ -179,7 +188,7 @@ def extract(
     data: DataOpt,
     backbone: BackboneOpt = "efficientnet-lite0",
     weights: WeightsOpt = None,
-    views: ViewsOpt = ViewPlan.auto,
+    views: ViewsOpt = VIEWS,
     input_size: Annotated[int | None, typer.Option("--input-size", min=32, max=2048, help="View side in pixels (default: the backbone's own).")] = None,
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
@@ -212,10 +221,10 @@ def extract(
 def augment_preview(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
-    preset: Annotated[str, typer.Option("--preset", help="Augmentation preset: light or heavy.")] = "heavy",
+    preset: Annotated[Preset, typer.Option("--preset", help="Augmentation preset.")] = PRESET,
     n: Annotated[int, typer.Option("--n", min=1, max=64, help="Number of photos (the first N of DATA).")] = 4,
     copies: Annotated[int, typer.Option("--copies", min=1, max=16, help="Augmented rows per photo.")] = 3,
-    views: ViewsOpt = ViewPlan.auto,
+    views: ViewsOpt = VIEWS,
     input_size: Annotated[int, typer.Option("--input-size", min=32, max=2048, help="View side in pixels before the preview shrinks it.")] = 224,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for the augmentation draws.")] = 0,
     overwrite: OverwriteOpt = False,
@@ -233,7 +242,7 @@ def augment_preview(
 
     check_output(out, "preview file", replace=overwrite, file=True)
     try:
-        augmenter = ViewAugmenter(preset)
+        augmenter = ViewAugmenter(str(preset))
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--preset") from None
     torch.manual_seed(seed)
@@ -349,10 +358,10 @@ def evaluate(
     device: DeviceOpt = "auto",
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for every interval.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the reward simulation.")] = 0,
-    tta: TtaOpt = TtaMode.none,
-    tta_augmentations: TtaCountOpt = 16,
-    tta_keep: TtaKeepOpt = 0.8,
-    tta_temperature: TtaTemperatureOpt = 1.0,
+    tta: TtaOpt = TTA_MODE,
+    tta_augmentations: TtaCountOpt = TTA.augmentations,
+    tta_keep: TtaKeepOpt = TTA.keep,
+    tta_temperature: TtaTemperatureOpt = TTA.temperature,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Score bundles on a labelled dataset: metrics with intervals, slices, reward, an HTML report."""
@@ -441,7 +450,7 @@ def active(
     budget: Annotated[int, typer.Option("--budget", min=1, help="How many photos to pick.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the picks: images/ and metadata.csv with an empty label column.")],
     weights: Annotated[list[str] | None, typer.Option("--weight", help="CRITERION=W for boundary, uncertainty, disagreement (default 1 each); repeatable.")] = None,
-    similarity: Annotated[float | None, typer.Option("--similarity", min=0.0, max=1.0, help="Skip photos at least this similar to a pick (centred cosine of global-view features).")] = 0.8,
+    similarity: Annotated[float | None, typer.Option("--similarity", min=0.0, max=1.0, help="Skip photos at least this similar to a pick (centred cosine of global-view features).")] = NEAR_DUPLICATE_SIMILARITY,
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -483,10 +492,10 @@ def predict(
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")] = False,
     device: DeviceOpt = "auto",
-    tta: TtaOpt = TtaMode.none,
-    tta_augmentations: TtaCountOpt = 16,
-    tta_keep: TtaKeepOpt = 0.8,
-    tta_temperature: TtaTemperatureOpt = 1.0,
+    tta: TtaOpt = TTA_MODE,
+    tta_augmentations: TtaCountOpt = TTA.augmentations,
+    tta_keep: TtaKeepOpt = TTA.keep,
+    tta_temperature: TtaTemperatureOpt = TTA.temperature,
 ) -> None:
     """Print one JSON line per image: {"file", "probability", "roadwork"} (or "error")."""
     from roadwork.data.records import Sample
@@ -514,18 +523,18 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; the default answers this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
     device: DeviceOpt = "auto",
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images the backbone sees at once.")] = 16,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a request waits for others to batch with.")] = 5.0,
-    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Images waiting beyond this get 503 at once.")] = 64,
-    max_batch_images: Annotated[int, typer.Option("--max-batch-images", min=1, help="Most images in one /predict/batch request (at most --max-queue).")] = 64,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=256, help="Most pixels per photo, read from its header before decoding (413 beyond).")] = 24_000_000,
-    max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, MiB (413 beyond).")] = 20.0,
-    timeout_s: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds a request may wait for its answer (504 beyond).")] = 30.0,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most images the backbone sees at once.")] = SERVE.max_batch,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a request waits for others to batch with.")] = SERVE.max_wait_ms,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Images waiting beyond this get 503 at once.")] = SERVE.max_queue,
+    max_batch_images: Annotated[int, typer.Option("--max-batch-images", help="Most images in one /predict/batch request (at most --max-queue).")] = SERVE.max_batch_images,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Most pixels per photo, read from its header before decoding (413 beyond).")] = SERVE.max_pixels,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, MiB (413 beyond).")] = SERVE.max_body_bytes / 2**20,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds a request may wait for its answer (504 beyond).")] = SERVE.timeout_s,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="ROADWORK_API_KEY", help="Require this X-API-Key header (env ROADWORK_API_KEY).")] = None,
-    tta: TtaOpt = TtaMode.none,
-    tta_augmentations: TtaCountOpt = 16,
-    tta_keep: TtaKeepOpt = 0.8,
-    tta_temperature: TtaTemperatureOpt = 1.0,
+    tta: TtaOpt = TTA_MODE,
+    tta_augmentations: TtaCountOpt = TTA.augmentations,
+    tta_keep: TtaKeepOpt = TTA.keep,
+    tta_temperature: TtaTemperatureOpt = TTA.temperature,
 ) -> None:
     """Serve a bundle over HTTP: POST /predict, POST /predict/batch, GET /healthz, GET /metrics, /docs."""
     import ipaddress

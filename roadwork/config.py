@@ -15,11 +15,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from roadwork.data.decode import DEFAULT_MAX_PIXELS
-from roadwork.data.groups import AUTO, NEAR_DUPLICATE_SIMILARITY
-from roadwork.data.views import VIEW_PLANS
 from roadwork.errors import RoadworkError
 from roadwork.storage import read_file
+
+# Choices and limits that the code implementing them reads from here, so every setting has one home
+# (config sits below data/ and imports no torch: the CLI builds its options from these models).
+VIEW_PLANS = ("auto", "seed12", "global")
+AUTO, ROWS = "auto", "rows"   # validation.groups: find the drives; every row alone
+NEAR_DUPLICATE_SIMILARITY = 0.8   # centred cosine similarity of global views that makes two photos one group
+DEFAULT_MAX_PIXELS = 80_000_000   # the most pixels any decoder accepts (serve.max_pixels may ask fewer)
+AUGMENT_PRESETS = ("light", "heavy")   # roadwork/data/augment_presets/<name>.yaml
 
 
 class ConfigError(RoadworkError):
@@ -85,7 +90,7 @@ class DataConfig(_Strict):
     # Augmented feature bank for frozen-backbone training: ``augment_copies`` augmented copies of
     # every training photo's views (preset ``augment``) are extracted once; each epoch shows one
     # of them, or the photo itself, per photo. Held-out photos are never augmented.
-    augment: Literal["none", "light", "heavy"] = "none"
+    augment: Literal[("none", *AUGMENT_PRESETS)] = "none"   # type: ignore[valid-type]
     augment_copies: int = Field(default=0, ge=0, le=16)
     num_workers: int | None = Field(default=None, ge=0, le=64)  # None: one per spare core, at most 8
 
@@ -146,7 +151,7 @@ class BackboneTrainingConfig(_Strict):
     head_lr: float = Field(3e-3, gt=0.0, le=1.0, description="the linear classifier trained with it")
     weight_decay: float = Field(0.01, ge=0.0, le=10.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    augment: Literal["none", "light", "heavy"] = "heavy"
+    augment: Literal[("none", *AUGMENT_PRESETS)] = "heavy"   # type: ignore[valid-type]
     crop_scale: tuple[float, float] = Field((0.3, 1.0), description="random resized crop: area range kept")
     gradient_checkpointing: bool = False
 

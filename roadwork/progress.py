@@ -29,7 +29,9 @@ class _RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, unit: str = "img", enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    total: int, description: str, unit: str = "img", enabled: bool | None = None
+) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; the bar shows count, rate and ETA on stderr (hidden when not a terminal)."""
     if enabled is None:
         enabled = sys.stderr.isatty()

@@ -12,7 +12,7 @@ import numpy as np
 def mcc_table(tp: np.ndarray, fp: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     """MCC from counts (broadcasting); 0 where a row or column of the confusion matrix is empty."""
     fn, tn = positives - tp, negatives - fp
-    denominator = np.sqrt(np.maximum((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn), 0.0))   # rounding of weighted counts
+    denominator = np.sqrt(np.maximum((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn), 0.0))  # rounding of weighted counts
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1.0), 0.0)
 

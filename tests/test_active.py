@@ -11,9 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import orange_block_folder
 from roadwork.cli import app
 from roadwork.tune.active import combined_score, criteria, diverse_top
+
+from conftest import orange_block_folder
 
 
 def test_criteria_separate_doubt_from_disagreement():

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from roadwork.cli import app
 from roadwork.data.augment import OPS, ViewAugmenter, _fog, _glare, preset
+
 from conftest import write_folder
 
 

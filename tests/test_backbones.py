@@ -11,7 +11,7 @@ import safetensors.torch
 import timm
 import torch
 from skimage import data, transform
-from transformers import AutoModel, DINOv3ViTConfig, Dinov2Config, Dinov2WithRegistersConfig
+from transformers import AutoModel, Dinov2Config, Dinov2WithRegistersConfig, DINOv3ViTConfig
 
 from roadwork.backbones.base import (
     IMAGENET_MEAN,
@@ -188,7 +188,9 @@ def test_describe_says_what_create_builds_without_reading_weights(tmp_path, lite
     assert same(describe_backbone("convnextv2-atto", weights=tmp_path / "atto.pth", input_size=64),
                 create_backbone("convnextv2-atto", weights=tmp_path / "atto.pth", input_size=64))
     AutoModel.from_config(_dinov3()).save_pretrained(tmp_path / "v3")
-    (tmp_path / "v3" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
+    (tmp_path / "v3" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3})
+    )
     built = create_backbone("dinov3-vitb16", weights=tmp_path / "v3", input_size=500)
     for weights_file in (tmp_path / "v3").glob("*.safetensors"):
         weights_file.unlink()  # describing needs the config alone

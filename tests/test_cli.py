@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import typer
 from typer.testing import CliRunner
 

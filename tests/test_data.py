@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import jpeg_bytes, write_folder
 from roadwork.data.records import DatasetError, normalize_coordinates, normalize_text
 from roadwork.data.sources import load_samples
 from roadwork.data.splits import kfold_splits, train_val_split
+
+from conftest import jpeg_bytes, write_folder
 
 
 @pytest.mark.parametrize("value", [None, "", "  ", "null", "NULL", "None", "none", "nan", "NaN", float("nan")])
@@ -76,7 +77,10 @@ def test_jsonl_and_aliases(tmp_path):
         ([{"file_name": "a.jpg", "label": ""}], "label must be 0 or 1"),
         ([{"file_name": "../outside.jpg", "label": 0}], "escapes the dataset folder"),
         ([{"file_name": "/etc/passwd", "label": 0}], "must be relative"),
-        ([{"file_name": "a.jpg", "label": 0}, {"file_name": "gone.jpg", "label": 1}], "metadata.csv:3: image 'gone.jpg' not found"),
+        (
+            [{"file_name": "a.jpg", "label": 0}, {"file_name": "gone.jpg", "label": 1}],
+            "metadata.csv:3: image 'gone.jpg' not found",
+        ),
         ([], "dataset is empty"),
     ],
 )
@@ -114,13 +118,19 @@ def test_not_a_dataset(tmp_path):
 
 def _parquet_table(tmp_path: Path) -> pa.Table:
     (tmp_path / "p.jpg").write_bytes(jpeg_bytes(seed=7))
-    return pa.table({
-        "image": [{"bytes": jpeg_bytes(seed=1), "path": "one.jpg"}, {"bytes": None, "path": "p.jpg"}, {"bytes": jpeg_bytes(seed=3), "path": None}],
-        "label": [1, 0, 1],
-        "weather": ["fog", None, "null"],
-        "latitude": [1.0, float("nan"), 2.0],
-        "longitude": [1.0, 1.0, 2.0],
-    })
+    return pa.table(
+        {
+            "image": [
+                {"bytes": jpeg_bytes(seed=1), "path": "one.jpg"},
+                {"bytes": None, "path": "p.jpg"},
+                {"bytes": jpeg_bytes(seed=3), "path": None},
+            ],
+            "label": [1, 0, 1],
+            "weather": ["fog", None, "null"],
+            "latitude": [1.0, float("nan"), 2.0],
+            "longitude": [1.0, 1.0, 2.0],
+        }
+    )
 
 
 def test_parquet_with_bytes_and_paths(tmp_path):

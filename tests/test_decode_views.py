@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import jpeg_bytes
 from roadwork.data.decode import ImageDecodeError, decode_base64, decode_image
 from roadwork.data.views import MAX_VIEWS, crop_resize, decode_scale, image_views, plan_boxes
+
+from conftest import jpeg_bytes
 
 
 def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -135,7 +136,18 @@ def test_seed12_boxes_for_a_4032x3024_photo():
 
 @pytest.mark.parametrize(
     ("width", "height"),
-    [(1, 1), (224, 224), (640, 480), (480, 640), (1000, 1000), (1920, 1080), (4032, 3024), (3000, 700), (50, 900), (3, 2000)],
+    [
+        (1, 1),
+        (224, 224),
+        (640, 480),
+        (480, 640),
+        (1000, 1000),
+        (1920, 1080),
+        (4032, 3024),
+        (3000, 700),
+        (50, 900),
+        (3, 2000),
+    ],
 )
 @pytest.mark.parametrize("plan", ["auto", "seed12", "global"])
 def test_boxes_lie_inside_are_distinct_and_few(plan, width, height):

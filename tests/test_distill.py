@@ -41,10 +41,27 @@ def test_the_student_learns_from_the_teacher_as_much_as_mix_says(probe_bundle, t
 
     def student(mix: float) -> dict:
         out = tmp_path / f"student-{mix}"
-        result = CliRunner().invoke(app, ["distill", "--teacher", str(tmp_path / "teacher" / "bundle"), "--data",
-                                          str(probe_bundle["data"]), "--out", str(out), "--cache-dir",
-                                          str(probe_bundle["cache"]), "--device", "cpu", "--set", "distill.mix=" + str(mix),
-                                          "--set", "distill.temperature=1", *(f"--set={s}" for s in settings)])
+        result = CliRunner().invoke(
+            app,
+            [
+                "distill",
+                "--teacher",
+                str(tmp_path / "teacher" / "bundle"),
+                "--data",
+                str(probe_bundle["data"]),
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(probe_bundle["cache"]),
+                "--device",
+                "cpu",
+                "--set",
+                "distill.mix=" + str(mix),
+                "--set",
+                "distill.temperature=1",
+                *(f"--set={s}" for s in settings),
+            ],
+        )
         assert result.exit_code == 0, result.output
         return json.loads((out / "metrics.json").read_text())
 

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import jpeg_bytes, write_folder
 
 from roadwork.backbones.base import BackboneSpec
 from roadwork.data.sources import load_samples
 from roadwork.features.extract import content_keys, extract_features, open_store
 from roadwork.features.store import FeatureStore, namespace_for
+
+from conftest import jpeg_bytes, write_folder
 
 
 class FakeBackbone(torch.nn.Module):
@@ -114,7 +115,12 @@ def test_truncated_unlisted_shard_is_dropped_and_missing_index_is_rebuilt(datase
 
 def test_undecodable_images_are_reported_not_fatal(tmp_path):
     rows = [{"file_name": f"{i}.jpg", "label": 0} for i in range(4)]
-    images = {"0.jpg": jpeg_bytes(seed=0), "1.jpg": b"garbage", "2.jpg": jpeg_bytes(seed=2)[:200], "3.jpg": jpeg_bytes(seed=3)}
+    images = {
+        "0.jpg": jpeg_bytes(seed=0),
+        "1.jpg": b"garbage",
+        "2.jpg": jpeg_bytes(seed=2)[:200],
+        "3.jpg": jpeg_bytes(seed=3),
+    }
     samples = load_samples(write_folder(tmp_path / "ds", rows, images))
     store = FeatureStore(tmp_path / "cache", "ns")
     result = _run(samples, store)
@@ -180,7 +186,9 @@ def test_non_finite_features_are_failures_not_poison(dataset, tmp_path):
             return out
 
     store = FeatureStore(tmp_path / "cache", "ns")
-    result = extract_features(dataset[:3], Overflowing(), "auto", store, images_per_batch=1, num_workers=0, progress=False)
+    result = extract_features(
+        dataset[:3], Overflowing(), "auto", store, images_per_batch=1, num_workers=0, progress=False
+    )
     assert result.extracted == 0 and len(result.failures) == 3 and len(store) == 0
     assert all("not finite" in reason for reason in result.failures.values())
 

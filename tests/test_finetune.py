@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import orange_block_folder
 
 from roadwork.backbones.base import BATCHNORM, BackboneSpec, create_backbone
 from roadwork.config import ConfigError, load_config
@@ -19,6 +18,8 @@ from roadwork.features.store import adapted_variant
 from roadwork.serve.bundle import BundleError, load_bundle
 from roadwork.serve.predictor import Predictor
 from roadwork.train.run import train
+
+from conftest import orange_block_folder
 
 SMALL = ["validation.groups=rows", "validation.folds=2", "validation.fraction=0.5", "model.type=probe",
          "backbone_training.epochs=1", "backbone_training.batch_size=8", "backbone_training.blocks=1",
@@ -90,7 +91,10 @@ def test_adapted_features_never_reuse_frozen_cache_entries(photos, tmp_path, tin
     samples = load_samples(str(photos))
     key = content_keys(samples[:1])[0][0]
     frozen = open_store(cache, BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"))
-    stores = [open_store(cache, BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"), variant=adapted_variant(d)) for d in digests]
+    stores = [
+        open_store(cache, BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"), variant=adapted_variant(d))
+        for d in digests
+    ]
     assert len({frozen.root, *(s.root for s in stores)}) == 5
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted(s.root.name for s in [frozen, *stores])
     reference = frozen.load([key])[key]

@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from roadwork.data.groups import (
-    NEAR_DUPLICATE_SIMILARITY,
-    check_label_conflicts,
-    group_samples,
-    leakage_report,
-)
+from roadwork.config import NEAR_DUPLICATE_SIMILARITY
+from roadwork.data.groups import check_label_conflicts, group_samples, leakage_report
 from roadwork.data.records import DatasetError, Sample
 
 

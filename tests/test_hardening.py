@@ -8,10 +8,11 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from conftest import jpeg_bytes, write_folder
 from roadwork.cli import app
 from roadwork.serve.bundle import FINGERPRINTS, MANIFEST, WEIGHTS, manifest_digest
 from roadwork.storage import sha256_file
+
+from conftest import jpeg_bytes, write_folder
 
 runner = CliRunner()
 

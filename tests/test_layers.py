@@ -14,8 +14,8 @@ PACKAGE = Path(roadwork.__file__).parent
 LAYERS = [
     {"", "errors", "stats"},   # "" is roadwork/__init__ (its version string)
     {"storage", "progress"},
-    {"data"},
     {"config"},
+    {"data"},
     {"distributed"},
     {"backbones"},
     {"features"},
@@ -60,7 +60,9 @@ def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
     upward = []
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE)
-        own = "" if relative.name == "__init__.py" and len(relative.parts) == 1 else relative.parts[0].removesuffix(".py")
+        own = (
+            "" if relative.name == "__init__.py" and len(relative.parts) == 1 else relative.parts[0].removesuffix(".py")
+        )
         for line, module in _imports(path):
             if RANK[_part(module)] > RANK[own]:
                 upward.append(f"{relative}:{line} imports {module}")

@@ -147,7 +147,9 @@ def test_group_evidence_counts_a_giant_drive_about_once():
     groups = np.repeat([7, 3, 9], [80, 15, 5])
     labels = np.concatenate([np.zeros(80), np.r_[np.ones(5), np.zeros(10)], np.ones(5)]).astype(int)
     evidence = group_evidence(labels, groups)
-    assert evidence["groups"] == 3 and evidence["effective_groups"] == pytest.approx(100**2 / (80**2 + 15**2 + 5**2), abs=0.05)
+    assert evidence["groups"] == 3 and evidence["effective_groups"] == pytest.approx(
+        100**2 / (80**2 + 15**2 + 5**2), abs=0.05
+    )
     assert evidence["groups_with_roadwork"] == 2 and evidence["groups_without"] == 2
     single_photos = group_evidence(labels, np.arange(100))
     assert single_photos["effective_groups"] == 100 and single_photos["groups_with_roadwork"] == 10

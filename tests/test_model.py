@@ -230,7 +230,7 @@ def test_pruning_learns_to_keep_the_informative_view_among_distractors():
     before = kept_informative()
     loss = RoadworkLoss(LossConfig(consistency_weight=0.0, weather_weight=0.0, focal_gamma=0.0))
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
-    for step in range(300):
+    for _ in range(300):
         batch = torch.randint(0, n, (64,))
         optimizer.zero_grad()
         loss(head(features[batch], mask[batch]), labels[batch], torch.zeros(64, dtype=torch.long))["loss"].backward()
@@ -309,7 +309,9 @@ def test_ensemble_serves_the_mean_margin(vocab):
         expected = torch.stack([m(features, mask, meta).margin for m in members]).mean(0)
         assert torch.allclose(ensemble(features, mask, meta).margin, expected, atol=1e-6)
         assert ensemble(features, mask, meta).pooled.shape == (4, 3 * 32)
-        assert torch.equal(HeadEnsemble(members[:1])(features, mask, meta).logits, members[0](features, mask, meta).logits)
+        assert torch.equal(
+            HeadEnsemble(members[:1])(features, mask, meta).logits, members[0](features, mask, meta).logits
+        )
 
 
 def test_weather_head_needs_two_weather_values():
@@ -368,9 +370,16 @@ def test_view_logits_use_the_main_classifier_so_agreement_is_not_trivial():
     from roadwork.model.head import build_head
 
     vocab = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})
-    head = build_head(HeadConfig(type="multiview", d_model=16, heads=2, attention_layers=1, fusion="mean", prune_k=None), 8, vocab).eval()
-    samples = [Sample(file_name="a", label=1, weather="rain", latitude=1.0, longitude=2.0), Sample(file_name="b", label=0)]
-    out = head(torch.randn(2, 1, 8), torch.ones(2, 1, dtype=torch.bool), MetadataBatch.from_samples(samples, vocab, None))
+    head = build_head(
+        HeadConfig(type="multiview", d_model=16, heads=2, attention_layers=1, fusion="mean", prune_k=None), 8, vocab
+    ).eval()
+    samples = [
+        Sample(file_name="a", label=1, weather="rain", latitude=1.0, longitude=2.0),
+        Sample(file_name="b", label=0),
+    ]
+    out = head(
+        torch.randn(2, 1, 8), torch.ones(2, 1, dtype=torch.bool), MetadataBatch.from_samples(samples, vocab, None)
+    )
     assert torch.allclose(out.view_logits[:, 0], out.logits, atol=1e-6)
     assert not any("view_classifier" in name for name, _ in head.named_parameters())
 
@@ -402,8 +411,13 @@ def test_metadata_dropout_hides_inputs_and_keeps_the_weather_target(monkeypatch)
     vocab = MetadataVocab({"weather": ["fog", "rain"], "daytime": [], "scene": []})
     samples = [Sample(file_name=str(i), label=i % 2, weather="rain", latitude=1.0, longitude=1.0) for i in range(64)]
     meta = MetadataBatch.from_samples(samples, vocab, None)
-    batch = Batch(torch.randn(64, 2, 8), torch.ones(64, 2, dtype=torch.bool), meta, torch.tensor([s.label for s in samples]),
-                  meta.weather)
+    batch = Batch(
+        torch.randn(64, 2, 8),
+        torch.ones(64, 2, dtype=torch.bool),
+        meta,
+        torch.tensor([s.label for s in samples]),
+        meta.weather,
+    )
     seen = []
     module = RoadworkModule(torch.nn.Identity(), RoadworkLoss(), OptimConfig(), metadata_dropout=0.5)
     monkeypatch.setattr(module, "_step", lambda b, stage: seen.append(b) or (None, torch.zeros(())))

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_folder
 from roadwork.cli import app
 from roadwork.serve.bundle import MANIFEST
 from roadwork.serve.onnx import OnnxPredictor
 from roadwork.serve.predictor import Predictor
 from roadwork.serve.scorer import load_scorer
+
+from conftest import write_folder
 
 runner = CliRunner()
 

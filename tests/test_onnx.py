@@ -35,10 +35,20 @@ def _multiview_bundle(path, adapted: bool):
     if adapted:
         weight = create_backbone("efficientnet-lite0", input_size=64).state_dict()["model.conv_head.weight"]
         changed = [{"model.conv_head.weight": weight * scale} for scale in (0.9, 1.1)]
-    return save_bundle(path, head=heads, head_config=config, config=TrainConfig(), vocab=vocab,
-                       backbone=BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"),
-                       calibration=Calibration(0.3, 1.5), served=ServedInputs(metadata=False), metrics={}, data_summary={},
-                       fingerprints=[], adapted_backbones=changed)
+    return save_bundle(
+        path,
+        head=heads,
+        head_config=config,
+        config=TrainConfig(),
+        vocab=vocab,
+        backbone=BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"),
+        calibration=Calibration(0.3, 1.5),
+        served=ServedInputs(metadata=False),
+        metrics={},
+        data_summary={},
+        fingerprints=[],
+        adapted_backbones=changed,
+    )
 
 
 @pytest.mark.parametrize("kind", ["probe", "multiview", "adapted multiview"])
@@ -76,7 +86,9 @@ def test_a_modified_export_is_refused(probe_bundle, tmp_path):
 def test_an_export_in_the_previous_release_layout_still_loads(probe_bundle, tmp_path):
     """Exports written before the kind registry kept their manifest in onnx.json with ``"format": 1``."""
     out = tmp_path / "onnx"
-    assert CliRunner().invoke(app, ["export", "--bundle", str(probe_bundle["bundle"]), "--out", str(out)]).exit_code == 0
+    assert (
+        CliRunner().invoke(app, ["export", "--bundle", str(probe_bundle["bundle"]), "--out", str(out)]).exit_code == 0
+    )
     files = [s.read_bytes() for s in load_samples(str(probe_bundle["data"]))[:3]]
     now = [p.probability for p in load_scorer(out).predict_images(files)]
     manifest = json.loads((out / "manifest.json").read_text())

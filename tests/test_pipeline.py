@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import orange_block_folder
 from PIL import Image
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 from typer.testing import CliRunner
@@ -24,9 +23,23 @@ from roadwork.serve.bundle import BundleError, load_bundle, save_bundle
 from roadwork.serve.predictor import Predictor
 from roadwork.train.run import train
 
-TINY = ["validation.groups=rows", "backbone_training.mode=frozen", "validation.folds=1", "model.type=multiview", "model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null",
-        "optim.epochs=8", "optim.lr=3e-3", "optim.batch_size=8", "optim.patience=50",
-        "optim.ema_decay=0.8"]   # about 40 steps in all: the default 0.99 would keep the first steps' weights
+from conftest import orange_block_folder
+
+TINY = [
+    "validation.groups=rows",
+    "backbone_training.mode=frozen",
+    "validation.folds=1",
+    "model.type=multiview",
+    "model.d_model=32",
+    "model.heads=2",
+    "model.attention_layers=1",
+    "model.prune_k=null",
+    "optim.epochs=8",
+    "optim.lr=3e-3",
+    "optim.batch_size=8",
+    "optim.patience=50",
+    "optim.ema_decay=0.8",
+]   # about 40 steps in all: the default 0.99 would keep the first steps' weights
 
 
 def _resave(bundle, path: Path) -> Path:
@@ -76,7 +89,9 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
     samples = load_samples(trained["test"])
     predictor = Predictor(bundle)
     backbone = predictor.backbone()
-    store = open_store(trained["cache"], BackboneSpec(backbone.name, None, backbone.input_size, backbone.feature_dim, "auto"))
+    store = open_store(
+        trained["cache"], BackboneSpec(backbone.name, None, backbone.input_size, backbone.feature_dim, "auto")
+    )
     keys = extract_features(samples, backbone, "auto", store, num_workers=0, progress=False).keys
     loaded = store.load(keys)
     features = [loaded[k] for k in keys]
@@ -90,7 +105,9 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
 def test_predict_cli_from_raw_images_matches_cached_path(trained):
     runner = CliRunner()
     paths = [str(trained["test"] / f"img/{i}.jpg") for i in range(4)]
-    raw = runner.invoke(app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--no-cache", "--device", "cpu", *paths])
+    raw = runner.invoke(
+        app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--no-cache", "--device", "cpu", *paths]
+    )
     cached = runner.invoke(app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--cache-dir",
                                  str(trained["cache"]), "--device", "cpu", *paths])
     assert raw.exit_code == 0 and cached.exit_code == 0, raw.output + cached.output
@@ -105,16 +122,42 @@ def test_predict_cli_from_raw_images_matches_cached_path(trained):
 def test_predict_reports_bad_files_and_exits_nonzero(trained, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    result = CliRunner().invoke(app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--no-cache", "--device",
-                                      "cpu", str(bad), str(trained["test"] / "img/0.jpg"), str(tmp_path / "missing.jpg")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--bundle",
+            str(trained["run"] / "bundle"),
+            "--no-cache",
+            "--device",
+            "cpu",
+            str(bad),
+            str(trained["test"] / "img/0.jpg"),
+            str(tmp_path / "missing.jpg"),
+        ],
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.exit_code == 1
     assert "not an image" in lines[0]["error"] and "probability" in lines[1] and "error" in lines[2]
 
 
 def test_evaluate_metrics_agree_with_scikit_learn(trained, tmp_path):
-    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data", str(trained["test"]),
-                                      "--out", str(tmp_path / "report"), "--cache-dir", str(trained["cache"]), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--bundle",
+            str(trained["run"] / "bundle"),
+            "--data",
+            str(trained["test"]),
+            "--out",
+            str(tmp_path / "report"),
+            "--cache-dir",
+            str(trained["cache"]),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     with open(tmp_path / "report" / "predictions.csv") as handle:
@@ -142,7 +185,13 @@ def test_second_training_run_reuses_the_cache_without_building_the_backbone(trai
 
 def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     out = tmp_path / "resumable"
-    train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2"]), cache_dir=trained["cache"], progress=False)
+    train(
+        str(trained["data"]),
+        out,
+        load_config(None, [*TINY, "optim.epochs=2"]),
+        cache_dir=trained["cache"],
+        progress=False,
+    )
     # A finished split is kept as it is by --resume ...
     kept = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2"]), cache_dir=trained["cache"],
                  progress=False, resume=True)
@@ -151,8 +200,14 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     reseeded = train(str(trained["data"]), tmp_path / "reseeded-copy", load_config(None, [*TINY, "optim.epochs=1"]),
                      cache_dir=trained["cache"], progress=False)
     assert "resumed" not in reseeded["fits"]["multiview"][0]
-    again = train(str(trained["data"]), tmp_path / "reseeded-copy", load_config(None, [*TINY, "optim.epochs=1", "seed=5"]),
-                  cache_dir=trained["cache"], progress=False, resume=True)
+    again = train(
+        str(trained["data"]),
+        tmp_path / "reseeded-copy",
+        load_config(None, [*TINY, "optim.epochs=1", "seed=5"]),
+        cache_dir=trained["cache"],
+        progress=False,
+        resume=True,
+    )
     assert "resumed" not in again["fits"]["multiview"][0]
     # ... and one killed before its head was saved continues from its last checkpoint, with the
     # epoch count its schedule was built for; another count is refused, not silently restarted.
@@ -170,7 +225,10 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        (lambda b: (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()[:-1] + b"\0"), "SHA-256"),
+        (
+            lambda b: (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()[:-1] + b"\0"),
+            "SHA-256",
+        ),
         (lambda b: (b / "model.safetensors").unlink(), "missing file"),
         (lambda b: (b / "manifest.json").write_text("{"), "unreadable"),
         (lambda b: (b / "manifest.json").unlink(), "not a bundle"),
@@ -255,8 +313,22 @@ def test_the_bundle_serves_what_training_measured(trained):
 
 
 def test_the_head_learns(trained, tmp_path):
-    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data", str(trained["test"]),
-                                      "--out", str(tmp_path / "r"), "--cache-dir", str(trained["cache"]), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--bundle",
+            str(trained["run"] / "bundle"),
+            "--data",
+            str(trained["test"]),
+            "--out",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(trained["cache"]),
+            "--device",
+            "cpu",
+        ],
+    )
     test = json.loads(result.stdout.strip().splitlines()[-1])
     assert test["auroc"] > 0.9 and test["mcc"] > 0.5
 
@@ -266,15 +338,30 @@ def test_evaluate_on_a_single_class_set(trained, tmp_path):
 
     only = tmp_path / "positives"
     (only / "img").mkdir(parents=True)
-    rows = [r for r in csv.DictReader(open(trained["test"] / "metadata.csv")) if r["label"] == "1"]
+    with open(trained["test"] / "metadata.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["label"] == "1"]
     for row in rows:
         shutil.copy(trained["test"] / row["file_name"], only / row["file_name"])
     with open(only / "metadata.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data", str(only),
-                                      "--out", str(tmp_path / "r"), "--cache-dir", str(trained["cache"]), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--bundle",
+            str(trained["run"] / "bundle"),
+            "--data",
+            str(only),
+            "--out",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(trained["cache"]),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "AUROC n/a" in result.output and json.loads((tmp_path / "r" / "metrics.json").read_text())["auroc"] is None
 
@@ -327,7 +414,8 @@ def _rewrite(source: Path, target: Path, edit) -> Path:
     import os
 
     (target / "img").mkdir(parents=True)
-    rows = list(csv.DictReader(open(source / "metadata.csv")))
+    with open(source / "metadata.csv") as handle:
+        rows = list(csv.DictReader(handle))
     for row in rows:
         os.link(source / row["file_name"], target / row["file_name"])
     rows = edit(rows)
@@ -375,7 +463,9 @@ def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, 
     for fold, (fit_names, select_names) in enumerate(seen):
         assert not set(fit_names) & set(select_names)
         held_out += sorted(everything - set(fit_names) - set(select_names))
-        assert {r["file_name"] for r in rows if r["fold"] == str(fold)} == everything - set(fit_names) - set(select_names)
+        assert {r["file_name"] for r in rows if r["fold"] == str(fold)} == everything - set(fit_names) - set(
+            select_names
+        )
     assert len(seen) == 4 and sorted(held_out) == sorted(everything)  # each photo held out exactly once
     assert metrics["folds"] == 4 and metrics["validation"]["n"] == 40 and set(metrics["candidates"]) == {
         "probe", "multiview"}
@@ -441,7 +531,9 @@ def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
         logged = [float(r["val_served_mcc"]) for r in csv.DictReader(handle) if r.get("val_served_mcc")]
     assert len(logged) == 6 and len(set(logged)) > 1 and info["best_val_served_mcc"] == pytest.approx(max(logged))
     held = table(range(100, n)).image_only()
-    assert selection_score(head_margins(head, held).numpy(), held.labels.numpy()) == pytest.approx(max(logged), abs=1e-5)
+    assert selection_score(head_margins(head, held).numpy(), held.labels.numpy()) == pytest.approx(
+        max(logged), abs=1e-5
+    )
 
 
 def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path):
@@ -456,7 +548,11 @@ def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path
     assert sum("-aug1-heavy-" in n for n in namespaces) == 1 and sum("-aug2-heavy-" in n for n in namespaces) == 1
     samples = load_samples(trained["data"])
     plain = open_store(trained["cache"], BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
-    copy = open_store(trained["cache"], BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"), variant=SeededCopy("heavy", 1).variant)
+    copy = open_store(
+        trained["cache"],
+        BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"),
+        variant=SeededCopy("heavy", 1).variant,
+    )
     keys = extract_features(samples, lambda: None, "auto", plain, progress=False).keys
     assert len(copy) == len(set(keys)) and not copy.missing(keys)
     first = keys[0]

@@ -17,10 +17,11 @@ import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, matthews_corrcoef
 from typer.testing import CliRunner
 
-from conftest import orange_block_folder
 from roadwork.cli import app
 from roadwork.data.records import Sample
 from roadwork.evaluate.slices import find_slices
+
+from conftest import orange_block_folder
 
 HOSTILE = '<script>alert("x")</script> & cones'
 CHECK_SCRIPT = """<script>
@@ -119,7 +120,9 @@ def test_metrics_json_matches_predictions_and_compares_the_bundles(compared):
     assert metrics["reward"]["p05"] <= metrics["reward"]["mean"] <= metrics["reward"]["p95"]
     assert metrics["calibration"]["method"] == "temperature" and 0 <= metrics["calibration"]["ece"] <= 1
     slices = {(s["column"], s["value"]): s for s in metrics["slices"]}
-    assert slices[("weather", "rain")]["n"] + slices[("weather", "fog")]["n"] + slices[("weather", "(missing)")]["n"] == 40
+    assert (
+        slices[("weather", "rain")]["n"] + slices[("weather", "fog")]["n"] + slices[("weather", "(missing)")]["n"] == 40
+    )
     assert slices[("source", "phone")]["n"] == 20 and slices[("source", "phone")]["small"]
     assert ("group", "drive-0") not in slices   # an id column, not a category
     fp = metrics["worst"]["false_positives"]

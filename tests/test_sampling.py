@@ -95,8 +95,8 @@ def test_epoch_sampler_draws_by_weight_reproducibly_and_shards_the_epoch():
 
 def test_the_trainers_loader_draws_by_the_gps_weights():
     """The weights must reach the loader the head trains from, not only be computed."""
-    from roadwork.features.table import FeatureTable
     from roadwork.features.metadata import MetadataVocab
+    from roadwork.features.table import FeatureTable
     from roadwork.train.data import FeatureDataModule
 
     samples = [Sample(f"{i}.jpg", i % 2) for i in range(40)]
@@ -108,13 +108,15 @@ def test_the_trainers_loader_draws_by_the_gps_weights():
     rows = torch.cat([batch.features[:, 0, 0] for batch in module.train_dataloader()])
     assert len(rows) == 64 and set(rows.long().tolist()) <= {0, 1, 2, 3}
     uniform = FeatureDataModule(table, table, batch_size=8, seed=0)
-    assert sorted(torch.cat([b.features[:, 0, 0] for b in uniform.train_dataloader()]).long().tolist()) == list(range(40))
+    assert sorted(torch.cat([b.features[:, 0, 0] for b in uniform.train_dataloader()]).long().tolist()) == list(
+        range(40)
+    )
 
 
 def test_the_probe_weights_rows_like_the_sampler_would():
     """Zero weight on a row must equal leaving it out; a probe that ignored the weights would differ."""
-    from roadwork.features.table import FeatureTable
     from roadwork.features.metadata import MetadataVocab
+    from roadwork.features.table import FeatureTable
     from roadwork.train.probe import fit_probe
 
     rng = np.random.default_rng(0)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_folder
 from roadwork.data.sources import load_samples
 from roadwork.serve.bundle import BundleError
 from roadwork.serve.calibration import Calibration
@@ -20,13 +19,17 @@ from roadwork.serve.predictor import Predictor
 from roadwork.serve.scorer import KINDS, Scorer, load_scorer, read_kind
 from roadwork.tune.active import rank_pool
 
+from conftest import write_folder
+
 RELEASE = Path(__file__).parent / "fixtures" / "release-0.1.0"   # written by roadwork 0.1.0 (ensemble.json era)
 
 
 @pytest.fixture(scope="module")
 def noise_photos(tmp_path_factory):
     """The photos the release fixture's expected scores were computed on (see its expected.json)."""
-    folder = write_folder(tmp_path_factory.mktemp("noise"), [{"file_name": f"{i}.jpg", "label": i % 2} for i in range(6)])
+    folder = write_folder(
+        tmp_path_factory.mktemp("noise"), [{"file_name": f"{i}.jpg", "label": i % 2} for i in range(6)]
+    )
     return load_samples(str(folder))
 
 

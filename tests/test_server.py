@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import base64
 import io
+import re
 import threading
 
 import numpy as np
@@ -134,7 +134,9 @@ def test_concurrent_requests_are_batched_and_overload_is_a_fast_503(served):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
                 async def one():
-                    return (await http.post("/predict", content=good, headers={"content-type": "image/jpeg"})).status_code
+                    return (
+                        await http.post("/predict", content=good, headers={"content-type": "image/jpeg"})
+                    ).status_code
 
                 tasks = [asyncio.create_task(one()) for _ in range(12)]
                 await asyncio.sleep(0.5)
@@ -201,7 +203,9 @@ def test_a_batch_is_queued_whole_or_refused_whole(served):
 
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
                 async def single():
-                    return (await http.post("/predict", content=good, headers={"content-type": "image/jpeg"})).status_code
+                    return (
+                        await http.post("/predict", content=good, headers={"content-type": "image/jpeg"})
+                    ).status_code
 
                 singles = [asyncio.create_task(single())]   # taken by the held backbone
                 await asyncio.sleep(0.2)

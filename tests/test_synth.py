@@ -155,7 +155,7 @@ def test_pictures_agree_with_their_metadata() -> None:
     brightness: dict[str, list[float]] = {"day": [], "night": []}
     contrast: dict[str, list[float]] = {"clear": [], "fog": []}
     first_words: list[tuple[str, str]] = []
-    for label, image, metadata in rendered(seed=31, count=160, width=128, height=96):
+    for _, image, metadata in rendered(seed=31, count=160, width=128, height=96):
         grey = np.asarray(image.convert("L"), dtype=np.float64)
         if metadata["daytime"] in brightness:
             brightness[str(metadata["daytime"])].append(grey.mean())

@@ -17,9 +17,10 @@ import yaml
 from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from conftest import orange_block_folder
 from roadwork.config import load_config
 from roadwork.train.run import train
+
+from conftest import orange_block_folder
 
 HEAD = ["validation.groups=rows", "backbone_training.mode=frozen", "validation.folds=1", "model.type=multiview",
         "model.d_model=32", "model.heads=2", "model.attention_layers=1", "model.prune_k=null", "optim.lr=3e-3",
@@ -38,8 +39,13 @@ def _checkpoint(path: Path) -> dict:
 
 def test_ema_weights_are_what_validation_and_the_bundle_see(photos, tmp_path):
     out = tmp_path / "ema"
-    train(str(photos["data"]), out, load_config(None, [*HEAD, "optim.epochs=4", "optim.ema=true", "optim.ema_decay=0.7"]),
-          cache_dir=photos["cache"], progress=False)
+    train(
+        str(photos["data"]),
+        out,
+        load_config(None, [*HEAD, "optim.epochs=4", "optim.ema=true", "optim.ema_decay=0.7"]),
+        cache_dir=photos["cache"],
+        progress=False,
+    )
     best = _checkpoint(out / "splits" / "multiview-0" / "checkpoints" / "best.ckpt")
     averaged = {k.removeprefix("head."): v for k, v in best["state_dict"].items() if k.startswith("head.")}
     raw = {k.removeprefix("head."): v for k, v in best["current_model_state"].items() if k.startswith("head.")}
@@ -129,7 +135,9 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights(photos, tmp
     assert whole_last["state_dict"].keys() == resumed_last["state_dict"].keys()
     for name, tensor in whole_last["state_dict"].items():
         assert torch.equal(tensor, resumed_last["state_dict"][name]), name
-    assert [s["last_epoch"] for s in whole_last["lr_schedulers"]] == [s["last_epoch"] for s in resumed_last["lr_schedulers"]]
+    assert [s["last_epoch"] for s in whole_last["lr_schedulers"]] == [
+        s["last_epoch"] for s in resumed_last["lr_schedulers"]
+    ]
     expected = load_file(str(tmp_path / "whole" / "bundle" / "model.safetensors"))
     resumed = load_file(str(killed / "bundle" / "model.safetensors"))
     assert expected.keys() == resumed.keys() and all(torch.equal(expected[k], resumed[k]) for k in expected)

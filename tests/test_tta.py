@@ -192,9 +192,26 @@ def test_cli_predict_and_evaluate_take_tta(probe_bundle, tmp_path):
                               "--tta-keep", "1.5", str(samples[0].path)])
     assert bad.exit_code == 2 and "tta.keep" in bad.output
     out = tmp_path / "report"
-    result = runner.invoke(app, ["evaluate", "--bundle", str(probe_bundle["bundle"]), "--data", str(probe_bundle["data"]),
-                                 "--out", str(out), "--cache-dir", str(tmp_path), "--resamples", "100",
-                                 "--tta", "plain", "--tta-augmentations", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--bundle",
+            str(probe_bundle["bundle"]),
+            "--data",
+            str(probe_bundle["data"]),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path),
+            "--resamples",
+            "100",
+            "--tta",
+            "plain",
+            "--tta-augmentations",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tta"]["mode"] == "plain" and metrics["tta"]["augmentations"] == 4

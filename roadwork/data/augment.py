@@ -29,16 +29,17 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from roadwork.config import AUGMENT_PRESETS
+
 OPS = ("flip", "rotate", "perspective", "zoom", "brightness", "contrast", "saturation", "hue", "rain", "fog",
        "shadow", "glare", "noise", "motion_blur", "blur")
-PRESETS = ("light", "heavy")
 
 
 @cache
 def preset(name: str) -> dict[str, dict[str, Any]]:
     """The operations and parameters of a named preset."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if name not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
     text = resources.files("roadwork.data").joinpath("augment_presets", f"{name}.yaml").read_text()
     ops = yaml.safe_load(text)
     if set(ops) != set(OPS):

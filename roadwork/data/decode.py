@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
+from roadwork.config import DEFAULT_MAX_PIXELS
 from roadwork.errors import RoadworkError
 
-DEFAULT_MAX_PIXELS = 80_000_000
 MIN_SIDE = 16
 _EXIF_ORIENTATION = 0x0112
 _REDUCIBLE = {"RGB", "RGBA", "L", "LA", "CMYK", "I", "F"}   # modes Image.reduce handles
@@ -61,7 +61,9 @@ def check_image_size(width: int, height: int, max_pixels: int, source: str, min_
     """Refuse decompression bombs from the header's size, before any pixel is decoded, and images too
     small to show anything (a 1x1 pixel blown up to a backbone input would still get a confident score)."""
     if width * height > max_pixels:
-        raise ImageDecodeError(f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+        raise ImageDecodeError(
+            f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+        )
     if min(width, height) < min_side:
         raise ImageDecodeError(f"{source}: {width}x{height} is too small to classify (at least {min_side} px a side)")
 

@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from roadwork.config import AUTO, NEAR_DUPLICATE_SIMILARITY, ROWS
 from roadwork.data.records import DatasetError, Sample
 
 log = logging.getLogger(__name__)
 
 GROUP_COLUMNS = ("group", "sequence", "drive", "session", "video", "trip")
-NEAR_DUPLICATE_SIMILARITY = 0.8
-AUTO, ROWS = "auto", "rows"
 _BLOCK = 2048
 
 
@@ -164,8 +163,10 @@ def check_label_conflicts(samples: Sequence[Sample], keys: Sequence[str], policy
         return list(range(len(samples)))
     if policy == "error":
         named = [f"{s.file_name} (label {s.label})" for s, k in zip(samples, keys) if k in conflicting]
-        raise DatasetError(f"{len(conflicting)} image(s) appear with both labels 0 and 1: {', '.join(named[:6])}"
-                           f"{' ...' if len(named) > 6 else ''}; fix the labels or set validation.conflicting_labels=drop")
+        raise DatasetError(
+            f"{len(conflicting)} image(s) appear with both labels 0 and 1: {', '.join(named[:6])}"
+            f"{' ...' if len(named) > 6 else ''}; fix the labels or set validation.conflicting_labels=drop"
+        )
     log.warning("dropping %d image(s) that appear with both labels", len(conflicting))
     return [i for i, k in enumerate(keys) if k not in conflicting]
 

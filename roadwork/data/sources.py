@@ -58,7 +58,9 @@ def _read_rows(metadata: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 reader = csv.DictReader(handle)
                 if reader.fieldnames is None or "file_name" not in [c.strip() for c in reader.fieldnames]:
-                    raise DatasetError(f"{metadata}: missing required column 'file_name' (columns: {reader.fieldnames})")
+                    raise DatasetError(
+                        f"{metadata}: missing required column 'file_name' (columns: {reader.fieldnames})"
+                    )
                 for row in reader:
                     yield reader.line_num, {(k or "").strip(): v for k, v in row.items()}
             except csv.Error as error:
@@ -140,7 +142,9 @@ def _records_to_samples(rows: Iterable[Mapping[str, Any]], base: Path | None, or
             raise DatasetError(f"{where}: image {name!r} not found at {path}")
         file_name = str(row.get("file_name") or name or f"{name_prefix}row-{index:06d}")
         row = {k: v for k, v in row.items() if k not in IMAGE_COLUMNS}
-        samples.append(make_sample(row, file_name=file_name, where=where, require_label=require_labels, path=path, data=data))
+        samples.append(
+            make_sample(row, file_name=file_name, where=where, require_label=require_labels, path=path, data=data)
+        )
     return samples
 
 

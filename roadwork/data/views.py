@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
+from roadwork.config import DEFAULT_MAX_PIXELS, VIEW_PLANS
 from roadwork.data.decode import (
-    DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     check_image_size,
     decode_image,
@@ -34,7 +34,6 @@ from roadwork.data.decode import (
     to_rgb,
 )
 
-VIEW_PLANS = ("auto", "seed12", "global")
 # The most views any plan gives one photo: the global view, at most 6 x 6 tiles (3 per long side,
 # up to twice that for extreme aspect ratios) and two squares.
 MAX_VIEWS = 1 + (2 * 3) ** 2 + 2

@@ -28,7 +28,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#777;font-si
 .card img{max-width:224px;max-height:224px;display:block}img.plot{max-width:100%}"""
 
 
-def write_predictions(path: str | Path, rows: Iterable[Sequence[Any]], columns: Sequence[str] = ("probability",)) -> None:
+def write_predictions(
+    path: str | Path, rows: Iterable[Sequence[Any]], columns: Sequence[str] = ("probability",)
+) -> None:
     """``file_name,label,probability[,...]`` per image; an empty probability marks an undecodable image.
     Floats are written with 6 decimals, other values (a group id) as they are."""
     buffer = io.StringIO()
@@ -129,10 +131,12 @@ def _slices(models: Sequence[dict[str, Any]]) -> str:
         cells = "".join(f"<td class=num>{_num(m['slices'][i]['mcc'])}{_ci(m['slices'][i]['mcc_ci95'])}</td>"
                         for m in models)
         flag = ' class="small" title="few photos or few of one class: do not read closely"' if piece["small"] else ""
-        rows.append(f"<tr{flag}><td>{_esc(piece['column'])}</td><td>{_esc(piece['value'])}</td>"
-                    f"<td class=num>{piece['n']}</td><td class=num>{piece['positives']}</td>{cells}"
-                    f"<td class=num>{_num(piece['missed_roadwork'], 2)}</td>"
-                    f"<td class=num>{_num(piece['false_alarms'], 2)}</td><td>{'small' if piece['small'] else ''}</td></tr>")
+        rows.append(
+            f"<tr{flag}><td>{_esc(piece['column'])}</td><td>{_esc(piece['value'])}</td>"
+            f"<td class=num>{piece['n']}</td><td class=num>{piece['positives']}</td>{cells}"
+            f"<td class=num>{_num(piece['missed_roadwork'], 2)}</td>"
+            f"<td class=num>{_num(piece['false_alarms'], 2)}</td><td>{'small' if piece['small'] else ''}</td></tr>"
+        )
     return ("<h2>Slices</h2><p>Orange rows are small (under 30 photos or under 5 of a class): their intervals are "
             f"wide. Missed roadwork and false alarms are for {_esc(models[0]['name'])}.</p>"
             f"<table><tr><th>column</th><th>value</th><th>n</th><th>roadwork</th>{names}<th>missed roadwork</th>"
@@ -159,21 +163,26 @@ def write_report(path: str | Path, report: dict[str, Any], figures: dict[str, An
     warnings = "".join(f'<p class="warn">{_esc(w)}</p>' for w in report["warnings"])
     headline = "".join(f'<div class="headline">{_esc(m["name"])}: MCC {m["mcc"]:.3f}{_ci(m["ci95"]["mcc"])}</div>'
                        for m in models)
-    confusions = "".join(_image(png, f"confusion matrix of {m['name']}") for m, png in zip(models, figures["confusion"]))
+    confusions = "".join(
+        _image(png, f"confusion matrix of {m['name']}") for m, png in zip(models, figures["confusion"])
+    )
     galleries = "".join(
         f"<h2>Worst mistakes of {_esc(m['name'])}</h2>"
         + _gallery("False positives (no roadwork, highest P(roadwork))", m["worst"]["false_positives"], by_name)
         + _gallery("False negatives (roadwork, lowest P(roadwork))", m["worst"]["false_negatives"], by_name)
         for m in models)
     bootstrap, tta = report["bootstrap"], report["tta"]
-    augmentation = "none" if tta["mode"] == "none" else f"{_esc(tta['mode'])} over {tta['augmentations']} copies per photo"
+    bundles = ", ".join(f"<code>{_esc(m['bundle'])}</code>" for m in models)
+    augmentation = (
+        "none" if tta["mode"] == "none" else f"{_esc(tta['mode'])} over {tta['augmentations']} copies per photo"
+    )
     if tta["mode"] == "foods":
         augmentation += f" (closest {tta['keep']:.0%} kept, temperature {tta['temperature']:g})"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>roadwork evaluation</title><style>{STYLE}</style></head>
 <body><h1>roadwork evaluation</h1>
 <p>Data: <code>{_esc(report['data'])}</code>, {report['n']} photos scored ({report['undecodable']} could not be
-decoded); inputs: {_esc(report['inputs'])}; test-time augmentation: {augmentation}.<br>Bundles: {', '.join(f"<code>{_esc(m['bundle'])}</code>" for m in models)}</p>
+decoded); inputs: {_esc(report['inputs'])}; test-time augmentation: {augmentation}.<br>Bundles: {bundles}</p>
 {warnings}{headline}
 <p>Intervals: {bootstrap['resamples']} bootstrap resamples (seed {bootstrap['seed']}) of {bootstrap['groups']}
 groups ({_esc(bootstrap['grouped_by'])}); decisions at p &gt; 0.5, as the validator rounds.</p>

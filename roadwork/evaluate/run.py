@@ -93,8 +93,17 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
         raw = torch.sigmoid(margins)
         served[good] = predictor.calibration(margins).numpy()
         uncalibrated[good] = (raw.mean(dim=-1) if raw.ndim == 2 else raw).numpy()
-    return Scored(name, str(bundle), served, uncalibrated, predictor.calibration.method, predictor.served.describe(), failures, overlap,
-                  time.perf_counter() - started)
+    return Scored(
+        name,
+        str(bundle),
+        served,
+        uncalibrated,
+        predictor.calibration.method,
+        predictor.served.describe(),
+        failures,
+        overlap,
+        time.perf_counter() - started,
+    )
 
 
 def _worst(samples: Sequence[Sample], probabilities: np.ndarray, labels: np.ndarray) -> dict[str, list[dict]]:
@@ -115,16 +124,26 @@ def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence
     ece_before, bins_before = reliability(raw, labels)
     curve = plots.threshold_curve(probabilities, labels)
     return {
-        "name": model.name, "bundle": model.bundle,
+        "name": model.name,
+        "bundle": model.bundle,
         **binary_metrics(probabilities, labels, 0.5),
         "ci95": {name: interval(draws[name]) for name in METRICS},
-        "inputs": model.inputs, "seen_in_training": len(model.seen_in_training),
+        "inputs": model.inputs,
+        "seen_in_training": len(model.seen_in_training),
         "scoring_seconds": round(model.seconds, 2),
-        "calibration": {"method": model.calibration_method, "ece": round(ece, 4), "ece_uncalibrated": round(ece_before, 4),
-                        "bins": [b.__dict__ for b in bins], "bins_uncalibrated": [b.__dict__ for b in bins_before]},
+        "calibration": {
+            "method": model.calibration_method,
+            "ece": round(ece, 4),
+            "ece_uncalibrated": round(ece_before, 4),
+            "bins": [b.__dict__ for b in bins],
+            "bins_uncalibrated": [b.__dict__ for b in bins_before],
+        },
         "reward": simulate_reward(probabilities, labels, seed=seed),
-        "threshold_curve": {"thresholds": plots.THRESHOLDS.tolist(), "mcc": np.round(curve, 4).tolist(),
-                            "best_threshold": float(plots.THRESHOLDS[int(np.argmax(curve))])},
+        "threshold_curve": {
+            "thresholds": plots.THRESHOLDS.tolist(),
+            "mcc": np.round(curve, 4).tolist(),
+            "best_threshold": float(plots.THRESHOLDS[int(np.argmax(curve))]),
+        },
         "slices": slice_table(slices, probabilities, labels, groups, seed=seed, resamples=resamples),
         "worst": _worst(samples, probabilities, labels),
     }

@@ -70,8 +70,11 @@ def find_slices(samples: Sequence[Sample], seed: int = 0) -> list[Slice]:
             slices += [Slice(f"{field} metadata", "present", np.flatnonzero(present)),
                        Slice(f"{field} metadata", "missing", np.flatnonzero(~present))]
     count = np.array([sum(has(s) for has in METADATA_PRESENT.values()) for s in samples])
-    levels = {"all fields": count == len(METADATA_PRESENT), "some fields": (count > 0) & (count < len(METADATA_PRESENT)),
-              "none": count == 0}
+    levels = {
+        "all fields": count == len(METADATA_PRESENT),
+        "some fields": (count > 0) & (count < len(METADATA_PRESENT)),
+        "none": count == 0,
+    }
     if sum(bool(rows.any()) for rows in levels.values()) > 1:
         slices += [Slice("metadata present", name, np.flatnonzero(rows)) for name, rows in levels.items() if rows.any()]
     return slices

@@ -122,7 +122,9 @@ def extract_features(
             first_sample.setdefault(key, sample)
     order_keys = list(first_sample)
     todo = list(first_sample.values())
-    result = ExtractionResult(keys=keys, failures=failures, cached=sum(k is not None and k not in todo_keys for k in keys))
+    result = ExtractionResult(
+        keys=keys, failures=failures, cached=sum(k is not None and k not in todo_keys for k in keys)
+    )
     if not todo:
         return result
     if not isinstance(backbone, torch.nn.Module):

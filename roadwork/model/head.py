@@ -76,8 +76,9 @@ class ProbeHead(nn.Module):
 class MultiViewHead(nn.Module):
     """Prune -> project -> pyramid -> gated attention -> fusion (+ metadata) -> classifier.
 
-    Auxiliary outputs: per-view logits (for the consistency loss) and weather logits from the fused vision vector before metadata is mixed in, so the
-    weather task cannot be solved by reading the weather field. The weather head exists only when
+    Auxiliary outputs: per-view logits (for the consistency loss) and weather logits from the fused
+    vision vector before metadata is mixed in, so the weather task cannot be solved by reading the
+    weather field. The weather head exists only when
     the vocabulary has at least two weather values: with one class cross-entropy is constantly 0.
 
     Per-view logits pass each view token through the same metadata fusion and classifier as the

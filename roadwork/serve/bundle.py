@@ -135,7 +135,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "format_version": FORMAT_VERSION,
             "kind": "head" if members == 1 else "fold_ensemble",
             "members": members,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "head": head_config.model_dump(mode="json"),
             "served_metadata": served.name,
             "config": config.model_dump(mode="json"),
@@ -171,7 +171,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: a bundle of kind {manifest.get('kind')!r}, not a trained head; "
                           "roadwork.serve.scorer.load_scorer loads every kind")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+        raise BundleError(
+            f"{path}: bundle format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
     return manifest
 
 

@@ -81,7 +81,7 @@ def save_ensemble(path: str | Path, members: dict[str, Path], combiner: Combiner
         manifest = {
             "kind": "ensemble",
             "format_version": FORMAT_VERSION,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "members": list(members),
             "member_manifests": {n: sha256_file(staging / "members" / n / MANIFEST) for n in members},
             "combiner": combiner.to_dict(),
@@ -106,7 +106,9 @@ class EnsemblePredictor(Scorer):
                 raise ValueError(f"kind is {kind!r}")
             # Ensembles written before the kind registry carry no format_version: they are format 1.
             if manifest.get("format_version", 1) != FORMAT_VERSION:
-                raise ValueError(f"format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+                raise ValueError(
+                    f"format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+                )
             if manifest.get("manifest_sha256") != manifest_digest(manifest):
                 raise BundleError(f"{self.path}: the ensemble's manifest was modified after it was written")
             names = manifest["members"]
@@ -114,7 +116,9 @@ class EnsemblePredictor(Scorer):
                 member = self.path / "members" / name
                 known = manifest["member_manifests"][name]
                 if not MEMBER_NAME.fullmatch(name) or sha256_file(member / MANIFEST) != known:
-                    raise BundleError(f"{self.path}: member {name!r} is missing or does not match the ensemble's manifest")
+                    raise BundleError(
+                        f"{self.path}: member {name!r} is missing or does not match the ensemble's manifest"
+                    )
             self.combiner = Combiner.from_dict(manifest["combiner"], len(names))
             self.calibration = Calibration.from_dict(manifest["calibration"])
         except (OSError, ValueError, KeyError, TypeError) as error:

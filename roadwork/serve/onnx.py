@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from roadwork.config import TtaConfig
 from roadwork.data.views import MAX_VIEWS
 from roadwork.errors import RoadworkError
 from roadwork.features.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch
-from roadwork.config import TtaConfig
 from roadwork.features.table import FeatureTable
 from roadwork.serve.bundle import MANIFEST, Bundle, BundleError, load_bundle
 from roadwork.serve.predictor import Predictor
@@ -139,8 +139,15 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
                                     f"(> {TOLERANCE}); not written as a working export")
     shutil.copytree(bundle.path, out / "bundle")
     files = [f"{kind}-{i}.onnx" for i in range(predictor.sources) for kind in ("backbone", "head")]
-    manifest = {"kind": "onnx", "format_version": FORMAT_VERSION, "opset": OPSET, "sources": predictor.sources, "max_views": MAX_VIEWS,
-                "files": {name: sha256_file(out / name) for name in files}, "max_difference_from_pytorch": parity}
+    manifest = {
+        "kind": "onnx",
+        "format_version": FORMAT_VERSION,
+        "opset": OPSET,
+        "sources": predictor.sources,
+        "max_views": MAX_VIEWS,
+        "files": {name: sha256_file(out / name) for name in files},
+        "max_difference_from_pytorch": parity,
+    }
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 

@@ -21,9 +21,9 @@ from roadwork.data.records import Sample
 from roadwork.data.views import image_views, views_from_image
 from roadwork.errors import RoadworkError
 from roadwork.features.extract import content_keys, extract_and_load, open_store
+from roadwork.features.metadata import ServedInputs
 from roadwork.features.store import FeatureStore, adapted_variant
 from roadwork.features.table import FeatureTable, head_outputs
-from roadwork.features.metadata import ServedInputs
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
 from roadwork.serve.calibration import Calibration

@@ -255,8 +255,15 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
                                            input_size=data.input_size, device=device)
         spec = prep.spec
         store = open_store(cache_dir, spec, device, variant=adapted_variant(digest))
-        result, features = extract_and_load(everything, backbone, spec.views, store, num_workers=config.data.num_workers,
-                                            progress=progress, hashed=(list(keys), {}))
+        result, features = extract_and_load(
+            everything,
+            backbone,
+            spec.views,
+            store,
+            num_workers=config.data.num_workers,
+            progress=progress,
+            hashed=(list(keys), {}),
+        )
         if result.failures:
             raise DatasetError(f"the adapted backbone of split {index} failed on: "
                                + "; ".join(list(result.failures.values())[:3]))

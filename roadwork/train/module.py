@@ -26,12 +26,12 @@ from roadwork.serve.calibration import selection_score
 
 class RoadworkModule(L.LightningModule):
     def __init__(self, head: torch.nn.Module, loss: RoadworkLoss, optim: OptimConfig,
-                 metadata_dropout: float = 0.0, served: ServedInputs = ServedInputs(metadata=False),
+                 metadata_dropout: float = 0.0, served: ServedInputs | None = None,
                  step_metrics: bool = False) -> None:
         super().__init__()
         self.head, self.loss, self.optim = head, loss, optim
         self.metadata_dropout = metadata_dropout
-        self.served = served
+        self.served = served or ServedInputs(metadata=False)   # validators send the image alone
         self.step_metrics = step_metrics
         self.val_auroc = BinaryAUROC()
         self.train_mcc = BinaryMatthewsCorrCoef()   # at margin 0, on the rows as trained (metadata and all)
@@ -96,7 +96,7 @@ class RoadworkModule(L.LightningModule):
         # learned NULL vectors would pull "unknown" toward a fixed zero, which the NULL design avoids.
         decay, no_decay = [], []
         for module in self.head.modules():
-            for name, param in module.named_parameters(recurse=False):
+            for param in module.parameters(recurse=False):
                 matrix = param.ndim >= 2 and not isinstance(module, torch.nn.Embedding)
                 (decay if matrix else no_decay).append(param)
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -4,6 +4,7 @@ EMA, per-epoch checkpoints for ``--resume``, seeding that a resume reproduces, l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -169,10 +170,8 @@ def claim_folder(folder: Path, identity: dict[str, Any], epochs: int | None, *, 
     schedule was built for the other length, so neither continuing it nor silently discarding it is
     what was asked. A finished fit with another count is simply another fit, made afresh."""
     stored = None
-    try:
+    with contextlib.suppress(OSError, ValueError):
         stored = json.loads((folder / "split.json").read_text())
-    except (OSError, ValueError):
-        pass
     claim = {"sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(), "epochs": epochs}
     interrupted = isinstance(stored, dict) and stored.get("sha256") == claim["sha256"] and \
         stored.get("epochs") != epochs and not (folder / result).is_file()

@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from roadwork.data.groups import NEAR_DUPLICATE_SIMILARITY, centred_unit_vectors
+from roadwork.config import NEAR_DUPLICATE_SIMILARITY
+from roadwork.data.groups import centred_unit_vectors
 from roadwork.data.records import METADATA_FIELDS, DatasetError, Sample
 from roadwork.features.extract import content_keys
 from roadwork.serve.scorer import Scorer

@@ -279,7 +279,7 @@ def draw_tree(canvas: Canvas, *, u: float, z: float, trunk: float,
     b = canvas.billboard(u, z)
     b.rect(-0.14, 0.0, 0.14, trunk + 0.4, (80, 58, 40))
     if conifer:
-        for dx, dy, r, colour in crown:
+        for _, dy, r, colour in crown:
             b.polygon(((-r, trunk + dy), (r, trunk + dy), (0.0, trunk + dy + 2.2 * r)), colour)
     else:
         for dx, dy, r, colour in crown:
