@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from roadwork.config import ConfigError, HeadConfig, TrainConfig
+from roadwork.config import BackboneTrainingConfig, ConfigError, HeadConfig, TrainConfig
 from roadwork.data.records import DatasetError
 from roadwork.data.splits import kfold_splits, train_val_split
 from roadwork.distributed import barrier, is_main, launch
@@ -37,7 +37,7 @@ from roadwork.features.table import FeatureTable, head_margins, head_outputs
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.progress import console
 from roadwork.serve.bundle import save_bundle
-from roadwork.serve.calibration import fit_calibration
+from roadwork.serve.calibration import Calibration, CutChoice, fit_calibration
 from roadwork.serve.tta import FeatureDensity
 from roadwork.storage import atomic_write_bytes, atomic_write_json
 from roadwork.train.finetune import adapted_splits, resolve_mode
@@ -202,6 +202,136 @@ def _feature_densities(result: CandidateResult, preps: list[PreparedData], split
     return densities
 
 
+@dataclass
+class Plan:
+    """The splits of a run and the held-out photos every later step measures on."""
+
+    prep: PreparedData
+    splits: list[Split]
+    vocab: MetadataVocab
+    held: list[tuple[Photos, np.ndarray]]   # per split: the photos it is measured on, and their rows
+    labels: list[np.ndarray]                # per split: the held-out labels
+    groups: list[np.ndarray]                # per split: the held-out group ids
+
+    @property
+    def all_labels(self) -> np.ndarray:
+        return np.concatenate(self.labels)
+
+    @property
+    def all_groups(self) -> np.ndarray:
+        return np.concatenate(self.groups)
+
+
+def plan_splits(prep: PreparedData, config: TrainConfig) -> Plan:
+    """Grouped splits with both classes in every part, and the metadata vocabulary the heads learn."""
+    splits = _splits(prep, config)
+    hint = (f" (groups from {prep.grouping.source}; try fewer --folds, a larger --val-fraction or a "
+            "different --seed)")
+    for index, split in enumerate(splits):
+        for name, rows in (("training", split.fit), ("checkpoint-selection", split.select), ("held-out", split.held)):
+            found = sorted({prep.train.samples[i].label for i in rows}) if rows is not None else [0, 1]
+            if found != [0, 1]:
+                raise DatasetError(f"split {index}: the {name} photos hold only class {found}{hint}")
+    vocab = MetadataVocab.from_samples(
+        prep.train.samples if len(splits) > 1 else [prep.train.samples[i] for i in splits[0].fit])
+    held = [(prep.val, np.arange(len(prep.val.samples))) if s.held is None else (prep.train, s.held)
+            for s in splits]
+    labels = [np.asarray(photos.labels)[rows] for photos, rows in held]
+    groups = [prep.grouping.ids[rows] if photos is prep.train else rows for photos, rows in held]
+    return Plan(prep, splits, vocab, held, labels, groups)
+
+
+@dataclass
+class Fitted:
+    """Every candidate head fitted on every split, on the backbone each split trained (or the frozen one)."""
+
+    results: dict[str, CandidateResult]
+    preps: list[PreparedData]   # per split, the features its heads read
+    backbone: dict[str, Any]    # mode, why, and each split's fine-tuning fit
+    adapted: list[dict[str, torch.Tensor]]   # per split, the backbone weights fine-tuning changed; [] = frozen
+    settings: BackboneTrainingConfig
+    sampling: dict[str, Any] | None   # the GPS sampling report, when sampling was weighted
+    seconds: float
+
+
+def fit_candidates(plan: Plan, config: TrainConfig, out: Path, *, cache_dir: str | Path | None, device: str,
+                   resume: bool, progress: bool, soft_targets: Mapping[str, float] | None = None) -> Fitted:
+    """Fine-tune the backbone per split when the mode asks for it, then fit each candidate head per split."""
+    prep, started = plan.prep, time.perf_counter()
+    gps = None
+    if config.sampling.target is not None:
+        gps = GpsSampling.build(prep.train.samples, config.sampling, config.seed)
+        report = gps.report(config.sampling, seed=config.seed)
+        if is_main():
+            console.print(describe_report(report), highlight=False, soft_wrap=True)
+        check_report(report, config.sampling)
+    weights = None if gps is None else gps.weights
+    settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples), device)
+    if is_main():
+        console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
+    adapted: list[tuple[PreparedData, dict[str, torch.Tensor], dict[str, Any]]] = []
+    if settings.mode != "frozen":
+        if config.data.augment_copies:
+            log.warning("data.augment_copies is for frozen training; fine-tuning augments the photos themselves")
+        adapted = adapted_splits(prep, [_learning_rows(s) for s in plan.splits], config, settings, out,
+                                 cache_dir=cache_dir, device=device, resume=resume, progress=progress,
+                                 weights=weights)
+    preps = [a[0] for a in adapted] if adapted else [prep] * len(plan.splits)
+    names = CANDIDATES if config.model.type == "auto" else (config.model.type,)
+    targets = None if soft_targets is None else np.array(
+        [soft_targets.get(key, float(sample.label)) for key, sample in zip(prep.train.keys, prep.train.samples)])
+    results = {name: _fit_candidate(name, preps, config, plan.vocab, plan.splits, out, device=device, resume=resume,
+                                    progress=progress, weights=weights, targets=targets) for name in names}
+    return Fitted(results, preps, {"mode": settings.mode, "why": reason, "fits": [a[2] for a in adapted]},
+                  [a[1] for a in adapted], settings, None if gps is None else report,
+                  time.perf_counter() - started)
+
+
+@dataclass
+class Choice:
+    """The chosen head, and every candidate's out-of-fold served probabilities and metrics."""
+
+    name: str
+    probabilities: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, Any]]
+
+
+def choose_head(plan: Plan, fitted: Fitted, config: TrainConfig) -> Choice:
+    """The candidate with the best out-of-fold served MCC (each fold cut without its own photos)."""
+    probabilities, metrics = {}, {}
+    for name, result in fitted.results.items():
+        probabilities[name] = _held_out_probabilities(result, plan.labels, plan.groups, config)
+        metrics[name] = with_intervals(probabilities[name], plan.all_labels, plan.all_groups, seed=config.seed)
+    chosen = max(fitted.results, key=lambda n: (metrics[n]["mcc"], n == "probe"))  # ties go to the simpler head
+    return Choice(chosen, probabilities, metrics)
+
+
+@dataclass
+class Calibrated:
+    calibration: Calibration
+    cut: CutChoice
+    margins: np.ndarray   # the chosen head's held-out margins as served, the calibration's input
+
+
+def calibrate(plan: Plan, result: CandidateResult, config: TrainConfig) -> Calibrated:
+    """The served cut and probability scale, fitted on every held-out margin of the chosen head."""
+    margins = np.concatenate(result.served)
+    calibration, cut = fit_calibration(margins, plan.all_labels, method=config.validation.calibration,
+                                       confidence=config.validation.cut_confidence, seed=config.seed,
+                                       groups=plan.all_groups)
+    return Calibrated(calibration, cut, margins)
+
+
+def validation_summary(plan: Plan, choice: Choice, calibrated: Calibrated) -> dict[str, Any]:
+    """The chosen head's out-of-fold metrics, what they rest on, and calibration quality."""
+    probabilities, validation = choice.probabilities[choice.name], choice.metrics[choice.name]
+    validation["evidence"] = _evidence(validation, probabilities, plan.labels, plan.all_labels, plan.all_groups)
+    head_own = torch.sigmoid(torch.from_numpy(calibrated.margins)).numpy()   # before the cut and calibration
+    validation["ece"] = round(reliability(probabilities, plan.all_labels)[0], 4)
+    validation["ece_uncalibrated"] = round(reliability(head_own, plan.all_labels)[0], 4)
+    return validation
+
+
 def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | None = None,
           add_data: Sequence[str] = (), cache_dir: str | Path | None = None, device: str = "cpu",
           resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -222,78 +352,35 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
         log.warning("--resume: nothing to resume in %s; starting from scratch", out)
     prep = prepare_data(data, config, val_data=val_data, cache_dir=cache_dir, device=device, progress=progress,
                         add_data=add_data)
-    splits = _splits(prep, config)
-    hint = (f" (groups from {prep.grouping.source}; try fewer --folds, a larger --val-fraction or a "
-            "different --seed)")
-    for index, split in enumerate(splits):
-        for name, rows in (("training", split.fit), ("checkpoint-selection", split.select), ("held-out", split.held)):
-            found = sorted({prep.train.samples[i].label for i in rows}) if rows is not None else [0, 1]
-            if found != [0, 1]:
-                raise DatasetError(f"split {index}: the {name} photos hold only class {found}{hint}")
+    plan = plan_splits(prep, config)
     if is_main():   # the inputs are sound: only now does OUT come into being (or lose its old run)
         open_run_folder(out, clear=overwrite and not resume)
     barrier()
-    vocab = MetadataVocab.from_samples(
-        prep.train.samples if len(splits) > 1 else [prep.train.samples[i] for i in splits[0].fit])
-    held_photos = [(prep.val, np.arange(len(prep.val.samples))) if s.held is None else (prep.train, s.held)
-                   for s in splits]
-    labels = [np.asarray(photos.labels)[rows] for photos, rows in held_photos]
-    groups = [prep.grouping.ids[rows] if photos is prep.train else rows for photos, rows in held_photos]
-    all_labels, all_groups = np.concatenate(labels), np.concatenate(groups)
-
-    gps = None
-    if config.sampling.target is not None:
-        gps = GpsSampling.build(prep.train.samples, config.sampling, config.seed)
-        sampling_report = gps.report(config.sampling, seed=config.seed)
-        if is_main():
-            console.print(describe_report(sampling_report), highlight=False, soft_wrap=True)
-        check_report(sampling_report, config.sampling)
-    weights = None if gps is None else gps.weights
-    settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples), device)
-    if is_main():
-        console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
-    fit_started = time.perf_counter()
-    adapted: list[tuple[PreparedData, dict[str, torch.Tensor], dict[str, Any]]] = []
-    if settings.mode != "frozen":
-        if config.data.augment_copies:
-            log.warning("data.augment_copies is for frozen training; fine-tuning augments the photos themselves")
-        adapted = adapted_splits(prep, [_learning_rows(s) for s in splits], config, settings, out,
-                                 cache_dir=cache_dir, device=device, resume=resume, progress=progress,
-                                 weights=weights)
-    preps = [a[0] for a in adapted] if adapted else [prep] * len(splits)
-
-    names = CANDIDATES if config.model.type == "auto" else (config.model.type,)
-    targets = None if soft_targets is None else np.array(
-        [soft_targets.get(key, float(sample.label)) for key, sample in zip(prep.train.keys, prep.train.samples)])
-    results, scores = {}, {}
-    for name in names:
-        results[name] = _fit_candidate(name, preps, config, vocab, splits, out, device=device, resume=resume,
-                                       progress=progress, weights=weights, targets=targets)
-        probabilities = _held_out_probabilities(results[name], labels, groups, config)
-        scores[name] = (probabilities, with_intervals(probabilities, all_labels, all_groups, seed=config.seed))
-    fit_seconds = time.perf_counter() - fit_started
-    chosen = max(names, key=lambda n: (scores[n][1]["mcc"], n == "probe"))  # ties go to the simpler head
-    result = results[chosen]
-
-    served = np.concatenate(result.served)
-    calibration, cut = fit_calibration(served, all_labels, method=config.validation.calibration,
-                                       confidence=config.validation.cut_confidence,
-                                       seed=config.seed, groups=all_groups)
-    probabilities, validation = scores[chosen]
-    validation["evidence"] = _evidence(validation, probabilities, labels, all_labels, all_groups)
-    head_own = torch.sigmoid(torch.from_numpy(served)).numpy()   # before the cut and calibration
-    validation["ece"] = round(reliability(probabilities, all_labels)[0], 4)
-    validation["ece_uncalibrated"] = round(reliability(head_own, all_labels)[0], 4)
+    fitted = fit_candidates(plan, config, out, cache_dir=cache_dir, device=device, resume=resume,
+                            progress=progress, soft_targets=soft_targets)
+    choice = choose_head(plan, fitted, config)
+    calibrated = calibrate(plan, fitted.results[choice.name], config)
+    validation = validation_summary(plan, choice, calibrated)
     if not is_main():   # the same result, written once (by process 0)
-        return {"validation": validation, "chosen_head": chosen}
-    held_names = [photos.samples[i].file_name for photos, rows in held_photos for i in rows]
+        return {"validation": validation, "chosen_head": choice.name}
+    return write_run(out, plan, fitted, choice, calibrated, validation, config, data=data, val_data=val_data,
+                     device=device, seconds=time.perf_counter() - started)
+
+
+def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated: Calibrated,
+              validation: dict[str, Any], config: TrainConfig, *, data: str, val_data: str | None, device: str,
+              seconds: float) -> dict[str, Any]:
+    """OUT/validation_predictions.csv, OUT/bundle (the chosen heads, served together) and OUT/metrics.json."""
+    prep, result, calibration = plan.prep, fitted.results[choice.name], calibrated.calibration
+    held_names = [photos.samples[i].file_name for photos, rows in plan.held for i in rows]
     # The group lets `ensemble` keep drives together; the raw margin and the fold let a cut rule be
     # refitted offline, each fold's cut from the other folds only.
-    folds = np.repeat(np.arange(len(labels)), [len(y) for y in labels])
+    folds = np.repeat(np.arange(len(plan.labels)), [len(y) for y in plan.labels])
     write_predictions(out / "validation_predictions.csv",
-                      zip(held_names, all_labels.tolist(), probabilities.tolist(), served.tolist(),
-                          all_groups.tolist(), folds.tolist()),
+                      zip(held_names, plan.all_labels.tolist(), choice.probabilities[choice.name].tolist(),
+                          calibrated.margins.tolist(), plan.all_groups.tolist(), folds.tolist()),
                       ["probability", "margin", "group", "fold"])
+    names, splits = list(fitted.results), plan.splits
     kind = (f"out-of-fold over {len(splits)} grouped folds; each fold cut by a calibration fitted on the others"
             if len(splits) > 1 else
             "one held-out set that also chose the checkpoint, the cut and the head: optimistic")
@@ -304,33 +391,34 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     metrics: dict[str, Any] = {
         "validation": {**validation, "estimate": kind, "inputs": inputs.describe()},
         "validation_with_metadata": binary_metrics(
-            calibration(torch.from_numpy(np.concatenate(result.metadata))).numpy(), all_labels, 0.5),
-        "chosen_head": chosen,
-        "backbone_training": {"mode": settings.mode, "why": reason, "fits": [a[2] for a in adapted]},
-        "sampling": None if gps is None else sampling_report,
-        "candidates": {n: {"mcc": scores[n][1]["mcc"], "mcc_ci95": scores[n][1]["ci95"]["mcc"],
-                          "auroc": scores[n][1]["auroc"], "accuracy": scores[n][1]["accuracy"]} for n in names},
+            calibration(torch.from_numpy(np.concatenate(result.metadata))).numpy(), plan.all_labels, 0.5),
+        "chosen_head": choice.name,
+        "backbone_training": fitted.backbone,
+        "sampling": fitted.sampling,
+        "candidates": {n: {"mcc": choice.metrics[n]["mcc"], "mcc_ci95": choice.metrics[n]["ci95"]["mcc"],
+                           "auroc": choice.metrics[n]["auroc"], "accuracy": choice.metrics[n]["accuracy"]}
+                       for n in names},
         "calibration": {"method": calibration.method, "margin_threshold": calibration.margin_threshold,
                         "temperature": calibration.temperature, "isotonic_knots": len(calibration.isotonic),
-                        "cut": cut.__dict__, "fitted_on": int(len(served))},
+                        "cut": calibrated.cut.__dict__, "fitted_on": int(len(calibrated.margins))},
         "folds": len(splits),
         "groups": prep.grouping.summary(),
         "leakage_with_val_data": prep.leakage,
-        "fits": {n: results[n].info for n in names},
-        "timing_s": {"extract": prep.extraction["seconds"], "fit": round(fit_seconds, 2),
-                     "total": round(time.perf_counter() - started, 2)},
+        "fits": {n: fitted.results[n].info for n in names},
+        "timing_s": {"extract": prep.extraction["seconds"], "fit": round(fitted.seconds, 2),
+                     "total": round(seconds, 2)},
         "extraction": prep.extraction,
         "parameters": sum(p.numel() for p in head.parameters()),
     }
     data_summary = {"source": str(data), "validation": kind,
                     "validation_source": str(val_data) if val_data else "grouped splits of the training data",
                     "train": _summary(prep.train), "groups": prep.grouping.summary()}
-    save_bundle(out / "bundle", head=head, head_config=config.model.model_copy(update={"type": chosen}),
-                config=config, vocab=vocab, backbone=prep.spec, calibration=calibration,
+    save_bundle(out / "bundle", head=head, head_config=config.model.model_copy(update={"type": choice.name}),
+                config=config, vocab=plan.vocab, backbone=prep.spec, calibration=calibration,
                 served=inputs, metrics=metrics["validation"],
                 data_summary=data_summary, fingerprints=prep.train.keys,
-                adapted_backbones=[a[1] for a in adapted], backbone_training=settings,
-                densities=_feature_densities(result, preps, splits, vocab, config, device))
+                adapted_backbones=fitted.adapted, backbone_training=fitted.settings,
+                densities=_feature_densities(result, fitted.preps, splits, plan.vocab, config, device))
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
