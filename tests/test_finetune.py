@@ -53,9 +53,10 @@ def test_mode_trains_saves_reloads_and_predicts_identically(mode, kind, photos, 
     assert fits[0]["digest"] != fits[1]["digest"]   # each fold fine-tuned its own backbone
 
     bundle = load_bundle(tmp_path / "run" / "bundle")
-    assert len(bundle.adapted) == 2 and bundle.manifest["backbone_training"]["mode"] == mode
-    changed = bundle.adapted_weights(0)
-    assert bundle.adapted_digest(0) == fits[0]["digest"]
+    assert [s.weights for s in bundle.sources] == ["backbone-0.safetensors", "backbone-1.safetensors"]
+    assert bundle.member_sources == [0, 1] and bundle.manifest["backbone_training"]["mode"] == mode
+    changed = bundle.source_weights(0)
+    assert bundle.source_digest(0) == fits[0]["digest"]
     base = create_backbone(config.data.backbone, input_size=config.data.input_size)
     base_state = base.state_dict()
     assert set(changed) <= set(base_state)
@@ -117,11 +118,14 @@ def test_resume_reuses_finished_fine_tuning_only_for_the_same_settings(photos, t
     assert all(f["epochs"] == 2 for f in refit["backbone_training"]["fits"])
 
 
-def test_bundle_without_adapted_backbones_is_frozen_and_a_wrong_list_is_refused(photos, tmp_path, tiny_vit_folder):
+def test_sources_that_do_not_fit_the_heads_are_refused_and_format_2_bundles_still_load(photos, tmp_path,
+                                                                                       tiny_vit_folder):
     from roadwork.serve.bundle import MANIFEST, manifest_digest
 
     _train(photos, tmp_path / "run", tmp_path / "cache", "convnet", "lora", tiny_vit_folder)
     path = tmp_path / "run" / "bundle"
+    samples = load_samples(str(photos))[:6]
+    expected, _ = Predictor.load(path).predict_samples(samples, use_cache=False)
     manifest = json.loads((path / MANIFEST).read_text())
 
     def rewrite(**changes):
@@ -130,11 +134,29 @@ def test_bundle_without_adapted_backbones_is_frozen_and_a_wrong_list_is_refused(
         edited["manifest_sha256"] = manifest_digest(edited)
         (path / MANIFEST).write_text(json.dumps(edited))
 
-    rewrite(adapted_backbones=["backbone-0.safetensors"])   # one file for two heads
+    rewrite(member_sources=[0, 2])
+    with pytest.raises(BundleError, match="member_sources must name one of the 2 sources"):
+        load_bundle(path)
+    rewrite(member_sources=[0, 0])   # source 1 would be stored and never read
+    with pytest.raises(BundleError, match="every source must be read"):
+        load_bundle(path)
+    rewrite(sources=[{"name": "x", "kind": "adapted_backbone", "weights": "elsewhere.safetensors"},
+                     manifest["sources"][1]])
+    with pytest.raises(BundleError, match="verified file"):
+        load_bundle(path)
+    # Format 2, as release 0.1.0 wrote fine-tuned bundles: one adapted backbone per head.
+    old = {"format_version": 2, "sources": None, "member_sources": None,
+           "adapted_backbones": ["backbone-0.safetensors", "backbone-1.safetensors"]}
+    rewrite(**old)
+    bundle = load_bundle(path)
+    assert [s.weights for s in bundle.sources] == old["adapted_backbones"] and bundle.member_sources == [0, 1]
+    assert Predictor(bundle).predict_samples(samples, use_cache=False)[0] == pytest.approx(expected, abs=1e-6)
+    rewrite(**{**old, "adapted_backbones": ["backbone-0.safetensors"]})   # one file for two heads
     with pytest.raises(BundleError, match="adapted_backbones"):
         load_bundle(path)
-    rewrite(adapted_backbones=None, backbone_training=None)  # a bundle from before fine-tuning existed
-    assert load_bundle(path).adapted == []
+    rewrite(**{**old, "adapted_backbones": None}, backbone_training=None)  # from before fine-tuning existed
+    bundle = load_bundle(path)
+    assert [s.weights for s in bundle.sources] == [None] and bundle.member_sources == [0, 0]
 
 
 def test_backbone_training_settings_are_validated_and_auto_is_announced(photos, tmp_path, capsys):

@@ -24,9 +24,10 @@ from roadwork.serve.scorer import load_scorer
 TOLERANCE = 1e-4   # on probabilities; README states it
 
 
-def _multiview_bundle(path, adapted: bool):
-    """Two random multi-view heads with metadata on (image-only requests hide it), at 64 px; with
-    ``adapted``, each head has its own slightly changed backbone, as a fine-tuned k-fold bundle has."""
+def _multiview_bundle(path, adapted: str | None):
+    """Two random multi-view heads with metadata on (image-only requests hide it), at 64 px; ``adapted``
+    "own": each head has its own slightly changed backbone, as a fine-tuned k-fold bundle has; "shared":
+    both read one changed backbone, as a model refitted on all photos would."""
     torch.manual_seed(0)
     config = HeadConfig(type="multiview", d_model=32, heads=2, attention_layers=1, prune_k=4)
     vocab = MetadataVocab.from_samples([])
@@ -34,7 +35,7 @@ def _multiview_bundle(path, adapted: bool):
     changed = None
     if adapted:
         weight = create_backbone("efficientnet-lite0", input_size=64).state_dict()["model.conv_head.weight"]
-        changed = [{"model.conv_head.weight": weight * scale} for scale in (0.9, 1.1)]
+        changed = [{"model.conv_head.weight": weight * scale} for scale in (0.9, 1.1)][: 2 if adapted == "own" else 1]
     return save_bundle(
         path,
         head=heads,
@@ -48,22 +49,26 @@ def _multiview_bundle(path, adapted: bool):
         data_summary={},
         fingerprints=[],
         adapted_backbones=changed,
+        member_sources=[0, 0] if adapted == "shared" else None,
     )
 
 
-@pytest.mark.parametrize("kind", ["probe", "multiview", "adapted multiview"])
+@pytest.mark.parametrize("kind", ["probe", "multiview", "own adapted multiview", "shared adapted multiview"])
 def test_onnx_export_answers_like_pytorch(kind, probe_bundle, tmp_path):
-    bundle = probe_bundle["bundle"] if kind == "probe" else _multiview_bundle(tmp_path / "b", "adapted" in kind)
+    adapted = kind.split()[0] if "adapted" in kind else None
+    bundle = probe_bundle["bundle"] if kind == "probe" else _multiview_bundle(tmp_path / "b", adapted)
     result = CliRunner().invoke(app, ["export", "--bundle", str(bundle), "--format", "onnx", "--out",
                                       str(tmp_path / "onnx")])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["kind"] == "onnx" and manifest["format_version"] == 1
-    assert manifest["sources"] == (2 if "adapted" in kind else 1)
+    assert manifest["sources"] == (2 if adapted == "own" else 1)
     assert max(manifest["max_difference_from_pytorch"].values()) < 1e-3
     samples = load_samples(str(probe_bundle["data"]))[:5]
     files = [s.read_bytes() for s in samples] + [np.full((900, 1600, 3), 90, dtype=np.uint8)]  # 1 and 12 views
-    expected = [p.probability for p in Predictor.load(bundle).predict_images(files)]
+    pytorch = Predictor.load(bundle)
+    expected = [p.probability for p in pytorch.predict_images(files)]
+    assert len(pytorch._backbones) == (2 if adapted == "own" else 1)   # a shared backbone is built once
     onnx = load_scorer(tmp_path / "onnx")
     assert isinstance(onnx, OnnxPredictor) and not onnx._backbones
     got = [p.probability for p in onnx.predict_images(files)]

@@ -1,14 +1,16 @@
 """The bundle: everything needed to predict, in a folder, verified before use.
 
 ``model.safetensors`` holds the served heads (one, or the k heads of a k-fold run, served as the
-mean of their calibrated probabilities); ``backbone-<i>.safetensors``, when the backbone was
-fine-tuned, the weights that member i changed in the base backbone the manifest names (adapters
-merged); ``fingerprints.safetensors`` the first 8 bytes of the SHA-256 of every training image (so
-``evaluate`` can warn when it is shown photos the model learnt from); ``feature-density.safetensors``
-each head's training-feature Gaussian (for FOODS test-time augmentation); ``manifest.json`` names the
-kind and holds the head configuration, backbone and view plan, how the backbone was trained,
-metadata vocabularies, calibration, what served requests carry, the training configuration and data
-summary, metrics, library versions and the SHA-256 of every other file. Nothing is ever unpickled.
+mean of their calibrated probabilities). The manifest lists the bundle's feature sources apart from
+its heads: each source is the base backbone the manifest names, or that backbone with the weights
+fine-tuning changed (``backbone-<i>.safetensors``, adapters merged), and each head names the source
+it reads, so one adapted backbone can serve every head. ``fingerprints.safetensors`` holds the first
+8 bytes of the SHA-256 of every training image (so ``evaluate`` can warn when it is shown photos the
+model learnt from); ``feature-density.safetensors`` each head's training-feature Gaussian (for FOODS
+test-time augmentation); ``manifest.json`` names the kind and holds the head configuration, backbone
+and view plan, the sources, how the backbone was trained, metadata vocabularies, calibration, what
+served requests carry, the training configuration and data summary, metrics, library versions and
+the SHA-256 of every other file. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -39,13 +41,25 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FINGERPRINTS = "fingerprints.safetensors"
 DENSITY = "feature-density.safetensors"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3   # 3: sources listed apart from heads; 2 (still read): one adapted backbone per head
 HEAD_KINDS = ("head", "fold_ensemble")   # one head, or the k heads of a k-fold run
 _VERSIONED = ("torch", "timm", "transformers", "lightning", "safetensors", "sentence-transformers")
 
 
 class BundleError(RoadworkError):
     """A bundle that is missing, incomplete, tampered with, or from an incompatible version."""
+
+
+@dataclass(frozen=True)
+class FeatureSourceEntry:
+    """A feature source a bundle's heads read: the base backbone, or it with fine-tuned weights changed."""
+
+    name: str
+    weights: str | None = None   # the file of the changed weights; None: the base backbone as published
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "adapted_backbone" if self.weights else "backbone",
+                "weights": self.weights}
 
 
 @dataclass
@@ -58,16 +72,18 @@ class Bundle:
     served: ServedInputs   # the image alone: metadata is hidden when scoring
     manifest: dict[str, Any]
     path: Path
-    adapted: list[str]     # per member, the file of its fine-tuned backbone's changed weights; [] = frozen
+    sources: list[FeatureSourceEntry]
+    member_sources: list[int]   # per head member, the index of the source it reads
     density: str | None = None   # the file of the members' FeatureDensity; None in bundles older than TTA
 
-    def adapted_weights(self, member: int) -> dict[str, torch.Tensor]:
-        """Member ``member``'s changed backbone weights."""
-        return load_file(str(self.path / self.adapted[member]))
+    def source_weights(self, source: int) -> dict[str, torch.Tensor]:
+        """The weights fine-tuning changed in the base backbone for source ``source``."""
+        return load_file(str(self.path / self.sources[source].weights))   # type: ignore[operator]
 
-    def adapted_digest(self, member: int) -> str:
-        """SHA-256 of member ``member``'s changed weights: the name of its features' cache namespace."""
-        return self.manifest["files"][self.adapted[member]]
+    def source_digest(self, source: int) -> str | None:
+        """SHA-256 of the source's changed weights (its features' cache namespace); None for the base."""
+        weights = self.sources[source].weights
+        return None if weights is None else self.manifest["files"][weights]
 
     def densities(self) -> list[FeatureDensity] | None:
         """Each member's training-feature Gaussian, or None when the bundle predates them."""
@@ -106,12 +122,15 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
                 vocab: MetadataVocab, backbone: BackboneSpec, calibration: Calibration, served: ServedInputs,
                 metrics: dict[str, Any], data_summary: dict[str, Any], fingerprints: list[str],
                 adapted_backbones: list[dict[str, torch.Tensor]] | None = None,
+                member_sources: list[int] | None = None,
                 backbone_training: BackboneTrainingConfig | None = None,
                 densities: list[FeatureDensity] | None = None) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place whole.
 
-    ``adapted_backbones`` holds, per head, the weights fine-tuning changed in the base backbone;
-    ``densities``, per head, its training-feature Gaussian."""
+    ``adapted_backbones`` holds the weights fine-tuning changed in the base backbone, one source each
+    (none: every head reads the base backbone); ``member_sources`` says which source each head reads
+    (by default head i reads source i, or the only one); ``densities``, per head, its training-feature
+    Gaussian."""
 
     def fill(staging: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -120,8 +139,11 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
         atomic_write_bytes(staging / FINGERPRINTS, save({"sha256_prefix": prints}))
         members = len(head.members)
         adapted = [f"backbone-{i}.safetensors" for i in range(len(adapted_backbones or []))]
-        if adapted and len(adapted) != members:
-            raise ValueError(f"{len(adapted)} adapted backbones for {members} heads")
+        sources = [FeatureSourceEntry(f"backbone-{i}", name) for i, name in enumerate(adapted)] or \
+            [FeatureSourceEntry("backbone")]
+        reads = member_sources if member_sources is not None else \
+            (list(range(members)) if len(sources) > 1 else [0] * members)
+        _check_sources(sources, reads, members)
         for name, changed in zip(adapted, adapted_backbones or []):
             atomic_write_bytes(staging / name, save(changed))
         extra = list(adapted)
@@ -141,7 +163,8 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "config": config.model_dump(mode="json"),
             "backbone": backbone.__dict__,
             "backbone_training": (backbone_training or BackboneTrainingConfig(mode="frozen")).model_dump(mode="json"),
-            "adapted_backbones": adapted,
+            "sources": [s.to_dict() for s in sources],
+            "member_sources": reads,
             "feature_density": DENSITY if densities is not None else None,
             "vocabulary": vocab.to_dict(),
             "calibration": calibration.to_dict(),
@@ -170,7 +193,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("kind") not in HEAD_KINDS:
         raise BundleError(f"{path}: a bundle of kind {manifest.get('kind')!r}, not a trained head; "
                           "roadwork.serve.scorer.load_scorer loads every kind")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in (2, FORMAT_VERSION):
         raise BundleError(
             f"{path}: bundle format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
         )
@@ -212,16 +235,13 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         members = manifest["members"]
         if not isinstance(members, int) or not 1 <= members <= 1000:
             raise ValueError(f"members must be an integer from 1 to 1000, got {members!r}")
-        # Bundles written before fine-tuning existed have no entry: their backbone is the frozen base.
-        adapted = manifest.get("adapted_backbones", [])
-        if not isinstance(adapted, list) or (adapted and len(adapted) != members) or \
-                not all(isinstance(name, str) and name in manifest["files"] for name in adapted):
-            raise ValueError(f"adapted_backbones must list one verified file per member, got {adapted!r}")
+        sources, reads = _read_sources(manifest, members)
         density = manifest.get("feature_density")
         if density is not None and density not in manifest["files"]:
             raise ValueError(f"feature_density must name a verified file, got {density!r}")
         head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab) for _ in range(members)])
         head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+        adapted = [s.weights for s in sources if s.weights]
         for name in (FINGERPRINTS, *adapted, *([density] if density else [])):   # readable now, not at a request
             with safe_open(str(path / name), framework="pt"):
                 pass
@@ -232,4 +252,40 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path}: manifest and weights do not fit together: {type(error).__name__}: {reason}") \
             from error
     head.to(device).eval()
-    return Bundle(head, head_config, vocab, backbone, calibration, served, manifest, path, adapted, density)
+    return Bundle(head, head_config, vocab, backbone, calibration, served, manifest, path, sources, reads, density)
+
+
+def _check_sources(sources: list[FeatureSourceEntry], reads: list[int], members: int) -> None:
+    if len(reads) != members or not all(isinstance(r, int) and 0 <= r < len(sources) for r in reads):
+        raise ValueError(f"member_sources must name one of the {len(sources)} sources for each of {members} "
+                         f"heads, got {reads!r}")
+    if set(reads) != set(range(len(sources))):
+        raise ValueError(f"every source must be read by some head, got member_sources {reads!r}")
+
+
+def _read_sources(manifest: dict[str, Any], members: int) -> tuple[list[FeatureSourceEntry], list[int]]:
+    """The sources and which one each head reads; format 2 bundles listed one adapted backbone per head
+    (``adapted_backbones``; absent before fine-tuning existed: every head read the frozen base)."""
+    files = manifest["files"]
+    if manifest["format_version"] == 2:
+        adapted = manifest.get("adapted_backbones", [])
+        if not isinstance(adapted, list) or (adapted and len(adapted) != members) or \
+                not all(isinstance(name, str) and name in files for name in adapted):
+            raise ValueError(f"adapted_backbones must list one verified file per member, got {adapted!r}")
+        if adapted:
+            return [FeatureSourceEntry(f"backbone-{i}", name) for i, name in enumerate(adapted)], list(range(members))
+        return [FeatureSourceEntry("backbone")], [0] * members
+    entries, reads = manifest["sources"], manifest["member_sources"]
+    if not isinstance(entries, list) or not entries or not isinstance(reads, list):
+        raise ValueError(f"sources must list at least one feature source, got {entries!r}")
+    sources = []
+    for entry in entries:
+        weights = entry["weights"]
+        kind = "adapted_backbone" if weights else "backbone"
+        if entry.get("kind") != kind or not isinstance(entry["name"], str) or \
+                (weights is not None and (not isinstance(weights, str) or weights not in files)):
+            raise ValueError(f"a source must be a backbone, or an adapted backbone naming a verified file; "
+                             f"got {entry!r}")
+        sources.append(FeatureSourceEntry(entry["name"], weights))
+    _check_sources(sources, reads, members)
+    return sources, reads

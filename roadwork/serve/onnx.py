@@ -63,9 +63,9 @@ class _HeadsGraph(nn.Module):
         return torch.stack([head(features, view_mask, meta).margin.float() for head in self.heads], dim=-1)
 
 
-def _heads_of(bundle: Bundle, source: int) -> list[nn.Module]:
-    members = list(bundle.head.members)
-    return [members[source]] if bundle.adapted else members
+def _members_of(bundle: Bundle, source: int) -> list[int]:
+    """The head members that read feature source ``source``, in member order."""
+    return [k for k, read in enumerate(bundle.member_sources) if read == source]
 
 
 def pad_views(features: Tensor, view_mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,7 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
     parity: dict[str, float] = {}
     for source in range(predictor.sources):
         backbone = _BackboneGraph(predictor.backbone(source)).eval()
-        heads = _HeadsGraph(_heads_of(bundle, source)).eval()
+        heads = _HeadsGraph([bundle.head.members[k] for k in _members_of(bundle, source)]).eval()
         views = torch.rand(3, 3, size, size, generator=generator)
         features = torch.randn(4, MAX_VIEWS, dim, generator=generator).abs()
         mask = torch.arange(MAX_VIEWS).expand(4, -1) < torch.tensor([[1], [5], [12], [MAX_VIEWS]])
@@ -214,9 +214,9 @@ class OnnxPredictor(Predictor):
         return torch.from_numpy(self.backbones[source].run(None, {"views": x.cpu().numpy()})[0])
 
     def _head_outputs(self, tables: Sequence[FeatureTable], fused: bool) -> tuple[Tensor, Tensor | None]:
-        margins = []
-        for session, table in zip(self.heads, tables):
+        margins = torch.empty(len(tables[0]), len(self.bundle.member_sources))
+        for source, (session, table) in enumerate(zip(self.heads, tables)):
             padded, mask = pad_views(table.features, table.view_mask)
-            margins.append(torch.from_numpy(session.run(None, {"features": padded, "view_mask": mask})[0]))
-        stacked = torch.cat(margins, -1)
-        return (stacked.squeeze(-1) if stacked.shape[-1] == 1 else stacked), None
+            outputs = torch.from_numpy(session.run(None, {"features": padded, "view_mask": mask})[0])
+            margins[:, _members_of(self.bundle, source)] = outputs
+        return (margins.squeeze(-1) if margins.shape[-1] == 1 else margins), None

@@ -53,8 +53,9 @@ class Predictor(Scorer):
     """A head or fold-ensemble bundle: holds the heads, and loads the backbone(s) and text encoder only
     when first needed.
 
-    A frozen-backbone bundle has one feature source shared by every head; a fine-tuned one has a
-    source per head (its own adapted backbone, with features cached under that backbone's digest).
+    Each head reads one of the bundle's feature sources: the frozen backbone, or an adapted one (its
+    features cached under that backbone's digest). A k-fold fine-tuned bundle has a source per head;
+    a frozen one, or one adapted backbone serving every head, has one.
     """
 
     reads_cache = True   # False where a runtime computes every feature itself (an ONNX export)
@@ -99,8 +100,8 @@ class Predictor(Scorer):
 
     @property
     def sources(self) -> int:
-        """How many backbones produce features: 1, or one per head for a fine-tuned bundle."""
-        return len(self.bundle.adapted) or 1
+        """How many backbones produce features."""
+        return len(self.bundle.sources)
 
     def backbone(self, source: int = 0) -> Backbone:
         with self._lock:
@@ -109,8 +110,8 @@ class Predictor(Scorer):
     def _backbone(self, source: int) -> Backbone:
         if source not in self._backbones:
             spec = self.bundle.backbone
-            if self.bundle.adapted:
-                built = create_adapted_backbone(spec.name, self.bundle.adapted_weights(source), weights=spec.weights,
+            if self.bundle.sources[source].weights:
+                built = create_adapted_backbone(spec.name, self.bundle.source_weights(source), weights=spec.weights,
                                                 input_size=spec.input_size, device=self.device)
             else:
                 built = create_backbone(spec.name, weights=spec.weights, device=self.device, input_size=spec.input_size)
@@ -118,7 +119,8 @@ class Predictor(Scorer):
         return self._backbones[source]
 
     def _store(self, source: int, cache_dir: str | Path | None, transform: TtaTransform | None = None) -> FeatureStore:
-        adapted = adapted_variant(self.bundle.adapted_digest(source)) if self.bundle.adapted else None
+        digest = self.bundle.source_digest(source)
+        adapted = None if digest is None else adapted_variant(digest)
         variant = "+".join(v for v in (adapted, transform.variant if transform else None) if v) or None
         return open_store(cache_dir, self.bundle.backbone, self.device, variant=variant)
 
@@ -199,8 +201,8 @@ class Predictor(Scorer):
         """Margins and fusion-layer features of the heads, one table per source (see ``_outputs``)."""
         if self.sources == 1:
             return head_outputs(self.head, tables[0], self.device, self.batch_size, fused)
-        outputs = [head_outputs(member, table, self.device, self.batch_size, fused)
-                   for member, table in zip(self.head.members, tables)]
+        outputs = [head_outputs(member, tables[source], self.device, self.batch_size, fused)
+                   for member, source in zip(self.head.members, self.bundle.member_sources)]
         return (torch.stack([m for m, _ in outputs], dim=-1),
                 torch.cat([f for _, f in outputs], dim=1) if fused else None)  # type: ignore[misc]
 
