@@ -3,8 +3,9 @@
     python bench/bench_synth.py --n 300
 
 Renders N images in this process (one core: PIL and numpy run single-threaded here) and reports
-CPU and wall milliseconds per image, then times `write_synthetic_dataset` (rendering plus JPEG
-encoding plus atomic writes) and reads its JPEGs back to cross-validate two colour-only logistic
+CPU and wall milliseconds per image, then times `write_synthetic_dataset` (rendering with the
+annotation masks, JPEG encoding, atomic writes and annotations.json), counts its annotations per
+image, and reads its JPEGs back to cross-validate two colour-only logistic
 regressions: on 8x8x8 RGB histograms and on the share of orange pixels. Both should sit far below
 perfect; if they do not, a classifier can pass without seeing any work-zone object. Prints a
 markdown row for bench/RESULTS.md.
@@ -28,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, today  # noqa: E402
+from roadwork.data.annotations import read_annotations  # noqa: E402
 from roadwork.data.synth import render_scene, write_synthetic_dataset  # noqa: E402
 
 
@@ -64,6 +66,9 @@ def main() -> None:
         folder = write_synthetic_dataset(Path(temporary) / "data", args.n, args.seed, args.width, args.height)
         write_wall_ms = 1000 * (time.perf_counter() - wall) / args.n
         lines = (folder / "metadata.csv").read_text(encoding="utf-8").splitlines()[1:]
+        annotated = list(read_annotations(folder).values())
+        roadwork = np.mean([sum(o.roadwork for o in a.objects) for a in annotated]) * 2   # half are positives
+        lookalikes = np.mean([sum(not o.roadwork for o in a.objects) for a in annotated])
         histograms, orange, labels = [], [], []
         for line in lines:
             file_name, label = line.split(",")[:2]
@@ -77,11 +82,13 @@ def main() -> None:
     orange_accuracy = cross_validated_accuracy(np.asarray(orange), y)
 
     print(f"machine: {machine()}; date: {today()}")
-    print("| images | size | render ms/img (CPU) | render ms/img (wall) | write ms/img (wall, incl. JPEG) | "
-          "colour-histogram LR acc | orange-share LR acc |")
-    print("|---|---|---|---|---|---|---|")
+    print("| images | size | render ms/img (CPU) | render ms/img (wall) | write ms/img (wall, incl. JPEG and "
+          "annotations) | work-zone objects per positive | look-alikes per image | colour-histogram LR acc | "
+          "orange-share LR acc |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.n} | {args.width}x{args.height} | {render_cpu_ms:.1f} | {render_wall_ms:.1f} | "
-          f"{write_wall_ms:.1f} | {histogram_accuracy:.3f} | {orange_accuracy:.3f} |")
+          f"{write_wall_ms:.1f} | {roadwork:.1f} | {lookalikes:.1f} | {histogram_accuracy:.3f} | "
+          f"{orange_accuracy:.3f} |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ cars, school buses, striped awnings, amber lights, yellow warning signs, orange 
 colour alone cannot separate the classes. Each scene is planned first (all the randomness) and
 drawn second (none), which makes images deterministic and lets a positive be redrawn without its
 work zone to prove that the work zone is visible.
+
+Every work-zone object and look-alike is annotated as it shows in the final picture (visible box and
+instance mask, nearer objects taken away) in ``annotations.json``, COCO JSON in the format of
+``roadwork.data.annotations``.
 """
 
 from __future__ import annotations
@@ -20,32 +24,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from roadwork.data.annotations import ANNOTATIONS, CATEGORIES, ImageAnnotations, ObjectAnnotation, coco_document
 from roadwork.data.synth.drive import Drive, frame_plan, plan_drive
 from roadwork.data.synth.metadata import CSV_COLUMNS, GROUP_COLUMN, csv_row, describe
 from roadwork.data.synth.plan import Plan
 from roadwork.data.synth.render import RenderedScene, draw_plan
 from roadwork.data.synth.scenes import plan_scene
-from roadwork.storage import atomic_write_bytes, atomic_write_text
+from roadwork.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 JPEG_QUALITY = 90
+CATEGORY_OF_KIND = {"excavator": "machinery", **{c: c for c in CATEGORIES}}   # planned kind -> annotation
 
 
 def render_scene_details(rng: np.random.Generator, width: int, height: int, positive: bool, *,
-                         without_roadwork: bool = False) -> RenderedScene:
-    """Render one scene and say what is in it.
+                         without_roadwork: bool = False, masks: bool = False) -> RenderedScene:
+    """Render one scene and say what is in it (with ``masks``, the visible pixels of every object that
+    is annotated).
 
     ``without_roadwork`` draws the very same scene minus its work zone: a matched counterfactual,
     used to prove that each positive's work zone is actually visible.
     """
     _check_size(width, height)
     plan = plan_scene(rng, width, height, positive)
-    return _rendered(plan, describe(rng, plan), without_roadwork)
+    return _rendered(plan, describe(rng, plan), without_roadwork, masks)
 
 
 def render_frame_details(drive: Drive, frame: int, rng: np.random.Generator, *,
-                         without_roadwork: bool = False) -> RenderedScene:
+                         without_roadwork: bool = False, masks: bool = False) -> RenderedScene:
     """Render frame ``frame`` of a drive; ``rng`` draws only what changes between frames (sway, noise)."""
-    return _rendered(frame_plan(drive, frame, rng), drive.description, without_roadwork)
+    return _rendered(frame_plan(drive, frame, rng), drive.description, without_roadwork, masks)
 
 
 def _check_size(width: int, height: int) -> None:
@@ -53,8 +60,8 @@ def _check_size(width: int, height: int) -> None:
         raise ValueError(f"image size must be at least 32x32, got {width}x{height}")
 
 
-def _rendered(plan: Plan, description: str, without_roadwork: bool) -> RenderedScene:
-    image, objects = draw_plan(plan, without_roadwork)
+def _rendered(plan: Plan, description: str, without_roadwork: bool, masks: bool = False) -> RenderedScene:
+    image, objects = draw_plan(plan, without_roadwork, CATEGORY_OF_KIND if masks else ())
     metadata: dict[str, object] = {
         "latitude": round(plan.latitude, 6),
         "longitude": round(plan.longitude, 6),
@@ -73,6 +80,21 @@ def render_scene(rng: np.random.Generator, width: int, height: int, positive: bo
     return scene.image, scene.metadata
 
 
+def annotations_of(file_name: str, scene: RenderedScene) -> ImageAnnotations:
+    """The work-zone objects and look-alikes of a scene rendered with masks, as they show: each box is
+    the tight box of its visible pixels, and an object hidden entirely is left out."""
+    width, height = scene.image.size
+    objects = []
+    for drawn in scene.objects:
+        category = CATEGORY_OF_KIND.get(drawn.kind)
+        if category is None or drawn.mask is None or not drawn.mask.any():
+            continue
+        rows, columns = np.flatnonzero(drawn.mask.any(axis=1)), np.flatnonzero(drawn.mask.any(axis=0))
+        box = (float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1))
+        objects.append(ObjectAnnotation(category, drawn.roadwork, box, drawn.mask))
+    return ImageAnnotations(file_name, width, height, tuple(objects))
+
+
 def _balanced_labels(n: int, seed: int) -> np.ndarray:
     labels = np.zeros(n, dtype=np.int64)
     labels[: n // 2] = 1
@@ -89,17 +111,17 @@ def _file_name(index: int) -> str:
     return f"images/{index:06d}.jpg"
 
 
-def _single_images(n: int, seed: int, width: int, height: int) -> Iterator[tuple[Image.Image, list[str]]]:
+def _single_images(n: int, seed: int, width: int, height: int) -> Iterator[tuple[RenderedScene, list[str]]]:
     labels = _balanced_labels(n, seed)
     for index in range(n):
         rng = np.random.default_rng([seed, index])
         label = int(labels[index])
-        image, metadata = render_scene(rng, width, height, positive=bool(label))
-        yield image, csv_row(rng, _file_name(index), label, metadata)
+        scene = render_scene_details(rng, width, height, positive=bool(label), masks=True)
+        yield scene, csv_row(rng, _file_name(index), label, scene.metadata)
 
 
 def _drive_frames(n: int, seed: int, width: int, height: int, frames: int
-                  ) -> Iterator[tuple[Image.Image, list[str]]]:
+                  ) -> Iterator[tuple[RenderedScene, list[str]]]:
     """Frame f of drive d is image d * frames + f; half of the drives are positive."""
     _check_size(width, height)
     labels = _balanced_labels(math.ceil(n / frames), seed)
@@ -108,14 +130,15 @@ def _drive_frames(n: int, seed: int, width: int, height: int, frames: int
         drive = plan_drive(np.random.default_rng([seed, number]), width, height, bool(label), frames)
         for frame in range(min(frames, n - number * frames)):
             rng = np.random.default_rng([seed, number, frame])
-            scene = render_frame_details(drive, frame, rng)
+            scene = render_frame_details(drive, frame, rng, masks=True)
             row = csv_row(rng, _file_name(number * frames + frame), label, scene.metadata)
-            yield scene.image, [*row, f"drive-{number:06d}"]
+            yield scene, [*row, f"drive-{number:06d}"]
 
 
 def write_synthetic_dataset(out: Path, n: int, seed: int, width: int = 640, height: int = 480,
                             progress: Callable[[int], None] | None = None, frames_per_drive: int = 1) -> Path:
-    """Write an imagefolder dataset (images/ + metadata.csv) with NULLs as sparse as the target data.
+    """Write an imagefolder dataset (images/, annotations.json, metadata.csv) with NULLs as sparse as the
+    target data.
 
     Each image depends only on (seed, index) and its label, so any subset can be re-rendered alone
     (or in parallel). With ``frames_per_drive`` > 1 the images come in drives of that many
@@ -132,12 +155,14 @@ def write_synthetic_dataset(out: Path, n: int, seed: int, width: int = 640, heig
         columns, images = CSV_COLUMNS, _single_images(n, seed, width, height)
     else:
         columns, images = (*CSV_COLUMNS, GROUP_COLUMN), _drive_frames(n, seed, width, height, frames_per_drive)
-    rows = []
-    for count, (image, row) in enumerate(images, start=1):
-        atomic_write_bytes(out / row[0], _jpeg_bytes(image))  # row[0] is the file name
+    rows, annotated = [], []
+    for count, (scene, row) in enumerate(images, start=1):
+        atomic_write_bytes(out / row[0], _jpeg_bytes(scene.image))  # row[0] is the file name
         rows.append(row)
+        annotated.append(annotations_of(row[0], scene))
         if progress is not None:
             progress(count)
+    atomic_write_json(out / ANNOTATIONS, coco_document(annotated, f"roadwork synth: {n} scenes, seed {seed}"))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)

@@ -37,7 +37,7 @@ def _lookalike_orange_vehicle(rng: np.random.Generator, plan: Plan) -> str | Non
     lane, z = spot
     kind = choose(rng, ("sedan", "suv", "van", "truck"), (0.4, 0.2, 0.2, 0.2))
     add_vehicle(rng, plan, plan.road.lane_centre(lane), z, rear=lane >= plan.road.oncoming,
-                body=pick(rng, _LOOKALIKE_CAR_COLOURS), kind=kind)
+                body=pick(rng, _LOOKALIKE_CAR_COLOURS), kind=kind, label="orange_vehicle")
     return pick(rng, ("an orange car ahead", "a yellow vehicle in traffic", "an orange van on the road"))
 
 

