@@ -442,6 +442,38 @@ def distill(
                   f"{info['teacher_trained_on_share']:.0%} of them); bundle written to {out / 'bundle'}", highlight=False)
 
 
+@app.command("pseudo-masks")
+@_friendly
+def pseudo_masks(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for annotations.json (COCO, as `synth` writes) and summary.json.")],
+    model: Annotated[str, typer.Option("--model", help="SAM 3: a Hugging Face model id or a folder saved with save_pretrained.")] = "facebook/sam3",
+    prompts: Annotated[list[str] | None, typer.Option("--prompt", help="TEXT=CATEGORY (or TEXT for other_roadwork); repeatable (default: five work-zone prompts, see the README).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Keep instances scored above this.")] = 0.5,
+    mask_threshold: Annotated[float, typer.Option("--mask-threshold", min=0.0, max=1.0, help="A pixel is in a mask above this probability.")] = 0.5,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Photos per forward pass (every prompt runs on each).")] = 4,
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Instance masks of work-zone objects on DATA from SAM 3 text prompts, cached per photo (a rerun resumes)."""
+    from roadwork.data.sources import load_samples
+    from roadwork.experts.pseudo_masks import DEFAULT_PROMPTS, Prompt, Sam3Segmenter
+    from roadwork.experts.pseudo_masks import pseudo_masks as run_pseudo_masks
+    from roadwork.storage import check_output
+
+    chosen = [Prompt.parse(spec) for spec in (prompts or DEFAULT_PROMPTS)]
+    check_output(out, "pseudo-mask folder", replace=overwrite, inputs=[data])   # before the model loads
+    samples = load_samples(data, require_labels=False)
+    segmenter = Sam3Segmenter(model, device=_device(device), threshold=threshold, mask_threshold=mask_threshold)
+    summary = run_pseudo_masks(samples, out, segmenter, chosen, cache_dir=cache_dir, batch_size=batch,
+                               overwrite=overwrite, progress=True, inputs=[data])
+    console.print(f"{summary['instances']} instances on {summary['photos'] - len(summary['failed'])} photos "
+                  f"({summary['from_cache']} from the cache); wrote {out / 'annotations.json'}", highlight=False)
+    if summary["failed"]:
+        console.print(f"[yellow]warning:[/] {len(summary['failed'])} photos could not be read (summary.json)")
+
+
 @app.command()
 @_friendly
 def active(

@@ -97,3 +97,51 @@ def probe_bundle(tmp_path_factory) -> dict[str, Path]:
                                 "backbone_training.mode=frozen"])
     train(str(data), base / "run", config, cache_dir=base / "cache", progress=False)
     return {"bundle": base / "run" / "bundle", "data": data, "cache": base / "cache"}
+
+
+@pytest.fixture(scope="session")
+def tiny_sam3_folder(tmp_path_factory) -> Path:
+    """A tiny random SAM 3 (Sam3Model and Sam3Processor with a byte-level CLIP tokenizer built in memory),
+    saved with ``save_pretrained``: the real loading code, no download."""
+    from tokenizers import pre_tokenizers
+    from transformers import (
+        CLIPTokenizer,
+        Sam3Config,
+        Sam3DETRDecoderConfig,
+        Sam3DETREncoderConfig,
+        Sam3GeometryEncoderConfig,
+        Sam3ImageProcessor,
+        Sam3MaskDecoderConfig,
+        Sam3Model,
+        Sam3Processor,
+        Sam3VisionConfig,
+        Sam3ViTConfig,
+    )
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in [*symbols, *(s + "</w>" for s in symbols)]:
+        vocab.setdefault(symbol, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])   # one token per character: prompts are truncated to 32
+    size, width = 64, 32   # every decoder's width must equal the FPN's; the mask decoder's divides by 8
+    vit = Sam3ViTConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
+                        image_size=size, patch_size=8, pretrain_image_size=size, window_size=4, global_attn_indexes=[1])
+    small = {"hidden_size": width, "num_attention_heads": 2, "intermediate_size": 2 * width}
+    config = Sam3Config(
+        vision_config=Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=width, scale_factors=[2.0, 1.0, 0.5],
+                                       backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]]),
+        text_config={"vocab_size": len(tokenizer), "hidden_size": width, "intermediate_size": 2 * width,
+                     "projection_dim": width, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "max_position_embeddings": 32, "hidden_act": "gelu", "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        geometry_encoder_config=Sam3GeometryEncoderConfig(num_layers=1, roi_size=2, **small),
+        detr_encoder_config=Sam3DETREncoderConfig(num_layers=1, **small),
+        detr_decoder_config=Sam3DETRDecoderConfig(num_layers=1, num_queries=8, **small),
+        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_upsampling_stages=2, num_attention_heads=2),
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("sam3")
+    Sam3Model(config).save_pretrained(folder)
+    Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": size, "width": size}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -19,6 +19,7 @@ LAYERS = [
     {"distributed"},
     {"backbones"},
     {"features"},
+    {"experts"},
     {"model"},
     {"losses"},
     {"serve"},

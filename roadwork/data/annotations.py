@@ -33,12 +33,14 @@ CATEGORY_IDS = {name: i for i, name in enumerate(CATEGORIES, start=1)}
 @dataclass(frozen=True)
 class ObjectAnnotation:
     """One object in one image: its category, whether it is a work-zone object, its visible box
-    ``(x0, y0, x1, y1)`` in pixels, and its visible pixels (bool ``[H, W]``) when a mask was drawn."""
+    ``(x0, y0, x1, y1)`` in pixels, its visible pixels (bool ``[H, W]``) when a mask was drawn, and the
+    model's confidence when a model found it (pseudo-masks)."""
 
     category: str
     roadwork: bool
     box: tuple[float, float, float, float]
     mask: np.ndarray | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ def coco_document(images: Sequence[ImageAnnotations], description: str) -> dict[
                 entry |= {"area": int(item.mask.sum()), "segmentation": encode_mask(item.mask)}
             else:
                 entry |= {"area": round((x1 - x0) * (y1 - y0), 2), "segmentation": []}
+            if item.score is not None:
+                entry["score"] = item.score
             annotations.append(entry)
     categories = [{"id": CATEGORY_IDS[name], "name": name,
                    "supercategory": "roadwork" if name in ROADWORK_CATEGORIES else "lookalike"} for name in CATEGORIES]
@@ -126,7 +130,9 @@ def read_annotations(folder: str | Path) -> dict[str, ImageAnnotations]:
             if mask is not None and mask.shape != (image["height"], image["width"]):
                 raise ValueError(f"annotation {entry['id']}: mask size {mask.shape} is not its image's")
             name, roadwork = categories[entry["category_id"]]
-            objects[entry["image_id"]].append(ObjectAnnotation(name, roadwork, (x, y, x + w, y + h), mask))
+            score = entry.get("score")
+            objects[entry["image_id"]].append(ObjectAnnotation(name, roadwork, (x, y, x + w, y + h), mask,
+                                                               None if score is None else float(score)))
         return {image["file_name"]: ImageAnnotations(
                     image["file_name"], int(image["width"]), int(image["height"]), tuple(objects[image_id]),
                     tuple(categories[c][0] for c in image.get("labeled_category_ids", categories)))

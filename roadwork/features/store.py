@@ -43,7 +43,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roadwork"
 
 
-def _local_identity(location: str | None) -> str:
+def local_identity(location: str | None) -> str:
     """Path plus size and modification time of every file under a local weights location.
 
     Replacing a checkpoint in place, or the same relative path meaning another folder from another
@@ -64,7 +64,7 @@ def namespace_for(backbone: str, input_size: int, plan: str, weights: str | None
     when any differs. ``variant`` names features of transformed views (an augmented copy), never mixed
     with the plain ones."""
     local_model = backbone[3:] if backbone.startswith("hf:") else None
-    identity = (f"{backbone}|{_local_identity(local_model)}|{_local_identity(weights)}|{input_size}|{plan}|{precision}"
+    identity = (f"{backbone}|{local_identity(local_model)}|{local_identity(weights)}|{input_size}|{plan}|{precision}"
                 f"|v{VIEW_PIPELINE_VERSION}" + (f"|{variant}" if variant else ""))
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone)[-48:] + (f"-{variant.split('|')[0]}" if variant else "")
     return f"{readable}-{input_size}-{plan}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
