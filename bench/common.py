@@ -70,10 +70,11 @@ def cached_photos(data: str | Path, cache_dir: str | Path, progress: bool = Fals
     """(samples, content keys, [views, dim] features) of DATA from the feature cache, extracting what is missing."""
     from roadwork.backbones.base import BackboneSpec, create_backbone
     from roadwork.data.sources import load_samples
-    from roadwork.features.extract import extract_and_load, open_store
+    from roadwork.features.extract import extract_and_load
+    from roadwork.features.source import BackboneSource
 
     samples = load_samples(str(data))
-    store = open_store(cache_dir, BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
+    store = BackboneSource(BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto")).store(cache_dir)
     result, features = extract_and_load(samples, lambda: create_backbone("efficientnet-lite0"), "auto", store,
                                         progress=progress)
     good = [i for i, f in enumerate(features) if f is not None]

@@ -198,12 +198,13 @@ def extract(
     """Fill the feature cache for DATA (already cached images are skipped)."""
     from roadwork.backbones.base import BackboneSpec, create_backbone
     from roadwork.data.sources import load_samples
-    from roadwork.features.extract import extract_features, open_store
+    from roadwork.features.extract import extract_features
+    from roadwork.features.source import BackboneSource
 
     samples = load_samples(data, require_labels=False)
     model = create_backbone(backbone, weights=weights, device=_device(device), input_size=input_size)
     spec = BackboneSpec.resolve(backbone, weights=weights, input_size=input_size, views=views.value)
-    store = open_store(cache_dir, spec, model.device)
+    store = BackboneSource(spec).store(cache_dir, model.device)
     result = extract_features(samples, model, views.value, store, images_per_batch=batch, num_workers=workers)
     summary = {
         "images": len(samples), "extracted": result.extracted, "cached": result.cached,

@@ -76,7 +76,9 @@ class LossConfig(_Strict):
     focal_weight: float = Field(0.5, ge=0.0)
     consistency_weight: float = Field(0.3, ge=0.0)
     weather_weight: float = Field(0.2, ge=0.0)
-    dice_weight: float = Field(0.0, ge=0.0, description="segmentation loss; no head has a segmentation output yet")
+    # Weight of the segmentation term (dice + binary cross-entropy on the work-zone mask) that backbone
+    # fine-tuning adds on photos with masks (data.masks, or a dataset's annotations.json); 0 = none.
+    dice_weight: float = Field(0.0, ge=0.0)
 
 
 class DataConfig(_Strict):
@@ -93,6 +95,9 @@ class DataConfig(_Strict):
     augment: Literal[("none", *AUGMENT_PRESETS)] = "none"   # type: ignore[valid-type]
     augment_copies: int = Field(default=0, ge=0, le=16)
     num_workers: int | None = Field(default=None, ge=0, le=64)  # None: one per spare core, at most 8
+    # A folder whose annotations.json (COCO, file names those of --data: `roadwork pseudo-masks` writes
+    # one) gives masks for loss.dice_weight; each dataset folder's own annotations.json is read too.
+    masks: str | None = None
 
     @model_validator(mode="after")
     def _copies_need_a_preset(self) -> DataConfig:

@@ -1,4 +1,5 @@
-"""Training loss: focal classification loss, multi-view consistency and auxiliary weather prediction."""
+"""Training losses: focal classification loss, multi-view consistency and auxiliary weather prediction for
+the heads; dice + binary cross-entropy for the segmentation branch of backbone fine-tuning."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float, alpha: float | None
     if alpha is not None:
         per_sample = per_sample * torch.where(labels == 1, alpha, 1.0 - alpha)
     return per_sample.mean()
+
+
+def segmentation_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
+    """Binary cross-entropy plus soft dice, 1 - (2 |p t| + eps) / (|p| + |t| + eps), each per photo then
+    averaged, for logits and (soft) targets ``[N, 1, H, W]``. Dice weighs the few roadwork pixels as
+    much as the many background ones; ``eps`` makes a photo without roadwork pixels score its dice
+    by how few it predicts."""
+    logits, target = logits.float(), target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
+    dice = 1.0 - (2.0 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
+    return (bce + dice).mean()
 
 
 def consistency_loss(view_logits: Tensor, view_mask: Tensor) -> Tensor:

@@ -9,7 +9,8 @@ import torch
 
 from roadwork.backbones.base import BackboneSpec
 from roadwork.data.sources import load_samples
-from roadwork.features.extract import content_keys, extract_features, open_store
+from roadwork.features.extract import content_keys, extract_features
+from roadwork.features.source import BackboneSource
 from roadwork.features.store import FeatureStore, namespace_for
 
 from conftest import jpeg_bytes, write_folder
@@ -155,9 +156,9 @@ def test_namespace_follows_the_weights_not_just_their_path(tmp_path, monkeypatch
         "convnextv2-atto", 224, "auto", str(weights))
 
 
-def test_open_store_honours_the_environment(monkeypatch, tmp_path):
+def test_a_source_store_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ROADWORK_CACHE", str(tmp_path / "env-cache"))
-    store = open_store(None, BackboneSpec("fake", None, 32, 8, "auto"))
+    store = BackboneSource(BackboneSpec("fake", None, 32, 8, "auto")).store(None)
     assert store.root.parent == tmp_path / "env-cache"
 
 
@@ -239,3 +240,16 @@ def test_stale_temporary_shards_are_cleaned(tmp_path):
     os.utime(stale, (1, 1))
     FeatureStore(tmp_path / "cache", "ns")
     assert not stale.exists() and fresh.exists()
+
+
+def test_feature_sources_keep_their_features_apart_and_describe_themselves_without_loading(tmp_path):
+    spec = BackboneSpec("fake-backbone-that-cannot-load", None, 32, 8, "auto")
+    base, tuned = BackboneSource(spec), BackboneSource(spec, "backbone-0", changed="ab" * 32)
+    roots = {s.store(tmp_path).root for s in (base, tuned)} | {s.store(tmp_path, variant="aug1").root
+                                                                for s in (base, tuned)}
+    assert len(roots) == 4   # base, fine-tuned, and a transformed copy of each: four namespaces
+    assert base.store(tmp_path).root == BackboneSource(spec).store(tmp_path).root   # and stable
+    assert tuned.describe() == {"name": "backbone-0", "kind": "adapted_backbone", "backbone": spec.name,
+                                "input_size": 32, "views": "auto", "changed_weights_sha256": "ab" * 32}
+    with pytest.raises(ValueError, match="changed weights were not stored"):
+        tuned.load("cpu")

@@ -9,12 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from roadwork.backbones.base import BATCHNORM, BackboneSpec, create_backbone
 from roadwork.config import ConfigError, load_config
 from roadwork.data.sources import load_samples
-from roadwork.features.extract import content_keys, open_store
-from roadwork.features.store import adapted_variant
+from roadwork.features.extract import content_keys
+from roadwork.features.source import BackboneSource
 from roadwork.serve.bundle import BundleError, load_bundle
 from roadwork.serve.predictor import Predictor
 from roadwork.train.run import train
@@ -55,8 +56,9 @@ def test_mode_trains_saves_reloads_and_predicts_identically(mode, kind, photos, 
     bundle = load_bundle(tmp_path / "run" / "bundle")
     assert [s.weights for s in bundle.sources] == ["backbone-0.safetensors", "backbone-1.safetensors"]
     assert bundle.member_sources == [0, 1] and bundle.manifest["backbone_training"]["mode"] == mode
-    changed = bundle.source_weights(0)
-    assert bundle.source_digest(0) == fits[0]["digest"]
+    source = bundle.feature_source(0)
+    changed = load_file(str(source.weights_file))
+    assert source.changed == fits[0]["digest"] and source.describe()["kind"] == "adapted_backbone"
     base = create_backbone(config.data.backbone, input_size=config.data.input_size)
     base_state = base.state_dict()
     assert set(changed) <= set(base_state)
@@ -91,9 +93,9 @@ def test_adapted_features_never_reuse_frozen_cache_entries(photos, tmp_path, tin
 
     samples = load_samples(str(photos))
     key = content_keys(samples[:1])[0][0]
-    frozen = open_store(cache, BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"))
+    frozen = BackboneSource(BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto")).store(cache)
     stores = [
-        open_store(cache, BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"), variant=adapted_variant(d))
+        BackboneSource(BackboneSpec("efficientnet-lite0", None, 64, 1280, "auto"), changed=d).store(cache)
         for d in digests
     ]
     assert len({frozen.root, *(s.root for s in stores)}) == 5

@@ -17,7 +17,8 @@ from roadwork.backbones.base import BackboneSpec
 from roadwork.cli import app
 from roadwork.config import ConfigError, load_config
 from roadwork.data.sources import load_samples
-from roadwork.features.extract import extract_features, open_store
+from roadwork.features.extract import extract_features
+from roadwork.features.source import BackboneSource
 from roadwork.features.table import head_margins
 from roadwork.serve.bundle import BundleError, load_bundle, save_bundle
 from roadwork.serve.predictor import Predictor
@@ -89,9 +90,8 @@ def test_predictions_identical_before_and_after_saving(trained, tmp_path):
     samples = load_samples(trained["test"])
     predictor = Predictor(bundle)
     backbone = predictor.backbone()
-    store = open_store(
-        trained["cache"], BackboneSpec(backbone.name, None, backbone.input_size, backbone.feature_dim, "auto")
-    )
+    spec = BackboneSpec(backbone.name, None, backbone.input_size, backbone.feature_dim, "auto")
+    store = BackboneSource(spec).store(trained["cache"])
     keys = extract_features(samples, backbone, "auto", store, num_workers=0, progress=False).keys
     loaded = store.load(keys)
     features = [loaded[k] for k in keys]
@@ -172,12 +172,10 @@ def test_evaluate_metrics_agree_with_scikit_learn(trained, tmp_path):
 
 
 def test_second_training_run_reuses_the_cache_without_building_the_backbone(trained, tmp_path, monkeypatch):
-    import roadwork.train.prepare as prepare_module
-
     def refuse(*args, **kwargs):
         raise AssertionError("the backbone was built although every feature is cached")
 
-    monkeypatch.setattr(prepare_module, "create_backbone", refuse)
+    monkeypatch.setattr(BackboneSource, "load", refuse)
     metrics = train(str(trained["data"]), tmp_path / "run2", load_config(None, [*TINY, "optim.epochs=1"]),
                     cache_dir=trained["cache"], progress=False)
     assert metrics["extraction"]["extracted"] == 0 and metrics["extraction"]["cached"] == 40
@@ -396,14 +394,12 @@ def test_invalid_config_fails_at_start_naming_the_key(trained, tmp_path):
 
 
 def test_fully_cached_evaluation_never_loads_the_backbone(trained, tmp_path, monkeypatch):
-    import roadwork.serve.predictor as predictor_module
-
     Predictor.load(trained["run"] / "bundle").predict_samples(load_samples(trained["test"]), cache_dir=trained["cache"])
 
     def refuse(*args, **kwargs):
         raise AssertionError("the backbone was loaded although every feature is cached")
 
-    monkeypatch.setattr(predictor_module, "create_backbone", refuse)
+    monkeypatch.setattr(BackboneSource, "load", refuse)
     probs, failures = Predictor.load(trained["run"] / "bundle").predict_samples(
         load_samples(trained["test"]), cache_dir=trained["cache"])
     assert failures == {} and all(p is not None for p in probs)
@@ -481,7 +477,7 @@ def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, 
     assert len(bundle.head.members) == 4
     test_samples = load_samples(trained["test"])
     probs, _ = Predictor(bundle).predict_samples(test_samples, cache_dir=trained["cache"])
-    store = open_store(trained["cache"], BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
+    store = BackboneSource(BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto")).store(trained["cache"])
     keys = extract_features(test_samples, lambda: None, "auto", store, progress=False).keys
     loaded = store.load(keys)
     from roadwork.features.table import FeatureTable
@@ -547,12 +543,9 @@ def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path
     namespaces = sorted(p.name for p in trained["cache"].iterdir() if p.is_dir())
     assert sum("-aug1-heavy-" in n for n in namespaces) == 1 and sum("-aug2-heavy-" in n for n in namespaces) == 1
     samples = load_samples(trained["data"])
-    plain = open_store(trained["cache"], BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
-    copy = open_store(
-        trained["cache"],
-        BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"),
-        variant=SeededCopy("heavy", 1).variant,
-    )
+    plain = BackboneSource(BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto")).store(trained["cache"])
+    source = BackboneSource(BackboneSpec("efficientnet-lite0", None, 224, 1280, "auto"))
+    copy = source.store(trained["cache"], variant=SeededCopy("heavy", 1).variant)
     keys = extract_features(samples, lambda: None, "auto", plain, progress=False).keys
     assert len(copy) == len(set(keys)) and not copy.missing(keys)
     first = keys[0]

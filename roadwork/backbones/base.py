@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,12 @@ class Backbone(torch.nn.Module, abc.ABC):
         input_size: int,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        token_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.feature_dim = feature_dim
+        self.token_dim = token_dim or feature_dim   # channels of the spatial map (patch tokens) encode returns
         self.input_size = input_size
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -128,6 +131,17 @@ class Backbone(torch.nn.Module, abc.ABC):
         x = self.normalise(views)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
             return self.encode(x, False)[0].float()
+
+    def forward_with_map(self, views: Tensor) -> tuple[Tensor, Tensor]:
+        """Pooled features and the spatial map ``[N, token_dim, g, g]`` (a square view's token grid), with
+        gradients: what a segmentation branch reads while the backbone is fine-tuned."""
+        x = self.normalise(views)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            pooled, tokens = self.encode(x, True)
+        side = math.isqrt(tokens.shape[1])
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"{self.name}: {tokens.shape[1]} tokens are not a square grid")
+        return pooled.float(), tokens.float().transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
 
     @abc.abstractmethod
     def blocks(self) -> list[torch.nn.Module]:

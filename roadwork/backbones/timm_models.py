@@ -35,7 +35,8 @@ class TimmBackbone(Backbone):
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
     ) -> None:
-        super().__init__(name, feature_dim=model.head_hidden_size, input_size=input_size, mean=mean, std=std)
+        super().__init__(name, feature_dim=model.head_hidden_size, input_size=input_size, mean=mean, std=std,
+                         token_dim=model.num_features)
         self.model = model
 
     def encode(self, x: Tensor, return_tokens: bool) -> tuple[Tensor, ...]:

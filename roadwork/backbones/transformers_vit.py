@@ -47,7 +47,8 @@ class TransformersViT(Backbone):
         std: tuple[float, float, float],
     ) -> None:
         config = model.config
-        super().__init__(name, feature_dim=2 * config.hidden_size, input_size=input_size, mean=mean, std=std)
+        super().__init__(name, feature_dim=2 * config.hidden_size, input_size=input_size, mean=mean, std=std,
+                         token_dim=config.hidden_size)
         self.model = model
         self.patch_size = _side(config.patch_size)
         self.num_prefix_tokens = 1 + getattr(config, "num_register_tokens", 0)

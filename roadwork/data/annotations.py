@@ -52,6 +52,19 @@ class ImageAnnotations:
     labelled: tuple[str, ...] = CATEGORIES   # categories labelled exhaustively on this image
 
 
+def roadwork_mask(image: ImageAnnotations) -> np.ndarray | None:
+    """The union of the image's work-zone masks (bool ``[H, W]``), or None where it cannot be known: a
+    work-zone object annotated by its box alone, or no work-zone object on an image where some
+    work-zone category was not labelled (only cones boxed is not "no barriers")."""
+    objects = [o for o in image.objects if o.roadwork]
+    if any(o.mask is None for o in objects) or (not objects and not set(ROADWORK_CATEGORIES) <= set(image.labelled)):
+        return None
+    mask = np.zeros((image.height, image.width), dtype=bool)
+    for item in objects:
+        mask |= item.mask   # type: ignore[arg-type]
+    return mask
+
+
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     """COCO uncompressed RLE: run lengths over the column-major pixels, starting with a run of 0s.
     (Written here: a few lines of numpy, where pycocotools would add a compiled dependency.) Only the

@@ -113,10 +113,16 @@ class ViewAugmenter(nn.Module):
         return low + (high - low) * torch.rand(n, device=device)
 
     @torch.no_grad()
-    def forward(self, views: Tensor) -> Tensor:
+    def forward(self, views: Tensor, masks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """The augmented views; with ``masks`` (``[N, 1, S, S]`` floats), also the masks moved by the same
+        flips, rotations, perspective warps and zooms (the colour and sensor operations leave them)."""
         was_uint8 = views.dtype == torch.uint8
         x = views.float() / 255.0 if was_uint8 else views.float()
-        x = self.geometric_and_colour(x).clamp(0.0, 1.0)
+        if masks is None:
+            x = self.geometric_and_colour(x)
+        else:
+            x, masks = self.geometric_and_colour(x, masks, data_keys=["input", "mask"])
+        x = x.clamp(0.0, 1.0)
         n, device = x.shape[0], x.device
         fog = self._draw(n, "fog", device)
         if fog.any():
@@ -128,7 +134,8 @@ class ViewAugmenter(nn.Module):
             x[glare] = _glare(x[glare], self._uniform(count, self.ops["glare"]["strength"], device), centre,
                               0.08 + 0.12 * torch.rand(count, device=device))
         x = self.sensor(x).clamp(0.0, 1.0)
-        return (x * 255.0).round().to(torch.uint8) if was_uint8 else x
+        x = (x * 255.0).round().to(torch.uint8) if was_uint8 else x
+        return x if masks is None else (x, masks)
 
 
 class SeededCopy:

@@ -11,20 +11,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from roadwork.backbones.base import BackboneSpec
 from roadwork.data.decode import ImageDecodeError
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.views import image_views
 from roadwork.distributed import barrier, rank_and_world
-from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
+from roadwork.features.store import FeatureStore
 from roadwork.features.table import as_is
 from roadwork.progress import progress_bar
-from roadwork.storage import sha256_bytes, writable_folder
+from roadwork.storage import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +192,3 @@ def extract_and_load(samples: Sequence[Sample], backbone: torch.nn.Module | Call
     result = extract_features(samples, backbone, plan, store, **options)  # type: ignore[arg-type]
     loaded = store.load(k for k in result.keys if k is not None)
     return result, [None if k is None else loaded[k] for k in result.keys]
-
-
-def open_store(cache_dir: str | Path | None, spec: BackboneSpec, device: str | torch.device = "cpu",
-               variant: str | None = None) -> FeatureStore:
-    """The store for this backbone spec (name, weights, input size, view plan), device and variant
-    under ``cache_dir``. Takes a spec, not a built backbone, so a fully cached evaluation never loads
-    the model.
-    """
-    root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
-    precision = "bf16" if torch.device(device).type == "cuda" else "fp32"  # Backbone.run autocasts on CUDA
-    return FeatureStore(root, namespace_for(spec.name, spec.input_size, spec.views, spec.weights, precision, variant))

@@ -32,6 +32,7 @@ from roadwork.backbones.base import BackboneSpec
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
 from roadwork.features.metadata import MetadataVocab, ServedInputs
+from roadwork.features.source import BackboneSource
 from roadwork.model.head import HeadEnsemble, build_head
 from roadwork.serve.calibration import Calibration
 from roadwork.serve.tta import FeatureDensity
@@ -76,14 +77,14 @@ class Bundle:
     member_sources: list[int]   # per head member, the index of the source it reads
     density: str | None = None   # the file of the members' FeatureDensity; None in bundles older than TTA
 
-    def source_weights(self, source: int) -> dict[str, torch.Tensor]:
-        """The weights fine-tuning changed in the base backbone for source ``source``."""
-        return load_file(str(self.path / self.sources[source].weights))   # type: ignore[operator]
-
-    def source_digest(self, source: int) -> str | None:
-        """SHA-256 of the source's changed weights (its features' cache namespace); None for the base."""
+    def feature_source(self, source: int) -> BackboneSource:
+        """Source ``source`` as its feature source: the base backbone, or it with the changed weights
+        stored here (whose SHA-256 names the cache namespace of its features)."""
         weights = self.sources[source].weights
-        return None if weights is None else self.manifest["files"][weights]
+        if weights is None:
+            return BackboneSource(self.backbone, self.sources[source].name)
+        return BackboneSource(self.backbone, self.sources[source].name, self.manifest["files"][weights],
+                              self.path / weights)
 
     def densities(self) -> list[FeatureDensity] | None:
         """Each member's training-feature Gaussian, or None when the bundle predates them."""

@@ -12,17 +12,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from roadwork.backbones.adapt import create_adapted_backbone
-from roadwork.backbones.base import Backbone, create_backbone
+from roadwork.backbones.base import Backbone
 from roadwork.config import TtaConfig
 from roadwork.data.augment import TtaTransform, tta_transforms
 from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, views_from_image
 from roadwork.errors import RoadworkError
-from roadwork.features.extract import content_keys, extract_and_load, open_store
+from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.metadata import ServedInputs
-from roadwork.features.store import FeatureStore, adapted_variant
+from roadwork.features.store import FeatureStore
 from roadwork.features.table import FeatureTable, head_outputs
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
@@ -65,6 +64,7 @@ class Predictor(Scorer):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.head = bundle.head.to(self.device).eval()
+        self.feature_sources = [bundle.feature_source(i) for i in range(len(bundle.sources))]
         self._backbones: dict[int, Backbone] = {}
         self._lock = threading.RLock()
         self._text: TextEncoder | None = None
@@ -109,20 +109,11 @@ class Predictor(Scorer):
 
     def _backbone(self, source: int) -> Backbone:
         if source not in self._backbones:
-            spec = self.bundle.backbone
-            if self.bundle.sources[source].weights:
-                built = create_adapted_backbone(spec.name, self.bundle.source_weights(source), weights=spec.weights,
-                                                input_size=spec.input_size, device=self.device)
-            else:
-                built = create_backbone(spec.name, weights=spec.weights, device=self.device, input_size=spec.input_size)
-            self._backbones[source] = built
+            self._backbones[source] = self.feature_sources[source].load(self.device)
         return self._backbones[source]
 
     def _store(self, source: int, cache_dir: str | Path | None, transform: TtaTransform | None = None) -> FeatureStore:
-        digest = self.bundle.source_digest(source)
-        adapted = None if digest is None else adapted_variant(digest)
-        variant = "+".join(v for v in (adapted, transform.variant if transform else None) if v) or None
-        return open_store(cache_dir, self.bundle.backbone, self.device, variant=variant)
+        return self.feature_sources[source].store(cache_dir, self.device, transform.variant if transform else None)
 
     def _features(self, views: Sequence[Tensor]) -> list[list[Tensor]]:
         """Per source, each image's ``[views, dim]`` features, the views of several images batched together."""

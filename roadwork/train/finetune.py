@@ -3,7 +3,10 @@
 The backbone (made partly trainable by ``roadwork.backbones.adapt``) and a new linear classifier learn
 from the global view of each training photo, cropped at random (``crop_scale``) and augmented per
 view (the ``augment`` preset) on the training device, with one learning rate for the backbone and a
-larger one for the classifier. The classifier is then dropped: the adapted backbone replaces the
+larger one for the classifier. With ``loss.dice_weight`` > 0 a segmentation branch (a 1x1
+convolution over the backbone's spatial map) learns the work-zone mask of the photos that have one,
+cropped and warped with its photo, by dice + binary cross-entropy: dense supervision of where the
+roadwork is. The classifier and the branch are then dropped: the adapted backbone replaces the
 frozen one for every view of the plan, its features are cached under the digest of its weights, and
 the usual heads are fitted on them (``roadwork.train.run``).
 """
@@ -34,21 +37,19 @@ from roadwork.config import BackboneTrainingConfig, OptimConfig, TrainConfig
 from roadwork.data.augment import ViewAugmenter
 from roadwork.data.records import DatasetError, Sample
 from roadwork.distributed import barrier, is_main
-from roadwork.features.extract import ViewsDataset, default_workers, extract_and_load, one_thread_per_worker, open_store
-from roadwork.features.store import adapted_variant
+from roadwork.features.extract import ViewsDataset, default_workers, extract_and_load, one_thread_per_worker
+from roadwork.features.source import BackboneSource
 from roadwork.features.table import as_is
+from roadwork.losses import segmentation_loss
 from roadwork.progress import progress_bar
 from roadwork.storage import atomic_write_bytes
 from roadwork.train.module import warmup_cosine
-from roadwork.train.prepare import Photos, PreparedData
+from roadwork.train.prepare import DECODE_MARGIN, Photos, PreparedData
 from roadwork.train.sampling import EpochSampler
 from roadwork.train.trainer import build_trainer, claim_folder
 
 log = logging.getLogger(__name__)
 ADAPTED = "backbone.safetensors"
-# Global views are decoded this much larger than the backbone input, so a random crop of a third of
-# the photo is still resized down (or barely up) to the input, as at full resolution.
-DECODE_MARGIN = 1.5
 
 
 def adapted_digest(changed: dict[str, Tensor]) -> str:
@@ -95,24 +96,35 @@ def _decode_into(path: Path, samples: Sequence[Sample], side: int, *, num_worker
 
 
 class _LabelledViews(Dataset):
-    def __init__(self, views: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> None:
-        self.views, self.rows, self.labels = views, rows, labels
+    """(global view, label, work-zone mask, whether the photo has a mask) of each training row."""
+
+    def __init__(self, views: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 masks: dict[int, np.ndarray] | None = None) -> None:
+        self.views, self.rows, self.labels, self.masks = views, rows, labels, masks or {}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         row = self.rows[index]
-        return torch.from_numpy(np.array(self.views[row])), torch.tensor(float(self.labels[row]))
+        view = torch.from_numpy(np.array(self.views[row]))
+        mask = self.masks.get(row)
+        return (view, torch.tensor(float(self.labels[row])),
+                torch.zeros(view.shape[-2:], dtype=torch.uint8) if mask is None else torch.from_numpy(mask),
+                torch.tensor(mask is not None))
 
 
 class FinetuneModule(L.LightningModule):
-    """Backbone + linear classifier on augmented global views, label-smoothed binary cross-entropy."""
+    """Backbone + linear classifier on augmented global views, label-smoothed binary cross-entropy; with
+    ``dice_weight`` > 0, plus a segmentation branch on the photos that have a mask."""
 
-    def __init__(self, backbone: Backbone, settings: BackboneTrainingConfig, optim: OptimConfig) -> None:
+    def __init__(self, backbone: Backbone, settings: BackboneTrainingConfig, optim: OptimConfig,
+                 dice_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone, self.settings, self.optim = backbone, settings, optim
         self.classifier = nn.Linear(backbone.feature_dim, 1)
+        self.dice_weight = dice_weight
+        self.segmenter = nn.Conv2d(backbone.token_dim, 1, kernel_size=1) if dice_weight > 0 else None
         size = backbone.input_size
         self.crop = K.RandomResizedCrop((size, size), scale=settings.crop_scale)
         self.augment = ViewAugmenter(settings.augment) if settings.augment != "none" else None
@@ -120,24 +132,42 @@ class FinetuneModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.first_epoch = self.current_epoch   # > 0 when continuing an interrupted run
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        views, labels = batch
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        views, labels, masks, has_mask = batch
         # Augmentation runs batched on the training device (the GPU when there is one), here rather than
         # in a transfer hook so that it draws after the per-batch reseed (BatchSeed).
         with torch.no_grad():
-            x = self.crop(views.float() / 255.0)
-            if self.augment is not None:
-                x = self.augment(x)
-        logits = self.classifier(self.backbone(x)).squeeze(-1).float()
+            x = views.float() / 255.0
+            if self.segmenter is None:
+                x = self.crop(x)
+                x = self.augment(x) if self.augment is not None else x
+            else:   # one crop and one warp for the photo and its mask
+                both = self.crop(torch.cat([x, masks[:, None].float() / 255.0], dim=1))
+                x, target = both[:, :3], both[:, 3:]
+                if self.augment is not None:
+                    x, target = self.augment(x, target)
+        size = labels.shape[0]
         smoothing = self.settings.label_smoothing
+        if self.segmenter is None:
+            logits = self.classifier(self.backbone(x)).squeeze(-1).float()
+        else:
+            pooled, spatial = self.backbone.forward_with_map(x)
+            logits = self.classifier(pooled).squeeze(-1).float()
         loss = F.binary_cross_entropy_with_logits(logits, labels * (1.0 - smoothing) + 0.5 * smoothing)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=labels.shape[0])
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=size)
+        if self.segmenter is not None and has_mask.any():
+            seg = F.interpolate(self.segmenter(spatial[has_mask]), size=target.shape[-2:], mode="bilinear",
+                                align_corners=False)
+            segmentation = segmentation_loss(seg, target[has_mask])
+            self.log("train_segmentation", segmentation, on_step=False, on_epoch=True, batch_size=size)
+            loss = loss + self.dice_weight * segmentation
         return loss
 
     def configure_optimizers(self) -> dict:
+        heads = [*self.classifier.parameters(), *(self.segmenter.parameters() if self.segmenter else [])]
         groups = [{"params": [p for p in self.backbone.parameters() if p.requires_grad],
                    "lr": self.settings.backbone_lr},
-                  {"params": list(self.classifier.parameters()), "lr": self.settings.head_lr}]
+                  {"params": heads, "lr": self.settings.head_lr}]
         optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
         return warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches), self.optim.warmup_fraction)
 
@@ -149,8 +179,10 @@ def _base_backbone(config: TrainConfig, device: str) -> Backbone:
 
 def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
                       settings: BackboneTrainingConfig, folder: Path, *, device: str, resume: bool,
-                      progress: bool, weights: np.ndarray | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Fine-tune on ``rows`` of ``views`` (drawn by ``weights`` when given) for ``settings.epochs``;
+                      progress: bool, weights: np.ndarray | None = None,
+                      masks: dict[int, np.ndarray] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Fine-tune on ``rows`` of ``views`` (drawn by ``weights`` when given; ``masks`` by row, for the
+    segmentation branch of ``loss.dice_weight``) for ``settings.epochs``;
     return the changed weights (adapters merged; averaged with ``optim.ema``) and what happened. A
     saved result in ``folder`` is reused with ``resume``; an interrupted one continues from its last
     epoch."""
@@ -166,12 +198,13 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
     trainable_parameters = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     if settings.gradient_checkpointing:
         backbone.gradient_checkpointing(True)
-    module = FinetuneModule(backbone, settings, config.optim).train()  # Lightning keeps the mode it is given
+    # Lightning keeps the mode it is given
+    module = FinetuneModule(backbone, settings, config.optim, config.loss.dice_weight).train()
     trainer, _ = build_trainer(config, folder, max_epochs=settings.epochs, device=device, progress=progress,
                                batch_size_fn=lambda batch: batch[1].shape[0], validate=False)
     sampler = EpochSampler(len(rows), weights=weights, seed=config.seed, epoch=lambda: trainer.current_epoch,
                            samples_per_epoch=config.sampling.samples_per_epoch if weights is not None else None)
-    loader = DataLoader(_LabelledViews(views, rows, labels), batch_size=settings.batch_size, sampler=sampler,
+    loader = DataLoader(_LabelledViews(views, rows, labels, masks), batch_size=settings.batch_size, sampler=sampler,
                         drop_last=len(sampler) > settings.batch_size)  # a last batch of one upsets BatchNorm
     last = folder / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
@@ -189,6 +222,7 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
     info = {"mode": settings.mode, "trainable_tensors": len(trainable),
             "trainable_parameters": trainable_parameters,
             "changed_tensors": len(changed), "epochs": int(trainer.current_epoch),
+            "photos_with_masks": len(masks or {}),
             "continued_from_epoch": module.first_epoch, "fit_s": round(seconds, 2),
             "images_per_s": round(len(rows) * settings.epochs / seconds, 2) if seconds else None}
     return changed, info
@@ -230,6 +264,7 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
     views = decode_global_views(train.samples, train.keys, prep.spec.input_size, out / "decoded",
                                 num_workers=config.data.num_workers, progress=progress)
     labels = np.asarray(train.labels)
+    masks = {row: prep.masks[key] for row, key in enumerate(train.keys) if key in prep.masks}
     everything = train.samples + (prep.val.samples if prep.val is not None else [])
     keys = train.keys + (prep.val.keys if prep.val is not None else [])
     results = []
@@ -244,17 +279,21 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
                         "ema_decay"}),
                     "sampling": None if split_weights is None else [config.sampling.samples_per_epoch,
                                                                     hashlib.sha256(split_weights.tobytes()).hexdigest()],
-                    "rows": hashlib.sha256("\n".join(sorted(train.keys[i] for i in rows)).encode()).hexdigest()}
+                    "rows": hashlib.sha256("\n".join(sorted(train.keys[i] for i in rows)).encode()).hexdigest(),
+                    "segmentation": None if not masks else [
+                        config.loss.dice_weight,
+                        hashlib.sha256(b"".join(masks[i].tobytes() for i in sorted(rows) if i in masks)).hexdigest()]}
         claim_folder(folder, identity, settings.epochs, resume=resume, setting="backbone_training.epochs",
                      result=ADAPTED)
         changed, info = finetune_backbone(views, rows, labels, config, settings, folder, device=device, resume=resume,
-                                          progress=progress, weights=split_weights)
+                                          progress=progress, weights=split_weights,
+                                          masks={i: masks[i] for i in rows if i in masks})
         digest = adapted_digest(changed)
         data = config.data
         backbone = create_adapted_backbone(data.backbone, changed, weights=data.backbone_weights,
                                            input_size=data.input_size, device=device)
         spec = prep.spec
-        store = open_store(cache_dir, spec, device, variant=adapted_variant(digest))
+        store = BackboneSource(spec, changed=digest).store(cache_dir, device)
         result, features = extract_and_load(
             everything,
             backbone,

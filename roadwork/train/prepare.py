@@ -12,17 +12,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import BackboneSpec, create_backbone
+from roadwork.backbones.base import BackboneSpec
 from roadwork.config import TrainConfig
+from roadwork.data.annotations import ANNOTATIONS, read_annotations, roadwork_mask
 from roadwork.data.augment import SeededCopy
 from roadwork.data.groups import Grouping, check_label_conflicts, group_samples, leakage_report
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
 from roadwork.distributed import rank_and_world
-from roadwork.features.extract import content_keys, extract_and_load, open_store
+from roadwork.features.extract import content_keys, extract_and_load
+from roadwork.features.source import BackboneSource
 from roadwork.model.text import TextEncoder
 
 
@@ -43,6 +46,11 @@ class Photos:
         return torch.stack([f[0] for f in self.features])
 
 
+# Global views are decoded this much larger than the backbone input for fine-tuning, so a random crop of
+# a third of the photo is still resized down (or barely up) to the input, as at full resolution.
+DECODE_MARGIN = 1.5
+
+
 @dataclass
 class PreparedData:
     train: Photos
@@ -53,6 +61,8 @@ class PreparedData:
     leakage: dict[str, Any] | None
     extraction: dict[str, Any]
     adapted_digest: str | None = None   # features from a fine-tuned backbone: its weights' SHA-256
+    masks: dict[str, np.ndarray] = field(default_factory=dict)   # by content key: the work-zone mask,
+    # uint8 0..255 at the fine-tuning decode size (DECODE_MARGIN x input, as the global view is squeezed)
 
 
 def require_both_classes(samples: Sequence[Sample], name: str) -> None:
@@ -85,14 +95,13 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
                                  config.validation.conflicting_labels)
     dropped = set(range(len(samples))) - {readable[i] for i in keep}   # unreadable or conflicting
 
-    data = config.data
-    spec = BackboneSpec.resolve(data.backbone, weights=data.backbone_weights, input_size=data.input_size,
-                                views=data.views)
-    store = open_store(cache_dir, spec, device)
-    # The backbone is built only if some photo is not cached yet, and then once.
-    build = cache(lambda: create_backbone(data.backbone, weights=data.backbone_weights, device=device,
-                                          input_size=data.input_size))
-    result, features = extract_and_load(everything, build, data.views, store, num_workers=data.num_workers,
+    settings = config.data
+    spec = BackboneSpec.resolve(settings.backbone, weights=settings.backbone_weights, input_size=settings.input_size,
+                                views=settings.views)
+    source = BackboneSource(spec)
+    store = source.store(cache_dir, device)
+    build = cache(lambda: source.load(device))   # only if some photo is not cached yet, and then once
+    result, features = extract_and_load(everything, build, settings.views, store, num_workers=settings.num_workers,
                                         progress=progress, hashed=(keys, unreadable))
 
     def photos(rows: range) -> Photos:
@@ -102,11 +111,12 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
 
     train = photos(range(len(samples)))
     require_both_classes(train.samples, "training (after dropping undecodable images)")
-    for copy in range(1, data.augment_copies + 1):
-        augment = SeededCopy(data.augment, copy)
-        copy_store = open_store(cache_dir, spec, device, variant=augment.variant)
-        _, augmented = extract_and_load(train.samples, build, data.views, copy_store, num_workers=data.num_workers,
-                                        progress=progress, hashed=(list(train.keys), {}), augment=augment)
+    for copy in range(1, settings.augment_copies + 1):
+        augment = SeededCopy(settings.augment, copy)
+        copy_store = source.store(cache_dir, device, variant=augment.variant)
+        _, augmented = extract_and_load(train.samples, build, settings.views, copy_store,
+                                        num_workers=settings.num_workers, progress=progress,
+                                        hashed=(list(train.keys), {}), augment=augment)
         # An augmented copy cannot fail where its photo did not; keep the photo if it somehow does.
         train.copies.append([a if a is not None else f for a, f in zip(augmented, train.features)])
     val = photos(range(len(samples), len(everything))) if val_data is not None else None
@@ -126,4 +136,31 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     extraction = {"processes": rank_and_world()[1],   # ddp: each extracted its share, then all read all
                   "extracted": result.extracted, "cached": result.cached, "failed": result.failures,
                   "seconds": round(result.seconds, 2), "label_conflicts_dropped": len(readable) - len(keep)}
-    return PreparedData(train, val, grouping, spec, text, leakage, extraction)
+    masks = training_masks(train, [data, *add_data], config, round(spec.input_size * DECODE_MARGIN)) \
+        if config.loss.dice_weight > 0 else {}
+    return PreparedData(train, val, grouping, spec, text, leakage, extraction, masks=masks)
+
+
+def training_masks(train: Photos, folders: Sequence[str], config: TrainConfig, side: int) -> dict[str, np.ndarray]:
+    """The work-zone mask of every training photo that has one: from each dataset folder's
+    annotations.json and from ``data.masks`` (file names of the first dataset), squeezed to the
+    ``side`` x ``side`` global view as the photo is, with soft edges (area averaging)."""
+    sources = [(Path(f), Path(f)) for f in folders if (Path(f) / ANNOTATIONS).is_file()]
+    if config.data.masks is not None:
+        sources.append((Path(config.data.masks), Path(folders[0])))
+    known = {}
+    for folder, root in sources:
+        for file_name, image in read_annotations(folder).items():
+            known[(root / file_name).resolve()] = image
+    masks = {}
+    for sample, key in zip(train.samples, train.keys):
+        image = known.get(sample.path.resolve()) if sample.path is not None else None
+        mask = None if image is None else roadwork_mask(image)
+        if mask is not None:
+            soft = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None].float(), size=(side, side),
+                                                   mode="area")
+            masks[key] = (soft[0, 0] * 255).round().to(torch.uint8).numpy()
+    if not masks:
+        raise DatasetError(f"loss.dice_weight is {config.loss.dice_weight} but no training photo has a mask: "
+                           f"give data.masks or a dataset with an {ANNOTATIONS}")
+    return masks

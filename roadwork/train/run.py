@@ -270,6 +270,9 @@ def fit_candidates(plan: Plan, config: TrainConfig, out: Path, *, cache_dir: str
     if is_main():
         console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
     adapted: list[tuple[PreparedData, dict[str, torch.Tensor], dict[str, Any]]] = []
+    if settings.mode == "frozen" and config.loss.dice_weight > 0:
+        log.warning("loss.dice_weight trains a segmentation branch while the backbone is fine-tuned; "
+                    "with a frozen backbone it has nothing to shape")
     if settings.mode != "frozen":
         if config.data.augment_copies:
             log.warning("data.augment_copies is for frozen training; fine-tuning augments the photos themselves")

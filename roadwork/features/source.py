@@ -1,0 +1,76 @@
+"""Feature sources: what a head reads features from, by name.
+
+A source says what it is without loading weights (``describe``), owns the cache namespace its features
+are stored under (``store``: two sources never share one, so features of a fine-tuned backbone never
+mix with the frozen ones), and builds the model that computes them when a feature is missing
+(``load``). Backbones, frozen or fine-tuned, are the sources there are; the experts to come (a
+detector, depth, segmentation) implement the same protocol with their own outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from safetensors.torch import load_file
+
+from roadwork.backbones.adapt import create_adapted_backbone
+from roadwork.backbones.base import Backbone, BackboneSpec, create_backbone
+from roadwork.features.store import FeatureStore, adapted_variant, default_cache_dir, namespace_for
+from roadwork.storage import writable_folder
+
+
+class FeatureSource(Protocol):
+    name: str
+    output: ClassVar[str]   # "views": a pooled vector per view of each photo
+
+    def describe(self) -> dict[str, Any]:
+        """What the source is, from its description alone (no weights are read)."""
+
+    def store(self, cache_dir: str | Path | None, device: str | torch.device = "cpu",
+              variant: str | None = None) -> FeatureStore:
+        """The cache of this source's features (``variant``: of transformed copies of the photos)."""
+
+    def load(self, device: str | torch.device) -> Backbone:
+        """The model that computes the features."""
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """A backbone as a feature source: the model a spec names, or that model with the weights fine-tuning
+    changed (``changed``: their SHA-256, which names the cache namespace; ``weights_file``: where they are
+    stored, when they are to be loaded)."""
+
+    spec: BackboneSpec
+    name: str = "backbone"
+    changed: str | None = None
+    weights_file: Path | None = None
+    output: ClassVar[str] = "views"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "adapted_backbone" if self.changed else "backbone",
+                "backbone": self.spec.name, "input_size": self.spec.input_size, "views": self.spec.views,
+                "changed_weights_sha256": self.changed}
+
+    def store(self, cache_dir: str | Path | None, device: str | torch.device = "cpu",
+              variant: str | None = None) -> FeatureStore:
+        """Under ``cache_dir``, one namespace per spec (name, weights, input size, view plan), changed
+        weights, precision (bf16 on CUDA) and variant. Reads the spec only, so a fully cached evaluation
+        never loads the model."""
+        root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
+        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"   # Backbone.run autocasts on CUDA
+        parts = [adapted_variant(self.changed) if self.changed else None, variant]
+        spec = self.spec
+        return FeatureStore(root, namespace_for(spec.name, spec.input_size, spec.views, spec.weights, precision,
+                                                "+".join(p for p in parts if p) or None))
+
+    def load(self, device: str | torch.device) -> Backbone:
+        spec = self.spec
+        if self.weights_file is None:
+            if self.changed:
+                raise ValueError(f"source {self.name!r}: its changed weights were not stored with it")
+            return create_backbone(spec.name, weights=spec.weights, device=device, input_size=spec.input_size)
+        return create_adapted_backbone(spec.name, load_file(str(self.weights_file)), weights=spec.weights,
+                                       input_size=spec.input_size, device=device)
