@@ -122,42 +122,22 @@ def test_predict_cli_from_raw_images_matches_cached_path(trained):
 def test_predict_reports_bad_files_and_exits_nonzero(trained, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    result = CliRunner().invoke(
-        app,
-        [
-            "predict",
-            "--bundle",
-            str(trained["run"] / "bundle"),
-            "--no-cache",
-            "--device",
-            "cpu",
-            str(bad),
-            str(trained["test"] / "img/0.jpg"),
-            str(tmp_path / "missing.jpg"),
-        ],
-    )
+    paths = [str(bad), str(trained["test"] / "img/0.jpg"), str(tmp_path / "missing.jpg")]
+    result = CliRunner().invoke(app, ["predict", "--bundle", str(trained["run"] / "bundle"), "--no-cache", "--device",
+                                      "cpu", *paths])
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.exit_code == 1
     assert "not an image" in lines[0]["error"] and "probability" in lines[1] and "error" in lines[2]
 
 
+def _evaluate(trained, data, out):
+    """``roadwork evaluate`` of the trained bundle on DATA, from the feature cache."""
+    return CliRunner().invoke(app, ["evaluate", "--bundle", str(trained["run"] / "bundle"), "--data", str(data),
+                                    "--out", str(out), "--cache-dir", str(trained["cache"]), "--device", "cpu"])
+
+
 def test_evaluate_metrics_agree_with_scikit_learn(trained, tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--bundle",
-            str(trained["run"] / "bundle"),
-            "--data",
-            str(trained["test"]),
-            "--out",
-            str(tmp_path / "report"),
-            "--cache-dir",
-            str(trained["cache"]),
-            "--device",
-            "cpu",
-        ],
-    )
+    result = _evaluate(trained, trained["test"], tmp_path / "report")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     with open(tmp_path / "report" / "predictions.csv") as handle:
@@ -311,22 +291,7 @@ def test_the_bundle_serves_what_training_measured(trained):
 
 
 def test_the_head_learns(trained, tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--bundle",
-            str(trained["run"] / "bundle"),
-            "--data",
-            str(trained["test"]),
-            "--out",
-            str(tmp_path / "r"),
-            "--cache-dir",
-            str(trained["cache"]),
-            "--device",
-            "cpu",
-        ],
-    )
+    result = _evaluate(trained, trained["test"], tmp_path / "r")
     test = json.loads(result.stdout.strip().splitlines()[-1])
     assert test["auroc"] > 0.9 and test["mcc"] > 0.5
 
@@ -344,22 +309,7 @@ def test_evaluate_on_a_single_class_set(trained, tmp_path):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    result = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--bundle",
-            str(trained["run"] / "bundle"),
-            "--data",
-            str(only),
-            "--out",
-            str(tmp_path / "r"),
-            "--cache-dir",
-            str(trained["cache"]),
-            "--device",
-            "cpu",
-        ],
-    )
+    result = _evaluate(trained, only, tmp_path / "r")
     assert result.exit_code == 0, result.output
     assert "AUROC n/a" in result.output and json.loads((tmp_path / "r" / "metrics.json").read_text())["auroc"] is None
 
