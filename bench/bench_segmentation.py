@@ -2,10 +2,11 @@
 masks of synthetic scenes (issue 20, part 3).
 
     python bench/bench_segmentation.py --work /work/bench-seg --real ../shared/data/real-dev [--seeds 0 1]
+        [--weights 0 1] [--only synthetic|real-dev]
 
 * synthetic: train on `synth --n 400 --frames-per-drive 4 --seed 11` (its annotations.json gives every
   photo's work-zone mask), score the served bundle on unseen drives (`--seed 12`) with `roadwork
-  evaluate`, per training seed, with `loss.dice_weight` 0 (off) and 1 (on).
+  evaluate`, per training seed and `loss.dice_weight` (0 = off).
 * real-dev: a seeded 70/30 split by `group` (ambiguous rows left out); train on the 70% alone, on the
   70% plus the synthetic training scenes without masks (dice 0), and with their masks (dice 1); score
   on the 30%. Real photos have no masks: only the synthetic ones feed the branch.
@@ -71,17 +72,20 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0], help="loss.dice_weight values")
     parser.add_argument("--only", choices=["synthetic", "real-dev"])
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    weights = " ".join(f"{w:g}" for w in args.weights)
     print(f"machine: {machine()}; date: {today()}; command: python bench/bench_segmentation.py --work {args.work} "
-          f"--real {args.real} --seeds {' '.join(map(str, args.seeds))}", flush=True)
+          f"--real {args.real} --seeds {' '.join(map(str, args.seeds))} --weights {weights}"
+          + (f" --only {args.only}" if args.only else ""), flush=True)
     synth_train, synth_test = synthetic(args.work)
     rows = []
     if args.only in (None, "synthetic"):
         for seed in args.seeds:
-            for dice in (0, 1):
-                rows.append(scored(f"synthetic-seed{seed}-dice{dice}", synth_train, synth_test, args.work,
+            for dice in args.weights:
+                rows.append(scored(f"synthetic-seed{seed}-dice{dice:g}", synth_train, synth_test, args.work,
                                    [f"seed={seed}", f"loss.dice_weight={dice}"], []))
                 print(rows[-1], flush=True)
     if args.only in (None, "real-dev"):

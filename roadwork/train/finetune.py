@@ -155,11 +155,13 @@ class FinetuneModule(L.LightningModule):
             logits = self.classifier(pooled).squeeze(-1).float()
         loss = F.binary_cross_entropy_with_logits(logits, labels * (1.0 - smoothing) + 0.5 * smoothing)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=size)
-        if self.segmenter is not None and has_mask.any():
-            seg = F.interpolate(self.segmenter(spatial[has_mask]), size=target.shape[-2:], mode="bilinear",
-                                align_corners=False)
-            segmentation = segmentation_loss(seg, target[has_mask])
-            self.log("train_segmentation", segmentation, on_step=False, on_epoch=True, batch_size=size)
+        if self.segmenter is not None:
+            seg = F.interpolate(self.segmenter(spatial), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            if has_mask.any():
+                segmentation = segmentation_loss(seg[has_mask], target[has_mask])
+                self.log("train_segmentation", segmentation, on_step=False, on_epoch=True, batch_size=size)
+            else:   # a batch without masks still touches the branch, as DDP wants every parameter used
+                segmentation = 0.0 * seg.sum()
             loss = loss + self.dice_weight * segmentation
         return loss
 
