@@ -21,6 +21,7 @@ from roadwork.data.views import image_views, views_from_image
 from roadwork.errors import RoadworkError
 from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.metadata import ServedInputs
+from roadwork.features.source import FeatureSource
 from roadwork.features.store import FeatureStore
 from roadwork.features.table import FeatureTable, head_outputs
 from roadwork.model.text import TextEncoder
@@ -64,7 +65,7 @@ class Predictor(Scorer):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.head = bundle.head.to(self.device).eval()
-        self.feature_sources = [bundle.feature_source(i) for i in range(len(bundle.sources))]
+        self.feature_sources: list[FeatureSource] = [bundle.feature_source(i) for i in range(len(bundle.sources))]
         self._backbones: dict[int, Backbone] = {}
         self._lock = threading.RLock()
         self._text: TextEncoder | None = None
