@@ -52,6 +52,12 @@ class ImageAnnotations:
     labelled: tuple[str, ...] = CATEGORIES   # categories labelled exhaustively on this image
 
 
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The tight box ``(x0, y0, x1, y1)`` of a non-empty mask's pixels: the box every annotation promises."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1)
+
+
 def roadwork_mask(image: ImageAnnotations) -> np.ndarray | None:
     """The union of the image's work-zone masks (bool ``[H, W]``), or None where it cannot be known: a
     work-zone object annotated by its box alone, or no work-zone object on an image where some

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -30,6 +29,7 @@ from roadwork.data.annotations import (
     coco_document,
     decode_mask,
     encode_mask,
+    mask_box,
 )
 from roadwork.data.decode import decode_image
 from roadwork.data.records import DatasetError, Sample
@@ -104,10 +104,8 @@ class Sam3Segmenter:
         for row, instances in enumerate(found):
             image, prompt = divmod(row, len(prompts))
             for mask, score in zip(instances["masks"].bool().cpu().numpy(), instances["scores"].tolist()):
-                if mask.any():   # the box is the tight box of the mask: what the annotation format promises
-                    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-                    box = (float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1))
-                    results[image].append(ObjectAnnotation(prompts[prompt].category, True, box, mask,
+                if mask.any():
+                    results[image].append(ObjectAnnotation(prompts[prompt].category, True, mask_box(mask), mask,
                                                            round(float(score), 4)))
         return results
 

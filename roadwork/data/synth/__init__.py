@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from roadwork.data.annotations import ANNOTATIONS, CATEGORIES, ImageAnnotations, ObjectAnnotation, coco_document
+from roadwork.data.annotations import (
+    ANNOTATIONS,
+    CATEGORIES,
+    ImageAnnotations,
+    ObjectAnnotation,
+    coco_document,
+    mask_box,
+)
 from roadwork.data.synth.drive import Drive, frame_plan, plan_drive
 from roadwork.data.synth.metadata import CSV_COLUMNS, GROUP_COLUMN, csv_row, describe
 from roadwork.data.synth.plan import Plan
@@ -89,9 +96,7 @@ def annotations_of(file_name: str, scene: RenderedScene) -> ImageAnnotations:
         category = CATEGORY_OF_KIND.get(drawn.kind)
         if category is None or drawn.mask is None or not drawn.mask.any():
             continue
-        rows, columns = np.flatnonzero(drawn.mask.any(axis=1)), np.flatnonzero(drawn.mask.any(axis=0))
-        box = (float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1))
-        objects.append(ObjectAnnotation(category, drawn.roadwork, box, drawn.mask))
+        objects.append(ObjectAnnotation(category, drawn.roadwork, mask_box(drawn.mask), drawn.mask))
     return ImageAnnotations(file_name, width, height, tuple(objects))
 
 
