@@ -54,7 +54,16 @@ from roadwork.serve.scorer import load_scorer  # noqa: E402
 from roadwork.stats import bootstrap_mcc_curves, bootstrap_weights  # noqa: E402
 from roadwork.train.run import train  # noqa: E402
 
-VARIANTS = {"default": [], "frozen": ["backbone_training.mode=frozen", "model.type=probe"]}
+VARIANTS = {
+    "default": [],
+    "frozen": ["backbone_training.mode=frozen", "model.type=probe"],
+    # the fine-tuning recipe, one change from the default each (issue 18's recipe study)
+    "light-augment": ["backbone_training.augment=light"],
+    "no-smoothing": ["backbone_training.label_smoothing=0"],
+    "short": ["backbone_training.epochs=6"],
+    "wide-crops": ["backbone_training.crop_scale=[0.6,1.0]"],
+    "global-view": ["data.views=global"],
+}
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -185,14 +194,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
-    parser.add_argument("--only", choices=["loso", "grouped", "crossfit", "synthetic"], action="append")
+    parser.add_argument("--only", action="append",
+                        help="a family (loso, grouped, crossfit, synthetic) or one split (loso:tracon); repeatable")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}; date: {today()}; command: python bench/bench_transfer.py --work {args.work} "
           f"--real {args.real} --variant {args.variant}", flush=True)
     runs: dict[str, dict] = {}
     for name, (train_data, test_data) in splits(args.work, args.real).items():
-        if args.only and name.split(":")[0] not in args.only:
+        if args.only and name.split(":")[0] not in args.only and name not in args.only:
             continue
         out = args.work / "runs" / args.variant / name.replace(":", "-")
         if test_data is None:
