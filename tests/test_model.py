@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -417,6 +418,7 @@ def test_metadata_dropout_hides_inputs_and_keeps_the_weather_target(monkeypatch)
         meta,
         torch.tensor([s.label for s in samples]),
         meta.weather,
+        torch.zeros(64, 0),
     )
     seen = []
     module = RoadworkModule(torch.nn.Identity(), RoadworkLoss(), OptimConfig(), metadata_dropout=0.5)
@@ -454,3 +456,67 @@ def test_image_only_table_is_the_table_of_photos_without_metadata(vocab):
         a = head(hidden.features, hidden.view_mask, hidden.meta).logits
         b = head(expected.features, expected.view_mask, expected.meta).logits
     assert torch.equal(a, b)
+
+
+def test_evidence_encoder_masks_null_fields_with_a_learned_value_and_flags():
+    from roadwork.model.evidence import EvidenceEncoder
+
+    encoder = EvidenceEncoder(2)
+    with torch.no_grad():
+        encoder.null.copy_(torch.tensor([7.0, -7.0]))
+    out = encoder(torch.tensor([[0.25, float("nan")], [float("nan"), float("nan")]]))
+    assert torch.equal(out, torch.tensor([[0.25, -7.0, 1.0, 0.0], [7.0, -7.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"\[B,2\]"):
+        encoder(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("kind", ["multiview", "probe"])
+def test_heads_read_evidence_and_a_null_field_is_not_a_zero(vocab, kind):
+    features, mask = _batch()
+    config = HeadConfig(**{**SMALL, "type": kind, "metadata": False})
+    head = build_head(config, D, vocab, evidence_fields=2).eval()
+    if kind == "probe":
+        with torch.no_grad():
+            head.classifier.weight.normal_()
+    meta = _meta(_samples(), vocab)
+    with torch.no_grad():
+        low = head(features, mask, meta, torch.zeros(4, 2)).margin
+        high = head(features, mask, meta, torch.full((4, 2), 3.0)).margin
+        null = head(features, mask, meta, torch.full((4, 2), float("nan"))).margin
+    assert not torch.allclose(low, high)
+    assert torch.isfinite(null).all() and not torch.allclose(null, low)   # the present flag tells NULL from 0
+    with pytest.raises(ValueError, match="2 evidence fields"):
+        head(features, mask, meta)
+
+
+def test_image_only_serving_hides_metadata_but_keeps_the_image_evidence(vocab):
+    from roadwork.features.table import FeatureTable, evidence_rows
+
+    samples = _samples()
+    evidence = evidence_rows([torch.tensor([0.9, 0.2]), None, torch.tensor([0.1, 0.0]), None], 4, 2)
+    assert torch.isnan(evidence[1]).all() and torch.equal(evidence[0], torch.tensor([0.9, 0.2]))
+    table = FeatureTable.build(samples, [torch.randn(3, D) for _ in samples], vocab, None, evidence=evidence)
+    served = table.image_only()
+    assert not served.meta.gps_present.any()
+    assert torch.equal(served.evidence.nan_to_num(-1), evidence.nan_to_num(-1))
+    batch = served.__getitems__([2, 0])
+    assert torch.equal(batch.evidence, evidence[[2, 0]])
+    with pytest.raises(ValueError, match="evidence has 3 rows"):
+        FeatureTable.build(samples, [torch.randn(3, D) for _ in samples], vocab, None, evidence=evidence[:3])
+
+
+def test_the_probe_learns_from_evidence_when_the_features_say_nothing(vocab):
+    from roadwork.data.records import Sample
+    from roadwork.features.table import FeatureTable, evidence_rows
+    from roadwork.train.probe import fit_probe
+
+    generator = torch.Generator().manual_seed(0)
+    samples = [Sample(f"{i}.jpg", i % 2) for i in range(80)]
+    labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+    area = labels * 0.5 + 0.1 * torch.rand(80, generator=generator)   # the expert sees the roadwork
+    evidence = evidence_rows([torch.tensor([a, float("nan")]) for a in area.tolist()], 80, 2)
+    features = [torch.randn(2, D, generator=generator) for _ in samples]   # the backbone does not
+    table = FeatureTable.build(samples, features, vocab, None, evidence=evidence)
+    probe = fit_probe(table, np.arange(80) // 2, seed=0)
+    margins = probe(table.features, table.view_mask, None, table.evidence).margin
+    assert ((margins > 0).float() == labels).float().mean() > 0.95

@@ -30,6 +30,16 @@ def pad_views(per_image: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return features, mask
 
 
+def evidence_rows(per_image: Sequence[Tensor | None] | None, rows: int, fields: int) -> Tensor:
+    """Per-image expert evidence as ``[rows, fields]`` float32, NaN where an expert gave nothing for a
+    photo (it was off, or failed on it): NaN is the NULL of evidence, which heads mask."""
+    table = torch.full((rows, fields), float("nan"))
+    for row, values in enumerate(per_image or []):
+        if values is not None:
+            table[row] = values.reshape(-1).float()
+    return table
+
+
 @dataclass
 class Batch:
     features: Tensor  # [B,V,D] float32
@@ -37,18 +47,24 @@ class Batch:
     meta: MetadataBatch
     labels: Tensor  # [B] long; -1 where unknown
     weather: Tensor  # [B] long vocabulary index (NULL_INDEX = unknown)
+    evidence: Tensor  # [B,E] float32 expert evidence, NaN = NULL; E = 0 without experts
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.features.to(device), self.view_mask.to(device), self.meta.to(device),
-                     self.labels.to(device), self.weather.to(device))
+                     self.labels.to(device), self.weather.to(device), self.evidence.to(device))
 
 
 class FeatureTable(Dataset):
-    """Padded features, masks, metadata and labels of N samples; fetched a whole batch at a time."""
+    """Padded features, masks, metadata, expert evidence and labels of N samples; fetched a whole batch
+    at a time. Evidence comes from the image, so the image-only view of a table keeps it."""
 
     def __init__(self, features: Tensor, view_mask: Tensor, meta: MetadataBatch, labels: Tensor,
-                 file_names: Sequence[str], alternatives: Tensor | None = None) -> None:
+                 file_names: Sequence[str], alternatives: Tensor | None = None,
+                 evidence: Tensor | None = None) -> None:
         self.features, self.view_mask, self.meta, self.labels = features, view_mask, meta, labels
+        self.evidence = evidence if evidence is not None else torch.zeros(len(labels), 0)
+        if self.evidence.shape[0] != len(labels):
+            raise ValueError(f"evidence has {self.evidence.shape[0]} rows for {len(labels)} samples")
         self.file_names = list(file_names)
         # [copies, N, V, D] augmented features (the feature bank); ``choice`` says which one each row
         # shows this epoch: 0 = the photo itself, c = copy c.
@@ -58,7 +74,7 @@ class FeatureTable(Dataset):
     @classmethod
     def build(cls, samples: Sequence[Sample], features: Sequence[Tensor], vocab: MetadataVocab,
               text_embeddings: Mapping[str, Tensor] | None,
-              copies: Sequence[Sequence[Tensor]] = ()) -> FeatureTable:
+              copies: Sequence[Sequence[Tensor]] = (), evidence: Tensor | None = None) -> FeatureTable:
         padded, mask = pad_views(features)
         labels = torch.tensor([-1 if s.label is None else s.label for s in samples], dtype=torch.long)
         meta = MetadataBatch.from_samples(samples, vocab, text_embeddings)
@@ -67,7 +83,7 @@ class FeatureTable(Dataset):
             alternatives = torch.stack([pad_views(copy)[0] for copy in copies])
             if alternatives.shape[1:] != padded.shape:
                 raise ValueError(f"augmented copies {tuple(alternatives.shape[1:])} do not match {tuple(padded.shape)}")
-        return cls(padded, mask, meta, labels, [s.file_name for s in samples], alternatives)
+        return cls(padded, mask, meta, labels, [s.file_name for s in samples], alternatives, evidence)
 
     def redraw(self, generator: torch.Generator) -> None:
         """Choose, for every row, the photo itself or one of its augmented copies for the next epoch."""
@@ -86,7 +102,8 @@ class FeatureTable(Dataset):
     def image_only(self) -> FeatureTable:
         """The same rows with every metadata field NULL: the request a validator sends."""
         hidden = self.meta.hidden(torch.ones(len(self), dtype=torch.bool))
-        return FeatureTable(self.features, self.view_mask, hidden, self.labels, self.file_names, self.alternatives)
+        return FeatureTable(self.features, self.view_mask, hidden, self.labels, self.file_names, self.alternatives,
+                            self.evidence)
 
     def as_served(self, served: ServedInputs) -> FeatureTable:
         """The rows as a served request would carry them."""
@@ -103,7 +120,8 @@ class FeatureTable(Dataset):
             choice = self.choice[rows]
             augmented = self.alternatives[(choice - 1).clamp_min(0), rows]
             features = torch.where((choice > 0).view(-1, 1, 1), augmented, features)
-        return Batch(features.float(), self.view_mask[rows], meta, self.labels[rows], meta.weather)
+        return Batch(features.float(), self.view_mask[rows], meta, self.labels[rows], meta.weather,
+                     self.evidence[rows])
 
 
 def as_is(batch: object) -> object:
@@ -124,7 +142,7 @@ def head_outputs(head: torch.nn.Module, table: FeatureTable, device: str | torch
     head.eval().to(device)
     margins, pooled = [], []
     for b in loader(table, batch_size):
-        out = head(b.features.to(device), b.view_mask.to(device), b.meta.to(device))
+        out = head(b.features.to(device), b.view_mask.to(device), b.meta.to(device), b.evidence.to(device))
         margins.append((out.member_margins if out.member_margins is not None else out.margin).float().cpu())
         if fused:
             members = 1 if out.member_margins is None else out.member_margins.shape[-1]

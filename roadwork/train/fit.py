@@ -48,7 +48,7 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
     """Train on ``train_table`` (rows drawn by ``weights`` when given), keep the checkpoint with the best
     served MCC on ``val_table`` (of the averaged weights with ``optim.ema``)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
-    head = build_head(head_config, feature_dim, vocab)
+    head = build_head(head_config, feature_dim, vocab, train_table.evidence.shape[1])
     module = RoadworkModule(head, RoadworkLoss(config.loss), config.optim, config.data.metadata_dropout,
                             ServedInputs.named(config.validation.served_metadata),
                             step_metrics=config.trainer.step_metrics)
@@ -66,7 +66,8 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
                 weights_only=True)
     best_path = checkpoints.best_model_path or str(last)
     if config.optim.compile:
-        module.head = build_head(head_config, feature_dim, vocab)   # uncompiled, for inference on any shape
+        # uncompiled, for inference on any shape
+        module.head = build_head(head_config, feature_dim, vocab, train_table.evidence.shape[1])
     module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     info = {"epochs_run": int(trainer.current_epoch),
             "best_val_served_mcc": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None

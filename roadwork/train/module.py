@@ -40,7 +40,7 @@ class RoadworkModule(L.LightningModule):
         self._served_labels: list[Tensor] = []
 
     def forward(self, batch: Batch) -> HeadOutput:
-        return self.head(batch.features, batch.view_mask, batch.meta)
+        return self.head(batch.features, batch.view_mask, batch.meta, batch.evidence)
 
     def _step(self, batch: Batch, stage: str) -> tuple[HeadOutput, Tensor]:
         out = self(batch)

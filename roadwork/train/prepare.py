@@ -37,6 +37,7 @@ class Photos:
     keys: list[str]
     features: list[Tensor]
     copies: list[list[Tensor]] = field(default_factory=list)   # augmented copies: [copy][photo]
+    evidence: Tensor | None = None   # [photos, fields] expert evidence, NaN = NULL (PreparedData.evidence_fields)
 
     @property
     def labels(self) -> list[int]:
@@ -63,6 +64,7 @@ class PreparedData:
     adapted_digest: str | None = None   # features from a fine-tuned backbone: its weights' SHA-256
     masks: dict[str, np.ndarray] = field(default_factory=dict)   # by content key: the work-zone mask,
     # uint8 0..255 at the fine-tuning decode size (DECODE_MARGIN x input, as the global view is squeezed)
+    evidence_fields: tuple[str, ...] = ()   # the names of the Photos.evidence columns
 
 
 def require_both_classes(samples: Sequence[Sample], name: str) -> None:

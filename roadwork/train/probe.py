@@ -25,7 +25,7 @@ def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int, weights: np.nd
     ``weights`` (GPS sampling) weight each row's loss as often as a weighted sampler would draw it;
     ``targets`` (distillation) replace the labels by probabilities in [0, 1]."""
     features, rows = table.all_versions()
-    x = probe_inputs(features.float(), table.view_mask[rows]).double().numpy()
+    x = probe_inputs(features.float(), table.view_mask[rows], table.evidence[rows]).double().numpy()
     y = table.labels[rows].numpy()
     groups = np.asarray(groups)[rows.numpy()]
     row_weights = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)[rows.numpy()]
@@ -46,7 +46,7 @@ def fit_probe(table: FeatureTable, groups: np.ndarray, seed: int, weights: np.nd
     else:  # too few groups or positives to cross-validate: the middle of the grid
         model = LogisticRegression(C=float(np.median(INVERSE_L2)), max_iter=3000)
     model.fit(z, y, sample_weight=row_weights)
-    head = ProbeHead(table.features.shape[-1])
+    head = ProbeHead(table.features.shape[-1], table.evidence.shape[1])
     with torch.no_grad():
         head.mean.copy_(torch.from_numpy(mean))
         head.scale.copy_(torch.from_numpy(scale))

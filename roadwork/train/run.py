@@ -92,8 +92,9 @@ def _table(photos: Photos, rows: np.ndarray | None, vocab: MetadataVocab, text: 
     """The rows as a table; ``augmented`` adds their feature-bank copies (for the rows a head learns from)."""
     rows = np.arange(len(photos.samples)) if rows is None else rows
     copies = [[copy[i] for i in rows] for copy in photos.copies] if augmented else []
+    evidence = None if photos.evidence is None else photos.evidence[torch.as_tensor(rows, dtype=torch.long)]
     return FeatureTable.build([photos.samples[i] for i in rows], [photos.features[i] for i in rows], vocab, text,
-                              copies)
+                              copies, evidence)
 
 
 def _learning_rows(split: Split) -> np.ndarray:
@@ -123,7 +124,7 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
                      config.optim.epochs if name == "multiview" else None, resume=resume, setting="optim.epochs",
                      result=saved.name)
         if resume and saved.is_file():
-            head = build_head(head_config, prep.spec.feature_dim, vocab)
+            head = build_head(head_config, prep.spec.feature_dim, vocab, len(prep.evidence_fields))
             head.load_state_dict(load_file(str(saved)))
             info = {"resumed": True}
         elif name == "probe":
