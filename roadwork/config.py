@@ -53,6 +53,8 @@ class HeadConfig(_Strict):
     fusion: Literal["gafm", "mean"] = "gafm"
     metadata: bool = True
     text: bool = Field(True, description="use the description text; only matters when metadata is on")
+    evidence: bool = Field(True, description="read experts' per-photo evidence when the run has an expert "
+                           "(the segmentation branch of loss.dice_weight > 0)")
     gps_dim: int = Field(128, ge=4, le=4096)
     category_dim: int = Field(64, ge=1, le=4096)
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from roadwork.config import load_config
-from roadwork.data.annotations import ImageAnnotations, ObjectAnnotation, roadwork_mask
+from roadwork.data.annotations import ImageAnnotations, ObjectAnnotation, read_annotations, roadwork_mask
 from roadwork.data.augment import ViewAugmenter
 from roadwork.data.records import DatasetError
+from roadwork.data.sources import load_samples
 from roadwork.data.synth import write_synthetic_dataset
 from roadwork.losses import segmentation_loss
 from roadwork.train.run import train
@@ -75,3 +76,78 @@ def test_fine_tuning_learns_the_masks_of_synthetic_scenes(tmp_path):
     photos = orange_block_folder(tmp_path / "plain", 12, seed=1)   # no annotations anywhere
     with pytest.raises(DatasetError, match="no training photo has a mask"):
         train(str(photos), tmp_path / "run2", config, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_the_branch_is_served_as_evidence_the_same_on_every_path(tmp_path):
+    from roadwork.evaluate.run import evaluate
+    from roadwork.serve.onnx import export_onnx
+    from roadwork.serve.scorer import load_scorer
+
+    data = write_synthetic_dataset(tmp_path / "synth", 24, seed=2, width=96, height=72)
+    config = load_config(None, [*SMALL, "loss.dice_weight=1.0"])
+    train(str(data), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False)
+    scorer = load_scorer(tmp_path / "run" / "bundle")
+    bundle = scorer.bundle
+    assert [e.reads for e in bundle.evidence_sources] == [0, 1] and bundle.member_evidence == [[0], [1]]
+    assert bundle.evidence_fields(1) == ("segmentation.roadwork.max", "segmentation.roadwork.area")
+    assert all(member.evidence_fields == 2 for member in bundle.head.members)
+
+    samples = load_samples(str(data))
+    features, good, _ = scorer.sample_features(samples, tmp_path / "cache2")
+    evidence = torch.cat(features[2] + features[3])   # both branches, every photo
+    assert evidence.shape == (48, 2) and ((evidence >= 0) & (evidence <= 1)).all()
+    assert evidence[:, 0].std() > 1e-3   # it looks at each photo
+    cached, _, _ = scorer.sample_margins(samples, tmp_path / "cache2")
+    uncached, _ = scorer.predict_samples(samples, use_cache=False)
+    served = [p.probability for p in scorer.predict_images([s.path for s in samples])]
+    np.testing.assert_allclose(served, uncached, atol=1e-6)
+    # The cache stores float16 features and evidence: the same answer within their rounding.
+    np.testing.assert_allclose(scorer.calibration(cached).numpy(), uncached, atol=2e-3)
+
+    # The ONNX export runs the branch too, and answers as the bundle does.
+    export_onnx(tmp_path / "run" / "bundle", tmp_path / "onnx")
+    exported = load_scorer(tmp_path / "onnx")
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("segmentation-*.onnx")) == \
+        ["segmentation-0.onnx", "segmentation-1.onnx"]
+    np.testing.assert_allclose([p.probability for p in exported.predict_images([s.path for s in samples])], served,
+                               atol=1e-4)
+
+    # evaluate measures the branch against the scenes' masks and tints the gallery where it saw roadwork.
+    report = evaluate(tmp_path / "run" / "bundle", str(data), tmp_path / "report", cache_dir=tmp_path / "cache2",
+                      resamples=50)
+    agreement = report["segmentation"]
+    shown = sum(bool(roadwork_mask(image).any()) for image in read_annotations(data).values())
+    assert agreement["photos"] == 24 and agreement["photos_with_roadwork"] == shown > 8 and 0 <= agreement["iou"] <= 1
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Where the model saw roadwork" in page
+
+    # The branch's evidence changes what the heads say: NULL evidence gives other margins.
+    nulled = [list(f) for f in features[:2]] + [[torch.full_like(e, float("nan")) for e in f] for f in features[2:]]
+    assert not torch.allclose(scorer.margins_from_features(nulled, samples), cached)
+
+    train(str(data), tmp_path / "run-off", load_config(None, [*SMALL, "loss.dice_weight=1.0", "model.evidence=false"]),
+          cache_dir=tmp_path / "cache", progress=False)
+    assert load_scorer(tmp_path / "run-off" / "bundle").bundle.evidence_sources == []
+
+
+def test_mask_agreement_counts_known_masks_only_and_pools_pixels():
+    from roadwork.data.records import Sample
+    from roadwork.evaluate.segmentation import mask_agreement
+
+    def scene(name: str, box: tuple[int, int, int, int] | None) -> ImageAnnotations:
+        mask = np.zeros((8, 8), dtype=bool)
+        if box is not None:
+            mask[box[1]:box[3], box[0]:box[2]] = True
+        objects = (ObjectAnnotation("cone", True, (0, 0, 8, 8), mask),) if box is not None else ()
+        return ImageAnnotations(name, 8, 8, objects)
+
+    left = torch.zeros(4, 4)
+    left[:, :2] = 1.0   # the left half of the photo, in the branch's coarse grid
+    annotations = {"a.jpg": scene("a.jpg", (0, 0, 4, 8)), "b.jpg": scene("b.jpg", None),
+                   "c.jpg": ImageAnnotations("c.jpg", 8, 8, (), labelled=("cone",))}   # barriers unknown
+    samples = [Sample(n, 1) for n in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")]
+    found = mask_agreement(samples, [left, torch.zeros(4, 4), left, left], annotations)
+    assert found == {"photos": 2, "photos_with_roadwork": 1, "iou": 1.0, "mean_iou_roadwork_photos": 1.0}
+    found = mask_agreement(samples, [left, left, None, None], annotations)   # a false alarm on b
+    assert found["iou"] == 0.5 and found["mean_iou_roadwork_photos"] == 1.0
+    assert mask_agreement(samples[3:], [left], annotations) is None

@@ -7,14 +7,19 @@ import base64
 import csv
 import html
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
 
 from roadwork.data.decode import decode_image
 from roadwork.data.records import Sample
 from roadwork.errors import RoadworkError
 from roadwork.evaluate.metrics import METRICS
+from roadwork.evaluate.segmentation import upsampled
 from roadwork.storage import atomic_write_text
 
 THUMBNAIL_SIDE = 224
@@ -58,13 +63,20 @@ def _image(png: bytes, alt: str) -> str:
     return f'<img class="plot" alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def thumbnail(sample: Sample) -> str | None:
-    """A JPEG data URI of the photo, at most THUMBNAIL_SIDE a side; None if it cannot be decoded."""
+def thumbnail(sample: Sample, roadwork: Tensor | None = None) -> str | None:
+    """A JPEG data URI of the photo, at most THUMBNAIL_SIDE a side, tinted red where a segmentation
+    branch's ``roadwork`` map says roadwork (its probability as the tint's strength); None if the photo
+    cannot be decoded."""
     try:
         image = decode_image(sample.read_bytes(), min_scale=0.125, source=sample.file_name)
     except RoadworkError:
         return None
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    if roadwork is not None:
+        strength = upsampled(roadwork, image.height, image.width).clamp(0, 1).numpy()[..., None] * 0.6
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        tinted = pixels * (1 - strength) + np.array([255.0, 0.0, 0.0]) * strength
+        image = Image.fromarray(tinted.round().astype(np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -143,13 +155,14 @@ def _slices(models: Sequence[dict[str, Any]]) -> str:
             f"<th>false alarms</th><th></th></tr>{''.join(rows)}</table>")
 
 
-def _gallery(title: str, entries: Sequence[dict[str, Any]], samples: dict[str, Sample]) -> str:
+def _gallery(title: str, entries: Sequence[dict[str, Any]], samples: dict[str, Sample],
+             maps: Mapping[str, Tensor]) -> str:
     if not entries:
         return f"<h3>{_esc(title)}</h3><p>None.</p>"
     cards = []
     for entry in entries:
         sample = samples[entry["file_name"]]
-        uri = thumbnail(sample)
+        uri = thumbnail(sample, maps.get(sample.file_name))
         picture = f'<img alt="{_esc(entry["file_name"])}" src="{uri}">' if uri else "<p>(cannot be decoded)</p>"
         facts = "".join(f"<br><b>{_esc(k)}</b>: {_esc(v)}" for k, v in _metadata(sample).items())
         cards.append(f'<div class="card">{picture}<b>{_esc(entry["file_name"])}</b><br>'
@@ -157,8 +170,22 @@ def _gallery(title: str, entries: Sequence[dict[str, Any]], samples: dict[str, S
     return f'<h3>{_esc(title)}</h3><div class="gallery">{"".join(cards)}</div>'
 
 
-def write_report(path: str | Path, report: dict[str, Any], figures: dict[str, Any], samples: Sequence[Sample]) -> None:
+def _segmentation(models: Sequence[dict[str, Any]]) -> str:
+    rows = "".join(f"<tr><td>{_esc(m['name'])}</td><td class=num>{s['photos']}</td><td class=num>{s['iou']:.3f}</td>"
+                   f"<td class=num>{_num(s['mean_iou_roadwork_photos'])}</td></tr>"
+                   for m in models if (s := m.get("segmentation")))
+    if not rows:
+        return ""
+    return ("<h2>Where the model saw roadwork</h2><p>Its segmentation branch against the annotated work-zone masks "
+            "(probability &gt; 0.5; the galleries below tint it red).</p><table><tr><th>model</th><th>photos</th>"
+            f"<th>IoU, all pixels</th><th>mean IoU, roadwork photos</th></tr>{rows}</table>")
+
+
+def write_report(path: str | Path, report: dict[str, Any], figures: dict[str, Any], samples: Sequence[Sample],
+                 maps: Mapping[str, Mapping[str, Tensor]] | None = None) -> None:
+    """``maps``: per model name, per file name, its segmentation branch's map (tinted over the gallery)."""
     models = [report, *report.get("compared", [])]
+    maps = maps or {}
     by_name = {s.file_name: s for s in samples}
     warnings = "".join(f'<p class="warn">{_esc(w)}</p>' for w in report["warnings"])
     headline = "".join(f'<div class="headline">{_esc(m["name"])}: MCC {m["mcc"]:.3f}{_ci(m["ci95"]["mcc"])}</div>'
@@ -168,8 +195,10 @@ def write_report(path: str | Path, report: dict[str, Any], figures: dict[str, An
     )
     galleries = "".join(
         f"<h2>Worst mistakes of {_esc(m['name'])}</h2>"
-        + _gallery("False positives (no roadwork, highest P(roadwork))", m["worst"]["false_positives"], by_name)
-        + _gallery("False negatives (roadwork, lowest P(roadwork))", m["worst"]["false_negatives"], by_name)
+        + _gallery("False positives (no roadwork, highest P(roadwork))", m["worst"]["false_positives"], by_name,
+                   maps.get(m["name"], {}))
+        + _gallery("False negatives (roadwork, lowest P(roadwork))", m["worst"]["false_negatives"], by_name,
+                   maps.get(m["name"], {}))
         for m in models)
     bootstrap, tta = report["bootstrap"], report["tta"]
     bundles = ", ".join(f"<code>{_esc(m['bundle'])}</code>" for m in models)
@@ -188,7 +217,7 @@ decoded); inputs: {_esc(report['inputs'])}; test-time augmentation: {augmentatio
 groups ({_esc(bootstrap['grouped_by'])}); decisions at p &gt; 0.5, as the validator rounds.</p>
 <h2>Metrics</h2>{_headline(models)}{_comparisons(report.get('comparisons', []))}{_reward(models)}
 <h2>Confusion and curves</h2>{confusions}{_image(figures['curves'], 'ROC, PR and threshold-MCC curves')}
-{_calibration(models, figures['reliability'])}{_slices(models)}{galleries}
+{_calibration(models, figures['reliability'])}{_slices(models)}{_segmentation(models)}{galleries}
 <p>Every number here is in <code>metrics.json</code>; per-photo probabilities are in <code>predictions.csv</code>.</p>
 </body></html>
 """

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from roadwork.config import TtaConfig
+from roadwork.data.annotations import ANNOTATIONS, ImageAnnotations, read_annotations
 from roadwork.data.groups import group_samples
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
@@ -34,6 +36,7 @@ from roadwork.evaluate.metrics import (
 )
 from roadwork.evaluate.report import write_predictions, write_report
 from roadwork.evaluate.reward import simulate_reward
+from roadwork.evaluate.segmentation import mask_agreement
 from roadwork.evaluate.slices import find_slices, slice_table
 from roadwork.features.extract import content_keys
 from roadwork.serve.bundle import fingerprint
@@ -57,6 +60,7 @@ class Scored:
     failures: dict[str, str]
     seen_in_training: list[str]
     seconds: float   # scoring time, feature extraction (or cache reads) included
+    maps: list[Tensor | None]   # per sample, where its segmentation branch sees roadwork (None: no branch)
 
 
 def training_overlap(predictor: Scorer, samples: Sequence[Sample],
@@ -103,6 +107,7 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
         failures,
         overlap,
         time.perf_counter() - started,
+        predictor.roadwork_maps(samples),
     )
 
 
@@ -118,7 +123,8 @@ def _worst(samples: Sequence[Sample], probabilities: np.ndarray, labels: np.ndar
 
 
 def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence[Sample], labels: np.ndarray,
-                  slices: list, groups: np.ndarray, seed: int, resamples: int) -> dict[str, Any]:
+                  slices: list, groups: np.ndarray, seed: int, resamples: int,
+                  annotations: dict[str, ImageAnnotations]) -> dict[str, Any]:
     probabilities, raw = model.served, model.uncalibrated
     ece, bins = reliability(probabilities, labels)
     ece_before, bins_before = reliability(raw, labels)
@@ -146,6 +152,7 @@ def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence
         },
         "slices": slice_table(slices, probabilities, labels, groups, seed=seed, resamples=resamples),
         "worst": _worst(samples, probabilities, labels),
+        "segmentation": mask_agreement(samples, model.maps, annotations),
     }
 
 
@@ -193,11 +200,13 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
     labels = np.array([s.label for s in samples], dtype=np.int64)
     for model in models:
         model.served, model.uncalibrated = model.served[kept], model.uncalibrated[kept]
+        model.maps = [model.maps[i] for i in kept]
+    annotations = read_annotations(data) if (Path(data) / ANNOTATIONS).is_file() else {}
     keys = [hashed[0][i] or all_samples[i].file_name for i in kept]
     grouping = group_samples(samples, keys, None)   # the group column, else rows (identical files together)
     draws = bootstrap_metrics([m.served for m in models], labels, grouping.ids, resamples=resamples, seed=seed)
     slices = find_slices(samples, seed)
-    reports = [_model_report(m, d, samples, labels, slices, grouping.ids, seed, resamples)
+    reports = [_model_report(m, d, samples, labels, slices, grouping.ids, seed, resamples, annotations)
                for m, d in zip(models, draws)]
     failures = {name: error for m in models for name, error in m.failures.items()}
     report: dict[str, Any] = {
@@ -217,7 +226,9 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
         write_predictions(staging / "predictions.csv", rows,
                           ["probability", *(f"probability_{m.name}" for m in models[1:])])
         atomic_write_json(staging / "metrics.json", report)
-        write_report(staging / "report.html", report, figures, samples)
+        write_report(staging / "report.html", report, figures, samples,
+                     {m.name: {s.file_name: found for s, found in zip(samples, m.maps) if found is not None}
+                      for m in models})
 
     write_folder(out, fill)
     return report

@@ -4,7 +4,9 @@
 mean of their calibrated probabilities). The manifest lists the bundle's feature sources apart from
 its heads: each source is the base backbone the manifest names, or that backbone with the weights
 fine-tuning changed (``backbone-<i>.safetensors``, adapters merged), and each head names the source
-it reads, so one adapted backbone can serve every head. ``fingerprints.safetensors`` holds the first
+it reads, so one adapted backbone can serve every head. Evidence sources (``segmenter-<i>.safetensors``:
+the segmentation branch fine-tuning learnt over adapted backbone i) give each photo the expert
+evidence its head also reads (``member_evidence``). ``fingerprints.safetensors`` holds the first
 8 bytes of the SHA-256 of every training image (so ``evaluate`` can warn when it is shown photos the
 model learnt from); ``feature-density.safetensors`` each head's training-feature Gaussian (for FOODS
 test-time augmentation); ``manifest.json`` names the kind and holds the head configuration, backbone
@@ -18,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from roadwork import __version__
 from roadwork.backbones.base import BackboneSpec
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
+from roadwork.experts.segmentation import SegmentationSource
 from roadwork.features.metadata import MetadataVocab, ServedInputs
 from roadwork.features.source import BackboneSource
 from roadwork.model.head import HeadEnsemble, build_head
@@ -63,6 +66,22 @@ class FeatureSourceEntry:
                 "weights": self.weights}
 
 
+@dataclass(frozen=True)
+class EvidenceSourceEntry:
+    """An expert whose per-photo evidence heads read: the segmentation branch over feature source
+    ``reads``, its weights in ``weights``."""
+
+    name: str
+    reads: int
+    weights: str
+    fields: tuple[str, ...]
+    kind: str = "segmentation"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "reads": self.reads, "weights": self.weights,
+                "fields": list(self.fields)}
+
+
 @dataclass
 class Bundle:
     head: HeadEnsemble
@@ -76,6 +95,8 @@ class Bundle:
     sources: list[FeatureSourceEntry]
     member_sources: list[int]   # per head member, the index of the source it reads
     density: str | None = None   # the file of the members' FeatureDensity; None in bundles older than TTA
+    evidence_sources: list[EvidenceSourceEntry] = field(default_factory=list)
+    member_evidence: list[list[int]] = field(default_factory=list)   # per member, the evidence sources it reads
 
     def feature_source(self, source: int) -> BackboneSource:
         """Source ``source`` as its feature source: the base backbone, or it with the changed weights
@@ -85,6 +106,18 @@ class Bundle:
             return BackboneSource(self.backbone, self.sources[source].name)
         return BackboneSource(self.backbone, self.sources[source].name, self.manifest["files"][weights],
                               self.path / weights)
+
+    def evidence_source(self, index: int) -> SegmentationSource:
+        """Evidence source ``index``: its branch's weights stored here, over the feature source it reads."""
+        entry = self.evidence_sources[index]
+        return SegmentationSource(self.feature_source(entry.reads), self.manifest["files"][entry.weights],
+                                  self.path / entry.weights, entry.name)
+
+    def evidence_fields(self, member: int = 0) -> tuple[str, ...]:
+        """The evidence columns head ``member`` reads, in order."""
+        if not self.member_evidence:
+            return ()
+        return tuple(f for j in self.member_evidence[member] for f in self.evidence_sources[j].fields)
 
     def densities(self) -> list[FeatureDensity] | None:
         """Each member's training-feature Gaussian, or None when the bundle predates them."""
@@ -125,13 +158,15 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
                 adapted_backbones: list[dict[str, torch.Tensor]] | None = None,
                 member_sources: list[int] | None = None,
                 backbone_training: BackboneTrainingConfig | None = None,
-                densities: list[FeatureDensity] | None = None) -> Path:
+                densities: list[FeatureDensity] | None = None,
+                segmenters: list[dict[str, torch.Tensor]] | None = None) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place whole.
 
     ``adapted_backbones`` holds the weights fine-tuning changed in the base backbone, one source each
     (none: every head reads the base backbone); ``member_sources`` says which source each head reads
     (by default head i reads source i, or the only one); ``densities``, per head, its training-feature
-    Gaussian."""
+    Gaussian; ``segmenters``, per adapted backbone, the segmentation branch trained with it, whose
+    evidence the heads reading that backbone also read."""
 
     def fill(staging: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -148,6 +183,16 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
         for name, changed in zip(adapted, adapted_backbones or []):
             atomic_write_bytes(staging / name, save(changed))
         extra = list(adapted)
+        evidence: list[EvidenceSourceEntry] = []
+        if segmenters:
+            if len(segmenters) != len(adapted):
+                raise ValueError(f"{len(segmenters)} segmentation branches for {len(adapted)} adapted backbones")
+            for i, weights in enumerate(segmenters):
+                entry = EvidenceSourceEntry(f"segmentation-{i}", i, f"segmenter-{i}.safetensors",
+                                            SegmentationSource.fields)
+                atomic_write_bytes(staging / entry.weights, save(weights))
+                evidence.append(entry)
+                extra.append(entry.weights)
         if densities is not None:
             if len(densities) != members:
                 raise ValueError(f"{len(densities)} feature densities for {members} heads")
@@ -166,6 +211,8 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "backbone_training": (backbone_training or BackboneTrainingConfig(mode="frozen")).model_dump(mode="json"),
             "sources": [s.to_dict() for s in sources],
             "member_sources": reads,
+            "evidence_sources": [e.to_dict() for e in evidence],
+            "member_evidence": [[read] for read in reads] if evidence else [[] for _ in reads],
             "feature_density": DENSITY if densities is not None else None,
             "vocabulary": vocab.to_dict(),
             "calibration": calibration.to_dict(),
@@ -237,13 +284,18 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         if not isinstance(members, int) or not 1 <= members <= 1000:
             raise ValueError(f"members must be an integer from 1 to 1000, got {members!r}")
         sources, reads = _read_sources(manifest, members)
+        evidence, member_evidence = _read_evidence(manifest, members, len(sources))
+        widths = {sum(len(evidence[j].fields) for j in chosen) for chosen in member_evidence} or {0}
+        if len(widths) != 1:
+            raise ValueError(f"every head must read as many evidence fields, got {sorted(widths)}")
         density = manifest.get("feature_density")
         if density is not None and density not in manifest["files"]:
             raise ValueError(f"feature_density must name a verified file, got {density!r}")
-        head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab) for _ in range(members)])
+        width = widths.pop()
+        head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab, width) for _ in range(members)])
         head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-        adapted = [s.weights for s in sources if s.weights]
-        for name in (FINGERPRINTS, *adapted, *([density] if density else [])):   # readable now, not at a request
+        stored = [s.weights for s in sources if s.weights] + [e.weights for e in evidence]
+        for name in (FINGERPRINTS, *stored, *([density] if density else [])):   # readable now, not at a request
             with safe_open(str(path / name), framework="pt"):
                 pass
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, OSError, SafetensorError) as error:
@@ -253,7 +305,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path}: manifest and weights do not fit together: {type(error).__name__}: {reason}") \
             from error
     head.to(device).eval()
-    return Bundle(head, head_config, vocab, backbone, calibration, served, manifest, path, sources, reads, density)
+    return Bundle(head, head_config, vocab, backbone, calibration, served, manifest, path, sources, reads, density,
+                  evidence, member_evidence)
 
 
 def _check_sources(sources: list[FeatureSourceEntry], reads: list[int], members: int) -> None:
@@ -262,6 +315,27 @@ def _check_sources(sources: list[FeatureSourceEntry], reads: list[int], members:
                          f"heads, got {reads!r}")
     if set(reads) != set(range(len(sources))):
         raise ValueError(f"every source must be read by some head, got member_sources {reads!r}")
+
+
+def _read_evidence(manifest: dict[str, Any], members: int,
+                   sources: int) -> tuple[list[EvidenceSourceEntry], list[list[int]]]:
+    """The evidence sources and which ones each head reads (none in bundles written before experts)."""
+    entries, reads = manifest.get("evidence_sources", []), manifest.get("member_evidence")
+    evidence = []
+    for entry in entries:
+        if entry.get("kind") != "segmentation" or not isinstance(entry.get("reads"), int) or \
+                not 0 <= entry["reads"] < sources or entry.get("weights") not in manifest["files"] or \
+                tuple(entry.get("fields", ())) != SegmentationSource.fields:
+            raise ValueError(f"an evidence source must be a segmentation branch over one of the {sources} "
+                             f"feature sources, naming a verified file and its fields; got {entry!r}")
+        evidence.append(EvidenceSourceEntry(entry["name"], entry["reads"], entry["weights"], tuple(entry["fields"])))
+    if reads is None:
+        reads = [[] for _ in range(members)]
+    if not isinstance(reads, list) or len(reads) != members or not all(
+            isinstance(r, list) and all(isinstance(j, int) and 0 <= j < len(evidence) for j in r) for r in reads):
+        raise ValueError(f"member_evidence must list, for each of {members} heads, evidence sources among "
+                         f"{len(evidence)}; got {reads!r}")
+    return evidence, reads
 
 
 def _read_sources(manifest: dict[str, Any], members: int) -> tuple[list[FeatureSourceEntry], list[int]]:

@@ -6,7 +6,9 @@ inside) and ``head-<i>.onnx`` (``[B, MAX_VIEWS, D]`` features and a ``[B, MAX_VI
 ``[B, K]`` margins of image-only requests), beside a copy of the bundle (for its calibration, view plan
 and verification) and ``manifest.json`` (kind, format version, file hashes, and the largest difference
 from PyTorch measured at export). Views are padded to MAX_VIEWS, so every graph has a fixed view count
-and a dynamic batch.
+and a dynamic batch. A bundle whose heads read a segmentation branch's evidence adds
+``segmentation-<j>.onnx`` (global views -> ``[N, fields]`` evidence) and an ``evidence`` input to its
+head graphs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from roadwork.config import TtaConfig
 from roadwork.data.views import MAX_VIEWS
 from roadwork.errors import RoadworkError
+from roadwork.experts.segmentation import SegmentationEvidence, map_evidence, roadwork_map
 from roadwork.features.metadata import NULL_INDEX, TEXT_DIM, MetadataBatch
 from roadwork.features.table import FeatureTable
 from roadwork.serve.bundle import MANIFEST, Bundle, BundleError, load_bundle
@@ -47,6 +50,21 @@ class _BackboneGraph(nn.Module):
         return self.backbone.encode((views - self.mean) / self.std, False)[0].float()
 
 
+class _EvidenceGraph(nn.Module):
+    """A segmentation branch over its backbone: views as floats in 0..1 -> ``[N, fields]`` evidence."""
+
+    def __init__(self, expert: SegmentationEvidence) -> None:
+        super().__init__()
+        self.graph, self.segmenter = _BackboneGraph(expert.backbone), expert.segmenter
+
+    def forward(self, views: Tensor) -> Tensor:
+        backbone = self.graph.backbone
+        _, tokens = backbone.encode((views - self.graph.mean) / self.graph.std, True)
+        side = int(tokens.shape[1] ** 0.5)
+        spatial = tokens.float().transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+        return map_evidence(roadwork_map(self.segmenter, spatial))
+
+
 class _HeadsGraph(nn.Module):
     """Margins of several heads for requests that carry the image alone (every metadata field NULL)."""
 
@@ -54,13 +72,26 @@ class _HeadsGraph(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(heads)
 
-    def forward(self, features: Tensor, view_mask: Tensor) -> Tensor:
+    def forward(self, features: Tensor, view_mask: Tensor, evidence: Tensor | None = None) -> Tensor:
         rows = features.new_zeros(features.shape[0])
         meta = MetadataBatch(gps=features.new_zeros(features.shape[0], 2), gps_present=rows.bool(),
                              weather=rows.long() + NULL_INDEX, daytime=rows.long() + NULL_INDEX,
                              scene=rows.long() + NULL_INDEX, text=features.new_zeros(features.shape[0], TEXT_DIM),
                              text_present=rows.bool())
-        return torch.stack([head(features, view_mask, meta).margin.float() for head in self.heads], dim=-1)
+        return torch.stack([head(features, view_mask, meta, evidence).margin.float() for head in self.heads], dim=-1)
+
+
+def _evidence_of(bundle: Bundle) -> dict[int, int]:
+    """Per feature source, the evidence source its heads read (this export covers one per source: the
+    segmentation branch trained with that backbone)."""
+    found: dict[int, int] = {}
+    for source, chosen in zip(bundle.member_sources, bundle.member_evidence):
+        if len(chosen) > 1 or found.get(source, chosen[0] if chosen else None) != (chosen[0] if chosen else None):
+            raise RoadworkError("ONNX export covers heads that read at most one evidence source, the same for "
+                                "every head of a feature source")
+        if chosen:
+            found[source] = chosen[0]
+    return found
 
 
 def _members_of(bundle: Bundle, source: int) -> list[int]:
@@ -117,18 +148,30 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
     size, dim = bundle.backbone.input_size, bundle.backbone.feature_dim
     generator = torch.Generator().manual_seed(0)
     parity: dict[str, float] = {}
+    evidence_of = _evidence_of(bundle)
     for source in range(predictor.sources):
         backbone = _BackboneGraph(predictor.backbone(source)).eval()
         heads = _HeadsGraph([bundle.head.members[k] for k in _members_of(bundle, source)]).eval()
         views = torch.rand(3, 3, size, size, generator=generator)
         features = torch.randn(4, MAX_VIEWS, dim, generator=generator).abs()
         mask = torch.arange(MAX_VIEWS).expand(4, -1) < torch.tensor([[1], [5], [12], [MAX_VIEWS]])
-        _export(backbone, (views,), out / f"backbone-{source}.onnx", ["views"], "features",
-                {"views": {0: "n"}, "features": {0: "n"}})
-        _export(heads, (features, mask), out / f"head-{source}.onnx", ["features", "view_mask"], "margins",
-                {"features": {0: "b"}, "view_mask": {0: "b"}, "margins": {0: "b"}})
-        for name, graph, inputs in ((f"backbone-{source}.onnx", backbone, {"views": views[:2]}),
-                                    (f"head-{source}.onnx", heads, {"features": features, "view_mask": mask})):
+        head_inputs = {"features": features, "view_mask": mask}
+        graphs = [(f"backbone-{source}.onnx", backbone, {"views": views})]
+        if source in evidence_of:
+            fields = len(bundle.evidence_sources[evidence_of[source]].fields)
+            head_inputs["evidence"] = torch.rand(4, fields, generator=generator).masked_fill(
+                torch.tensor([[False] * fields, [True] * fields, [False] * fields, [True, *[False] * (fields - 1)]]),
+                float("nan"))
+            expert = predictor.backbone(predictor.sources + evidence_of[source])
+            graphs.append((f"segmentation-{evidence_of[source]}.onnx", _EvidenceGraph(expert).eval(),  # type: ignore[arg-type]
+                           {"views": views}))
+        graphs.append((f"head-{source}.onnx", heads, head_inputs))
+        for name, graph, inputs in graphs:
+            output = "margins" if name.startswith("head") else "evidence" if name.startswith("seg") else "features"
+            axes = {key: {0: "b"} for key in (*inputs, output)}
+            _export(graph, tuple(inputs.values()), out / name, list(inputs), output, axes)
+        for name, graph, inputs in graphs:
+            inputs = {k: v[:2] if k == "views" else v for k, v in inputs.items()}
             session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
             got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
             with torch.no_grad():
@@ -139,11 +182,13 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
                                     f"(> {TOLERANCE}); not written as a working export")
     shutil.copytree(bundle.path, out / "bundle")
     files = [f"{kind}-{i}.onnx" for i in range(predictor.sources) for kind in ("backbone", "head")]
+    files += [f"segmentation-{j}.onnx" for j in range(len(bundle.evidence_sources))]
     manifest = {
         "kind": "onnx",
         "format_version": FORMAT_VERSION,
         "opset": OPSET,
         "sources": predictor.sources,
+        "evidence_sources": len(bundle.evidence_sources),
         "max_views": MAX_VIEWS,
         "files": {name: sha256_file(out / name) for name in files},
         "max_difference_from_pytorch": parity,
@@ -179,8 +224,11 @@ class OnnxPredictor(Predictor):
             if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                 raise BundleError(f"{folder}: {name} is missing or does not match the manifest")
         super().__init__(load_bundle(folder / "bundle"), "cpu")
-        if len(files) != 2 * self.sources or sources != self.sources:
-            raise BundleError(f"{folder}: {sources} exported sources for a bundle with {self.sources}")
+        experts = len(self.bundle.evidence_sources)
+        if len(files) != 2 * self.sources + experts or sources != self.sources or \
+                manifest.get("evidence_sources", 0) != experts:
+            raise BundleError(f"{folder}: {sources} exported sources for a bundle with {self.sources} "
+                              f"(and {experts} evidence sources)")
         self.folder = folder
         options = ort.SessionOptions()
         # Idle onnxruntime threads spin by default and starve the decoding and resizing torch does
@@ -194,6 +242,7 @@ class OnnxPredictor(Predictor):
 
         self.backbones = [session(f"backbone-{i}.onnx") for i in range(sources)]
         self.heads = [session(f"head-{i}.onnx") for i in range(sources)]
+        self.backbones += [session(f"segmentation-{j}.onnx") for j in range(experts)]   # after the backbones
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> OnnxPredictor:
@@ -215,8 +264,13 @@ class OnnxPredictor(Predictor):
 
     def _head_outputs(self, tables: Sequence[FeatureTable], fused: bool) -> tuple[Tensor, Tensor | None]:
         margins = torch.empty(len(tables[0]), len(self.bundle.member_sources))
-        for source, (session, table) in enumerate(zip(self.heads, tables)):
+        for source, session in enumerate(self.heads):
+            members = _members_of(self.bundle, source)
+            table = tables[members[0]]   # the members of one source read the same table
             padded, mask = pad_views(table.features, table.view_mask)
-            outputs = torch.from_numpy(session.run(None, {"features": padded, "view_mask": mask})[0])
-            margins[:, _members_of(self.bundle, source)] = outputs
+            inputs = {"features": padded, "view_mask": mask}
+            if table.evidence.shape[1]:
+                inputs["evidence"] = table.evidence.float().numpy()
+            outputs = torch.from_numpy(session.run(None, inputs)[0])
+            margins[:, members] = outputs
         return (margins.squeeze(-1) if margins.shape[-1] == 1 else margins), None

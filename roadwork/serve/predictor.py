@@ -19,11 +19,12 @@ from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, views_from_image
 from roadwork.errors import RoadworkError
+from roadwork.experts.segmentation import SegmentationEvidence, SegmentationSource
 from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.metadata import ServedInputs
 from roadwork.features.source import FeatureSource
 from roadwork.features.store import FeatureStore
-from roadwork.features.table import FeatureTable, head_outputs
+from roadwork.features.table import FeatureTable, evidence_rows, head_outputs
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
 from roadwork.serve.calibration import Calibration
@@ -55,7 +56,9 @@ class Predictor(Scorer):
 
     Each head reads one of the bundle's feature sources: the frozen backbone, or an adapted one (its
     features cached under that backbone's digest). A k-fold fine-tuned bundle has a source per head;
-    a frozen one, or one adapted backbone serving every head, has one.
+    a frozen one, or one adapted backbone serving every head, has one. Evidence sources (a
+    segmentation branch) follow them in ``feature_sources``: one evidence vector per photo, from its
+    global view, which the heads that read them take beside the features.
     """
 
     reads_cache = True   # False where a runtime computes every feature itself (an ONNX export)
@@ -66,7 +69,8 @@ class Predictor(Scorer):
         self.batch_size = batch_size
         self.head = bundle.head.to(self.device).eval()
         self.feature_sources: list[FeatureSource] = [bundle.feature_source(i) for i in range(len(bundle.sources))]
-        self._backbones: dict[int, Backbone] = {}
+        self.feature_sources += [bundle.evidence_source(j) for j in range(len(bundle.evidence_sources))]
+        self._backbones: dict[int, Backbone | SegmentationEvidence] = {}
         self._lock = threading.RLock()
         self._text: TextEncoder | None = None
         self.tta = TtaConfig()
@@ -104,11 +108,16 @@ class Predictor(Scorer):
         """How many backbones produce features."""
         return len(self.bundle.sources)
 
-    def backbone(self, source: int = 0) -> Backbone:
+    def backbone(self, source: int = 0) -> Backbone | SegmentationEvidence:
         with self._lock:
             return self._backbone(source)
 
-    def _backbone(self, source: int) -> Backbone:
+    def _plan(self, source: int) -> str:
+        """The views source ``source`` reads: the bundle's plan, or the global view alone (evidence)."""
+        feature_source = self.feature_sources[source]
+        return feature_source.plan if isinstance(feature_source, SegmentationSource) else self.bundle.backbone.views
+
+    def _backbone(self, source: int) -> Backbone | SegmentationEvidence:
         if source not in self._backbones:
             self._backbones[source] = self.feature_sources[source].load(self.device)
         return self._backbones[source]
@@ -117,19 +126,22 @@ class Predictor(Scorer):
         return self.feature_sources[source].store(cache_dir, self.device, transform.variant if transform else None)
 
     def _features(self, views: Sequence[Tensor]) -> list[list[Tensor]]:
-        """Per source, each image's ``[views, dim]`` features, the views of several images batched together."""
+        """Per source, each image's ``[views, dim]`` features (``[1, fields]`` evidence from its global
+        view, the first of every plan), the views of several images batched together."""
         if not views:
-            return [[] for _ in range(self.sources)]
-        counts = [v.shape[0] for v in views]
-        stacked = torch.cat(list(views))
+            return [[] for _ in self.feature_sources]
+        every = (torch.cat(list(views)), [v.shape[0] for v in views])
+        first = (torch.stack([v[0] for v in views]), [1] * len(views))
         per_source = []
-        for source in range(self.sources):
+        for source in range(len(self.feature_sources)):
+            stacked, counts = every if self._plan(source) == self.bundle.backbone.views else first
             pooled = torch.cat([self._encode(source, chunk).cpu() for chunk in stacked.split(self.batch_size)])
             per_source.append(list(pooled.split(counts)))
         return per_source
 
     def _encode(self, source: int, views: Tensor) -> Tensor:
-        """Pooled ``[N, D]`` features of ``[N, 3, S, S]`` views from feature source ``source``."""
+        """Pooled ``[N, D]`` features (or ``[N, fields]`` evidence) of ``[N, 3, S, S]`` views from
+        feature source ``source``."""
         return self.backbone(source).features(views)
 
     def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
@@ -158,6 +170,31 @@ class Predictor(Scorer):
                 results[i].probability = value
         return results
 
+    def roadwork_maps(self, samples: Sequence[Sample]) -> list[Tensor | None]:
+        """The mean of the bundle's segmentation branches' maps over each photo's global view (None where
+        the photo does not decode, or for every photo without a branch)."""
+        experts = range(self.sources, len(self.feature_sources))
+        maps: list[Tensor | None] = [None] * len(samples)
+        if not experts:
+            return maps
+        size = self.bundle.backbone.input_size
+        for start in range(0, len(samples), self.batch_size):
+            views, rows = [], []
+            for row in range(start, min(start + self.batch_size, len(samples))):
+                try:
+                    views.append(image_views(samples[row].read_bytes(), "global", size, device=self.device,
+                                             source=samples[row].file_name))
+                    rows.append(row)
+                except RoadworkError:
+                    continue
+            if views:
+                with self._lock:
+                    batch = torch.cat(views)
+                    mean = torch.stack([self.backbone(j).roadwork_map(batch).cpu() for j in experts]).mean(0)  # type: ignore[union-attr]
+                for row, found in zip(rows, mean):
+                    maps[row] = found
+        return maps
+
     def warm_up(self) -> None:
         """Build every backbone and run one image through them, so the first request pays no set-up."""
         self.predict_images([np.full((64, 64, 3), 128, dtype=np.uint8)])
@@ -172,7 +209,8 @@ class Predictor(Scorer):
 
     def margins_from_features(self, features: Sequence[Sequence[Tensor]], samples: Sequence[Sample]) -> Tensor:
         """The head's logit margins before calibration, ``[N]`` (or ``[N, K]`` for K fold members), from
-        each sample's cached ``[n_views, dim]`` features, one list per source (``self.sources``).
+        each sample's cached ``[n_views, dim]`` features, one list per feature source (the backbones,
+        then the evidence sources).
 
         A bundle calibrated for image-only requests scores every sample without its metadata, so
         ``evaluate`` measures what is served.
@@ -183,18 +221,28 @@ class Predictor(Scorer):
                  fused: bool = False) -> tuple[Tensor, Tensor | None]:
         """Margins (see ``margins_from_features``) and, with ``fused``, each member's fusion-layer
         features ``[N, K, F]``."""
-        if len(features) != self.sources:
-            raise ValueError(f"this bundle reads features from {self.sources} backbone(s), got {len(features)} lists")
+        if len(features) != len(self.feature_sources):
+            raise ValueError(f"this bundle reads {len(self.feature_sources)} feature source(s), "
+                             f"got {len(features)} lists")
         text = self._text_embeddings(samples)
-        tables = [FeatureTable.build(samples, f, self.bundle.vocab, text).as_served(self.served) for f in features]
-        return self._head_outputs(tables, fused)
+        evidence = [evidence_rows(features[self.sources + j], len(samples), len(self.bundle.evidence_sources[j].fields))
+                    for j in range(len(self.bundle.evidence_sources))]
+        member_evidence = self.bundle.member_evidence or [[] for _ in self.head.members]
+        built: dict[tuple[int, tuple[int, ...]], FeatureTable] = {}
+        for source, chosen in zip(self.bundle.member_sources, member_evidence):
+            if (source, tuple(chosen)) not in built:
+                columns = torch.cat([evidence[j] for j in chosen], dim=1) if chosen else None
+                built[source, tuple(chosen)] = FeatureTable.build(samples, features[source], self.bundle.vocab, text,
+                                                                  evidence=columns).as_served(self.served)
+        return self._head_outputs([built[source, tuple(chosen)] for source, chosen
+                                   in zip(self.bundle.member_sources, member_evidence)], fused)
 
     def _head_outputs(self, tables: Sequence[FeatureTable], fused: bool) -> tuple[Tensor, Tensor | None]:
-        """Margins and fusion-layer features of the heads, one table per source (see ``_outputs``)."""
-        if self.sources == 1:
+        """Margins and fusion-layer features of the heads, one table per member (see ``_outputs``)."""
+        if self.sources == 1 and not self.bundle.evidence_sources:   # every member reads the same table
             return head_outputs(self.head, tables[0], self.device, self.batch_size, fused)
-        outputs = [head_outputs(member, tables[source], self.device, self.batch_size, fused)
-                   for member, source in zip(self.head.members, self.bundle.member_sources)]
+        outputs = [head_outputs(member, table, self.device, self.batch_size, fused)
+                   for member, table in zip(self.head.members, tables)]
         return (torch.stack([m for m, _ in outputs], dim=-1),
                 torch.cat([f for _, f in outputs], dim=1) if fused else None)  # type: ignore[misc]
 
@@ -226,14 +274,13 @@ class Predictor(Scorer):
         and the failures by file name; ``hashed`` passes ``content_keys(samples)`` when the caller
         already has them; ``transform`` gives the features of a test-time copy of every photo instead
         (cached apart from the plain ones)."""
-        spec = self.bundle.backbone
         transform = None if transform is None or transform.identity else transform
         if use_cache and self.reads_cache:
             if hashed is None:
                 hashed = content_keys(samples, progress)
             loaded, failures = [], {}
-            for source in range(self.sources):
-                result, cached = extract_and_load(samples, lambda s=source: self.backbone(s), spec.views,
+            for source in range(len(self.feature_sources)):
+                result, cached = extract_and_load(samples, lambda s=source: self.backbone(s), self._plan(source),
                                                   self._store(source, cache_dir, transform), progress=progress,
                                                   hashed=hashed, augment=transform)
                 loaded.append(cached)

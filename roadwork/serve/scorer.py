@@ -114,6 +114,11 @@ class Scorer(ABC):
                       progress: bool | None = False, hashed: Hashed | None = None) -> MemberScores:
         """Every member's calibrated probability: their disagreement is what active learning asks about."""
 
+    def roadwork_maps(self, samples: Sequence[Sample]) -> list[Tensor | None]:
+        """Per photo, where a segmentation branch sees roadwork (probabilities ``[g, g]`` over the whole
+        photo, squeezed square as its global view); None for every photo of a scorer without one."""
+        return [None] * len(samples)
+
     def predict_samples(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                         use_cache: bool = True, progress: bool | None = False, hashed: Hashed | None = None,
                         ) -> tuple[list[float | None], dict[str, str]]:

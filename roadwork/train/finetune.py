@@ -6,9 +6,10 @@ view (the ``augment`` preset) on the training device, with one learning rate for
 larger one for the classifier. With ``loss.dice_weight`` > 0 a segmentation branch (a 1x1
 convolution over the backbone's spatial map) learns the work-zone mask of the photos that have one,
 cropped and warped with its photo, by dice + binary cross-entropy: dense supervision of where the
-roadwork is. The classifier and the branch are then dropped: the adapted backbone replaces the
-frozen one for every view of the plan, its features are cached under the digest of its weights, and
-the usual heads are fitted on them (``roadwork.train.run``).
+roadwork is. The classifier is then dropped: the adapted backbone replaces the frozen one for every
+view of the plan, its features are cached under the digest of its weights, and the usual heads are
+fitted on them (``roadwork.train.run``). The branch is kept as an expert whose evidence the heads
+also read (``roadwork.experts.segmentation``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,16 @@ from roadwork.config import BackboneTrainingConfig, OptimConfig, TrainConfig
 from roadwork.data.augment import ViewAugmenter
 from roadwork.data.records import DatasetError, Sample
 from roadwork.distributed import barrier, is_main
+from roadwork.experts.segmentation import (
+    SegmentationEvidence,
+    SegmentationSource,
+    load_segmenter,
+    segmenter_digest,
+    segmenter_layer,
+)
 from roadwork.features.extract import ViewsDataset, default_workers, extract_and_load, one_thread_per_worker
 from roadwork.features.source import BackboneSource
-from roadwork.features.table import as_is
+from roadwork.features.table import as_is, evidence_rows
 from roadwork.losses import segmentation_loss
 from roadwork.progress import progress_bar
 from roadwork.storage import atomic_write_bytes
@@ -50,6 +58,17 @@ from roadwork.train.trainer import build_trainer, claim_folder
 
 log = logging.getLogger(__name__)
 ADAPTED = "backbone.safetensors"
+SEGMENTER = "segmenter.safetensors"
+
+
+@dataclasses.dataclass
+class Finetuned:
+    """What fine-tuning changed: the backbone's weights, the segmentation branch (with ``loss.dice_weight``
+    > 0) and what happened."""
+
+    changed: dict[str, Tensor]
+    segmenter: dict[str, Tensor] | None
+    info: dict[str, Any]
 
 
 def adapted_digest(changed: dict[str, Tensor]) -> str:
@@ -124,7 +143,7 @@ class FinetuneModule(L.LightningModule):
         self.backbone, self.settings, self.optim = backbone, settings, optim
         self.classifier = nn.Linear(backbone.feature_dim, 1)
         self.dice_weight = dice_weight
-        self.segmenter = nn.Conv2d(backbone.token_dim, 1, kernel_size=1) if dice_weight > 0 else None
+        self.segmenter = segmenter_layer(backbone.token_dim) if dice_weight > 0 else None
         size = backbone.input_size
         self.crop = K.RandomResizedCrop((size, size), scale=settings.crop_scale)
         self.augment = ViewAugmenter(settings.augment) if settings.augment != "none" else None
@@ -182,15 +201,15 @@ def _base_backbone(config: TrainConfig, device: str) -> Backbone:
 def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
                       settings: BackboneTrainingConfig, folder: Path, *, device: str, resume: bool,
                       progress: bool, weights: np.ndarray | None = None,
-                      masks: dict[int, np.ndarray] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+                      masks: dict[int, np.ndarray] | None = None) -> Finetuned:
     """Fine-tune on ``rows`` of ``views`` (drawn by ``weights`` when given; ``masks`` by row, for the
-    segmentation branch of ``loss.dice_weight``) for ``settings.epochs``;
-    return the changed weights (adapters merged; averaged with ``optim.ema``) and what happened. A
-    saved result in ``folder`` is reused with ``resume``; an interrupted one continues from its last
-    epoch."""
-    saved = folder / ADAPTED
-    if resume and saved.is_file():
-        return load_file(str(saved)), {"resumed": True}
+    segmentation branch of ``loss.dice_weight``) for ``settings.epochs``: the changed weights (adapters
+    merged; averaged with ``optim.ema``), the branch's and what happened. A saved result in ``folder``
+    is reused with ``resume``; an interrupted one continues from its last epoch."""
+    saved, branch = folder / ADAPTED, folder / SEGMENTER
+    with_branch = config.loss.dice_weight > 0
+    if resume and saved.is_file() and (branch.is_file() or not with_branch):
+        return Finetuned(load_file(str(saved)), load_file(str(branch)) if with_branch else None, {"resumed": True})
     L.seed_everything(config.seed, workers=True, verbose=False)
     backbone = _base_backbone(config, "cpu")
     before = weight_snapshot(backbone)
@@ -219,7 +238,12 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
     if settings.gradient_checkpointing:
         backbone.gradient_checkpointing(False)
     changed = changed_weights(backbone, before)
-    if is_main():
+    segmenter = None
+    if module.segmenter is not None:
+        segmenter = {k: v.detach().cpu().contiguous() for k, v in module.segmenter.state_dict().items()}
+    if is_main():   # the branch first: a backbone file without its branch is not a finished result
+        if segmenter is not None:
+            atomic_write_bytes(branch, save(segmenter))
         atomic_write_bytes(saved, save(changed))
     info = {"mode": settings.mode, "trainable_tensors": len(trainable),
             "trainable_parameters": trainable_parameters,
@@ -227,7 +251,7 @@ def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, c
             "photos_with_masks": len(masks or {}),
             "continued_from_epoch": module.first_epoch, "fit_s": round(seconds, 2),
             "images_per_s": round(len(rows) * settings.epochs / seconds, 2) if seconds else None}
-    return changed, info
+    return Finetuned(changed, segmenter, info)
 
 
 # What ``auto`` fine-tunes, per backbone, from grouped 5-fold measurements on real photos
@@ -258,10 +282,11 @@ def resolve_mode(settings: BackboneTrainingConfig, spec: BackboneSpec, photos: i
 def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config: TrainConfig,
                    settings: BackboneTrainingConfig, out: Path, *, cache_dir: str | Path | None, device: str,
                    resume: bool, progress: bool, weights: np.ndarray | None = None,
-                   ) -> list[tuple[PreparedData, dict[str, Tensor], dict[str, Any]]]:
+                   ) -> list[tuple[PreparedData, Finetuned]]:
     """Per split: fine-tune a backbone on its training rows (drawn by ``weights``, one per training photo,
     when given), then every photo's features from it (cached under its weights' digest, never mixed
-    with the frozen features), as that split's prepared data."""
+    with the frozen features) and, when it learnt a segmentation branch and ``model.evidence`` asks,
+    the branch's evidence, as that split's prepared data."""
     train = prep.train
     views = decode_global_views(train.samples, train.keys, prep.spec.input_size, out / "decoded",
                                 num_workers=config.data.num_workers, progress=progress)
@@ -287,9 +312,10 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
                         hashlib.sha256(b"".join(masks[i].tobytes() for i in sorted(rows) if i in masks)).hexdigest()]}
         claim_folder(folder, identity, settings.epochs, resume=resume, setting="backbone_training.epochs",
                      result=ADAPTED)
-        changed, info = finetune_backbone(views, rows, labels, config, settings, folder, device=device, resume=resume,
-                                          progress=progress, weights=split_weights,
-                                          masks={i: masks[i] for i in rows if i in masks})
+        tuned = finetune_backbone(views, rows, labels, config, settings, folder, device=device, resume=resume,
+                                  progress=progress, weights=split_weights,
+                                  masks={i: masks[i] for i in rows if i in masks})
+        changed, info = tuned.changed, tuned.info
         digest = adapted_digest(changed)
         data = config.data
         backbone = create_adapted_backbone(data.backbone, changed, weights=data.backbone_weights,
@@ -309,9 +335,21 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
             raise DatasetError(f"the adapted backbone of split {index} failed on: "
                                + "; ".join(list(result.failures.values())[:3]))
         n = len(train.samples)
+        evidence, fields = None, ()
+        if tuned.segmenter is not None and config.model.evidence:
+            source = SegmentationSource(BackboneSource(spec, changed=digest), segmenter_digest(tuned.segmenter))
+            expert = SegmentationEvidence(backbone, load_segmenter(tuned.segmenter))
+            found, values = extract_and_load(everything, expert, source.plan, source.store(cache_dir, device),
+                                             num_workers=config.data.num_workers, progress=progress,
+                                             hashed=(list(keys), {}))
+            evidence, fields = evidence_rows(values, len(everything), len(source.fields)), source.fields
+            info |= {"evidence_s": round(found.seconds, 2)}
         adapted = dataclasses.replace(
-            prep, adapted_digest=digest, train=Photos(train.samples, train.keys, features[:n]),  # type: ignore[arg-type]
-            val=None if prep.val is None else Photos(prep.val.samples, prep.val.keys, features[n:]))  # type: ignore[arg-type]
+            prep, adapted_digest=digest, evidence_fields=fields,
+            train=Photos(train.samples, train.keys, features[:n],  # type: ignore[arg-type]
+                         evidence=None if evidence is None else evidence[:n]),
+            val=None if prep.val is None else Photos(prep.val.samples, prep.val.keys, features[n:],  # type: ignore[arg-type]
+                                                     evidence=None if evidence is None else evidence[n:]))
         info |= {"digest": digest, "extract_s": round(result.seconds, 2)}
-        results.append((adapted, changed, info))
+        results.append((adapted, tuned))
     return results

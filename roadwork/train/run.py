@@ -40,7 +40,7 @@ from roadwork.serve.bundle import save_bundle
 from roadwork.serve.calibration import Calibration, CutChoice, fit_calibration
 from roadwork.serve.tta import FeatureDensity
 from roadwork.storage import atomic_write_bytes, atomic_write_json
-from roadwork.train.finetune import adapted_splits, resolve_mode
+from roadwork.train.finetune import Finetuned, adapted_splits, resolve_mode
 from roadwork.train.fit import fit_multiview, forget_unseen_categories
 from roadwork.train.prepare import Photos, PreparedData, prepare_data
 from roadwork.train.probe import fit_probe
@@ -249,7 +249,7 @@ class Fitted:
     results: dict[str, CandidateResult]
     preps: list[PreparedData]   # per split, the features its heads read
     backbone: dict[str, Any]    # mode, why, and each split's fine-tuning fit
-    adapted: list[dict[str, torch.Tensor]]   # per split, the backbone weights fine-tuning changed; [] = frozen
+    finetuned: list[Finetuned]   # per split, what fine-tuning changed; [] = frozen
     settings: BackboneTrainingConfig
     sampling: dict[str, Any] | None   # the GPS sampling report, when sampling was weighted
     seconds: float
@@ -270,7 +270,7 @@ def fit_candidates(plan: Plan, config: TrainConfig, out: Path, *, cache_dir: str
     settings, reason = resolve_mode(config.backbone_training, prep.spec, len(prep.train.samples), device)
     if is_main():
         console.print(f"backbone training: {settings.mode} ({reason})", highlight=False)
-    adapted: list[tuple[PreparedData, dict[str, torch.Tensor], dict[str, Any]]] = []
+    adapted: list[tuple[PreparedData, Finetuned]] = []
     if settings.mode == "frozen" and config.loss.dice_weight > 0:
         log.warning("loss.dice_weight trains a segmentation branch while the backbone is fine-tuned; "
                     "with a frozen backbone it has nothing to shape")
@@ -286,7 +286,7 @@ def fit_candidates(plan: Plan, config: TrainConfig, out: Path, *, cache_dir: str
         [soft_targets.get(key, float(sample.label)) for key, sample in zip(prep.train.keys, prep.train.samples)])
     results = {name: _fit_candidate(name, preps, config, plan.vocab, plan.splits, out, device=device, resume=resume,
                                     progress=progress, weights=weights, targets=targets) for name in names}
-    return Fitted(results, preps, {"mode": settings.mode, "why": reason, "fits": [a[2] for a in adapted]},
+    return Fitted(results, preps, {"mode": settings.mode, "why": reason, "fits": [a[1].info for a in adapted]},
                   [a[1] for a in adapted], settings, None if gps is None else report,
                   time.perf_counter() - started)
 
@@ -421,7 +421,9 @@ def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated:
                 config=config, vocab=plan.vocab, backbone=prep.spec, calibration=calibration,
                 served=inputs, metrics=metrics["validation"],
                 data_summary=data_summary, fingerprints=prep.train.keys,
-                adapted_backbones=fitted.adapted, backbone_training=fitted.settings,
+                adapted_backbones=[f.changed for f in fitted.finetuned],
+                segmenters=[f.segmenter for f in fitted.finetuned] if fitted.preps[0].evidence_fields else None,  # type: ignore[misc]
+                backbone_training=fitted.settings,
                 densities=_feature_densities(result, fitted.preps, splits, plan.vocab, config, device))
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
