@@ -2,11 +2,14 @@
 masks of synthetic scenes (issue 20, part 3).
 
     python bench/bench_segmentation.py --work /work/bench-seg --real ../shared/data/real-dev [--seeds 0 1]
-        [--weights 0 1] [--only synthetic|real-dev]
+        [--weights 0 1] [--only synthetic|real-dev] [--evidence]
 
 * synthetic: train on `synth --n 400 --frames-per-drive 4 --seed 11` (its annotations.json gives every
   photo's work-zone mask), score the served bundle on unseen drives (`--seed 12`) with `roadwork
-  evaluate`, per training seed and `loss.dice_weight` (0 = off).
+  evaluate` (which also scores the branch's mask against theirs: IoU), per training seed and
+  `loss.dice_weight` (0 = off). Without --evidence the heads ignore the branch (`model.evidence=false`:
+  it only shapes the backbone); with it, runs with a branch are named `-evidence` and their heads
+  also read its evidence.
 * real-dev: a seeded 70/30 split by `group` (ambiguous rows left out); train on the 70% alone, on the
   70% plus the synthetic training scenes without masks (dice 0), and with their masks (dice 1); score
   on the 30%. Real photos have no masks: only the synthetic ones feed the branch.
@@ -62,8 +65,9 @@ def scored(name: str, data: Path, test: Path, work: Path, overrides: list[str], 
         evaluate(out / "bundle", str(test), report, cache_dir=work / "cache", resamples=1000)
     metrics, trained = json.loads((report / "metrics.json").read_text()), json.loads((out / "metrics.json").read_text())
     fits = trained["backbone_training"]["fits"]
+    masks = metrics.get("segmentation") or {}
     return {"name": name, "mcc": metrics["mcc"], "mcc_ci95": metrics["ci95"]["mcc"], "auroc": metrics["auroc"],
-            "masked": sum(f.get("photos_with_masks", 0) for f in fits),
+            "iou": masks.get("iou"), "masked": sum(f.get("photos_with_masks", 0) for f in fits),
             "fit_s": sum(f.get("fit_s", 0) for f in fits)}
 
 
@@ -74,31 +78,36 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0], help="loss.dice_weight values")
     parser.add_argument("--only", choices=["synthetic", "real-dev"])
+    parser.add_argument("--evidence", action="store_true", help="heads read the branch's evidence")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     weights = " ".join(f"{w:g}" for w in args.weights)
     print(f"machine: {machine()}; date: {today()}; command: python bench/bench_segmentation.py --work {args.work} "
           f"--real {args.real} --seeds {' '.join(map(str, args.seeds))} --weights {weights}"
-          + (f" --only {args.only}" if args.only else ""), flush=True)
+          + (f" --only {args.only}" if args.only else "") + (" --evidence" if args.evidence else ""), flush=True)
+    evidence = [f"model.evidence={str(args.evidence).lower()}"]
+    suffix = "-evidence" if args.evidence else ""
     synth_train, synth_test = synthetic(args.work)
     rows = []
     if args.only in (None, "synthetic"):
         for seed in args.seeds:
             for dice in args.weights:
-                rows.append(scored(f"synthetic-seed{seed}-dice{dice:g}", synth_train, synth_test, args.work,
-                                   [f"seed={seed}", f"loss.dice_weight={dice}"], []))
+                rows.append(scored(f"synthetic-seed{seed}-dice{dice:g}" + (suffix if dice else ""), synth_train,
+                                   synth_test, args.work, [f"seed={seed}", f"loss.dice_weight={dice}", *evidence], []))
                 print(rows[-1], flush=True)
     if args.only in (None, "real-dev"):
         real_train, real_test = real_split(args.work, args.real)
         for name, add, dice in (("real-dev alone", [], 0), ("real-dev + synthetic, no masks", [synth_train], 0),
                                 ("real-dev + synthetic masks", [synth_train], 1)):
-            rows.append(scored(name.replace(" ", "-").replace(",", ""), real_train, real_test, args.work,
-                               [f"loss.dice_weight={dice}"], add))
+            rows.append(scored(name.replace(" ", "-").replace(",", "") + (suffix if dice else ""), real_train,
+                               real_test, args.work, [f"loss.dice_weight={dice}", *evidence], add))
             print(rows[-1], flush=True)
-    print("\n| run | held-out MCC [95% CI] | AUROC | photos with masks | fine-tuning s |\n|---|---|---|---|---|")
+    print("\n| run | held-out MCC [95% CI] | AUROC | mask IoU | photos with masks | fine-tuning s |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
         low, high = r["mcc_ci95"]
-        print(f"| {r['name']} | {r['mcc']:.3f} [{low:.2f}, {high:.2f}] | {r['auroc']:.3f} | {r['masked']} | "
+        iou = "n/a" if r["iou"] is None else f"{r['iou']:.3f}"
+        print(f"| {r['name']} | {r['mcc']:.3f} [{low:.2f}, {high:.2f}] | {r['auroc']:.3f} | {iou} | {r['masked']} | "
               f"{r['fit_s']:.0f} |")
 
 
