@@ -3,6 +3,8 @@ masks of synthetic scenes (issue 20, part 3).
 
     python bench/bench_segmentation.py --work /work/bench-seg --real ../shared/data/real-dev [--seeds 0 1]
         [--weights 0 1] [--only synthetic|real-dev] [--evidence]
+    python bench/bench_segmentation.py --work /work/bench-seg --cost synthetic-seed0-dice0.1 \
+        synthetic-seed0-dice0.1-evidence
 
 * synthetic: train on `synth --n 400 --frames-per-drive 4 --seed 11` (its annotations.json gives every
   photo's work-zone mask), score the served bundle on unseen drives (`--seed 12`) with `roadwork
@@ -13,6 +15,9 @@ masks of synthetic scenes (issue 20, part 3).
 * real-dev: a seeded 70/30 split by `group` (ambiguous rows left out); train on the 70% alone, on the
   70% plus the synthetic training scenes without masks (dice 0), and with their masks (dice 1); score
   on the 30%. Real photos have no masks: only the synthetic ones feed the branch.
+--cost A B times the request path (`predict_images`, one photo per call, as the server answers) of two
+finished runs' bundles on the same 48 unseen synthetic photos, alternating A and B photo by photo so
+that both see the same load on the machine: what serving the branch costs per photo.
 Every run is `roadwork train` with configs/cpu.yaml and the default fine-tuning (the embedded
 EfficientNet-Lite0, last blocks) on one grouped split (`validation.folds=1`): a fine-tune per run,
 affordable on a CPU. A rerun with the same --work reuses finished runs.
@@ -71,6 +76,32 @@ def scored(name: str, data: Path, test: Path, work: Path, overrides: list[str], 
             "fit_s": sum(f.get("fit_s", 0) for f in fits)}
 
 
+def serving_cost(work: Path, names: list[str], photos: int = 48) -> None:
+    import time
+
+    import numpy as np
+    import torch
+
+    from roadwork.data.sources import load_samples
+    from roadwork.serve.scorer import load_scorer
+
+    torch.set_num_threads(2)
+    scorers = [load_scorer(work / "runs" / name / "bundle") for name in names]
+    for scorer in scorers:
+        scorer.warm_up()
+    images = [s.read_bytes() for s in load_samples(str(work / "synth-test"))[:photos]]
+    seconds: list[list[float]] = [[] for _ in scorers]
+    for image in images:
+        for scorer, times in zip(scorers, seconds):
+            started = time.perf_counter()
+            scorer.predict_images([image])
+            times.append(time.perf_counter() - started)
+    print("\n| bundle | evidence sources | p50 ms per photo | mean ms per photo |\n|---|---|---|---|")
+    for name, scorer, times in zip(names, scorers, seconds):
+        print(f"| {name} | {len(scorer.bundle.evidence_sources)} | {np.median(times) * 1000:.1f} | "
+              f"{np.mean(times) * 1000:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
@@ -79,7 +110,13 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0], help="loss.dice_weight values")
     parser.add_argument("--only", choices=["synthetic", "real-dev"])
     parser.add_argument("--evidence", action="store_true", help="heads read the branch's evidence")
+    parser.add_argument("--cost", nargs=2, metavar=("RUN_A", "RUN_B"), help="time two finished runs' request path")
     args = parser.parse_args()
+    if args.cost:
+        print(f"machine: {machine()}; date: {today()}; command: python bench/bench_segmentation.py --work {args.work} "
+              f"--cost {' '.join(args.cost)}", flush=True)
+        serving_cost(args.work, args.cost)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     weights = " ".join(f"{w:g}" for w in args.weights)
     print(f"machine: {machine()}; date: {today()}; command: python bench/bench_segmentation.py --work {args.work} "
