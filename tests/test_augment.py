@@ -78,3 +78,15 @@ def test_augment_preview_writes_a_sheet(tmp_path):
     bad = CliRunner().invoke(app, ["augment-preview", "--data", str(data), "--out", str(out), "--preset", "medium",
                                    "--overwrite"])
     assert bad.exit_code != 0 and "preset" in bad.output
+
+
+def test_perspective_warps_reflect_the_photo_instead_of_padding_it_black():
+    torch.manual_seed(0)
+    bright = torch.full((16, 3, 32, 32), 200, dtype=torch.uint8)
+    bright[:, :, :, :16] = 120   # two halves, so a warp is visible
+    out = _only("perspective")(bright)
+    assert not torch.equal(out, bright)   # every view was warped
+    assert out.min() >= 119   # no black (or dark) corner anywhere
+    masks = torch.ones(16, 1, 32, 32)
+    _, moved = _only("perspective")(bright, masks)
+    assert moved.min() > 0.99   # a mask covering the photo still covers it after the warp

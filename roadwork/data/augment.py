@@ -69,6 +69,22 @@ def _glare(x: Tensor, strength: Tensor, centre: Tensor, radius: Tensor) -> Tenso
     return 1.0 - (1.0 - x) * (1.0 - light.clamp(0.0, 1.0))
 
 
+# Bumped when an operation changes what it draws, so that cached augmented copies are extracted again
+# (2: perspective warps padded by reflection, not black).
+AUGMENT_VERSION = 2
+
+
+class ReflectedPerspective(K.RandomPerspective):
+    """kornia's random perspective warp, padded by reflection where kornia pads with zeros: the black
+    corners of a tilted frame are a cue no real photo has."""
+
+    def apply_transform(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any],
+                        transform: Tensor | None = None) -> Tensor:
+        height, width = input.shape[-2:]
+        return KG.warp_perspective(input, transform, (height, width), mode=flags["resample"].name.lower(),
+                                   align_corners=flags["align_corners"], padding_mode="reflection")
+
+
 class ViewAugmenter(nn.Module):
     """Augment views ``[N, 3, S, S]`` (floats in 0..1 or uint8), each with its own random parameters."""
 
@@ -87,7 +103,7 @@ class ViewAugmenter(nn.Module):
             K.RandomHorizontalFlip(p=o["flip"]["p"]),
             # Reflection padding: black corners would be a cue no real photo has.
             K.RandomAffine(degrees=o["rotate"]["degrees"], padding_mode="reflection", p=o["rotate"]["p"]),
-            K.RandomPerspective(distortion_scale=o["perspective"]["distortion"], p=o["perspective"]["p"]),
+            ReflectedPerspective(distortion_scale=o["perspective"]["distortion"], p=o["perspective"]["p"]),
             K.RandomAffine(degrees=0.0, scale=tuple(o["zoom"]["scale"]), padding_mode="reflection", p=o["zoom"]["p"]),
             K.RandomBrightness(brightness=(1 - o["brightness"]["range"], 1 + o["brightness"]["range"]),
                                p=o["brightness"]["p"]),
@@ -150,7 +166,7 @@ class SeededCopy:
     def variant(self) -> str:
         """Cache variant: the preset's name, content and the copy number."""
         text = resources.files("roadwork.data").joinpath("augment_presets", f"{self.name}.yaml").read_text()
-        return f"aug{self.copy}-{self.name}|{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        return f"aug{self.copy}-{self.name}|{hashlib.sha256(text.encode()).hexdigest()[:12]}|v{AUGMENT_VERSION}"
 
     def __call__(self, views: Tensor, key: str) -> Tensor:
         with torch.random.fork_rng(devices=[]):
