@@ -596,6 +596,36 @@ def serve(
 
 @app.command()
 @_friendly
+def publish(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder to publish (any kind).")],
+    repo: Annotated[str, typer.Option("--repo", help="Hugging Face model repository, OWNER/NAME.")],
+    hotkey: Annotated[str, typer.Option("--hotkey", help="The miner's SS58 hotkey: model_card.json's submitted_by.")],
+    version: Annotated[str, typer.Option("--version", help="model_card.json's version, X.Y.Z.")] = "1.0.0",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the folder only; upload nothing.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Where the folder is written (required with --dry-run; a temporary folder otherwise).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write the folder a StreetVision miner publishes (the bundle, the network's model_card.json, a README model card) and upload it to the Hugging Face Hub."""
+    import tempfile
+
+    from roadwork.errors import RoadworkError
+    from roadwork.serve.publish import upload, write_publication
+
+    if dry_run and out is None:
+        raise RoadworkError("--dry-run writes the folder only: give --out DIR")
+    with tempfile.TemporaryDirectory(prefix="roadwork-publish-") as scratch:
+        folder = write_publication(bundle, out or Path(scratch) / "model", repo=repo, hotkey=hotkey, version=version,
+                                   overwrite=overwrite)
+        if dry_run:
+            console.print(f"wrote {folder} (dry run: nothing uploaded)")
+            return
+        upload(folder, repo, private=private)
+    console.print(f"published {bundle} to {repo} (version {version})")
+
+
+@app.command()
+@_friendly
 def export(
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder written by `roadwork train`.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the exported graphs, their manifest and a copy of the bundle.")],

@@ -39,6 +39,17 @@ KINDS = {
 }
 # Folders written before every kind kept its manifest in manifest.json: the file that named the kind.
 LEGACY_MANIFESTS = {"ensemble.json": "ensemble", "onnx.json": "onnx"}
+# A published model repository (roadwork.serve.publish) holds its bundle in this folder beside the
+# network's card; loading the repository loads the bundle.
+PUBLISHED_BUNDLE, PUBLISHED_CARD = "bundle", "model_card.json"
+
+
+def published_bundle(path: str | Path) -> Path:
+    """The bundle a folder holds: itself, or the ``bundle/`` of a published model repository."""
+    path = Path(path)
+    if not (path / MANIFEST).exists() and (path / PUBLISHED_CARD).is_file() and (path / PUBLISHED_BUNDLE).is_dir():
+        return path / PUBLISHED_BUNDLE
+    return path
 
 
 @dataclass
@@ -147,8 +158,9 @@ def read_kind(path: str | Path) -> tuple[str, dict[str, Any]]:
 
 
 def load_scorer(path: str | Path, device: str | torch.device = "cpu") -> Scorer:
-    """Any bundle folder (a head or fold ensemble ``train`` wrote, an ensemble, an ONNX export), by the
-    kind its manifest names."""
+    """Any bundle folder (a head or fold ensemble ``train`` wrote, an ensemble, an ONNX export, or a
+    published model repository holding one), by the kind its manifest names."""
+    path = published_bundle(path)
     kind, _ = read_kind(path)
     module, _, name = KINDS[kind].partition(":")
     return getattr(importlib.import_module(module), name).load(path, device)
