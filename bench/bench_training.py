@@ -30,6 +30,9 @@ VARIANTS = {
     "AdamW + EMA 0.99": ["optim.optimizer=adamw", "optim.ema=true"],
     "SophiaH": ["optim.optimizer=sophia", "optim.ema=false"],
     "SophiaH + EMA 0.99": ["optim.optimizer=sophia", "optim.ema=true"],
+    # issue 21: the checkpoint choice with the selection split's log-loss breaking near-ties
+    "AdamW + EMA 0.99 + log-loss tie-break": ["optim.optimizer=adamw", "optim.ema=true",
+                                              "optim.selection=served_mcc_log_loss"],
 }
 SEEDS = (0, 1, 2)
 
@@ -56,14 +59,16 @@ def main() -> None:
     parser.add_argument("suite", choices=("real", "synthetic"))
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--data", type=Path, help="real: a photo folder with group and ambiguous columns")
+    parser.add_argument("--only", action="append", choices=sorted(VARIANTS), help="these variants (repeatable)")
     args = parser.parse_args()
+    variants = {name: VARIANTS[name] for name in (args.only or VARIANTS)}
     cache = args.work / "cache"
     print(f"{args.suite}: {machine()}, {today()}, `python bench/bench_training.py {args.suite}`\n")
     if args.suite == "real":
         data = subset(args.data, args.work / "real-data")
         print("| variant | out-of-fold MCC [95% CI] | AUROC | epochs run (mean over folds) | wall s |")
         print("|---|---|---|---|---|")
-        for name, overrides in VARIANTS.items():
+        for name, overrides in variants.items():
             out = args.work / "training-real" / name.replace(" ", "_")
             metrics = train(data, out, cache, overrides, folds=5)
             v = metrics["validation"]
@@ -77,7 +82,7 @@ def main() -> None:
     test = synth(args.work / "synth-test", 400, 12, 4)
     print("| variant | unseen drives MCC per seed | mean | unseen AUROC mean | selection-split MCC mean | epochs run |")
     print("|---|---|---|---|---|---|")
-    for name, overrides in VARIANTS.items():
+    for name, overrides in variants.items():
         unseen, auroc, oof, ran = [], [], [], []
         for seed in SEEDS:
             out = args.work / "training-synthetic" / f"{name.replace(' ', '_')}-seed{seed}"

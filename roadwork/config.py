@@ -208,7 +208,11 @@ class OptimConfig(_Strict):
     warmup_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     accumulate_grad_batches: int = Field(default=1, ge=1, le=1024)
     gradient_clip: float | None = Field(default=1.0, gt=0.0)
-    patience: int = Field(default=10, ge=1)   # epochs without a better served validation MCC before stopping
+    patience: int = Field(default=10, ge=1)   # epochs without a better selection score before stopping
+    # What chooses the multi-view head's checkpoint: the served MCC of the selection split, or that MCC
+    # with the log-loss of its margins breaking near-ties (served MCC saturates at 1.0 on small splits
+    # within a few epochs, and the first checkpoint to reach it is kept).
+    selection: Literal["served_mcc", "served_mcc_log_loss"] = "served_mcc"
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
 
     @field_validator("precision", mode="before")

@@ -454,9 +454,11 @@ def test_vocabulary_comes_from_training_rows_and_leakage_is_reported(trained, tm
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["seen_in_training"] == 40
 
 
-def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
-    """Early stopping and the kept checkpoint follow ``val_served_mcc``: the image-only margins cut
-    where the served calibration would cut them, not MCC at margin 0."""
+@pytest.mark.parametrize("selection", ["served_mcc", "served_mcc_log_loss"])
+def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path, selection):
+    """Early stopping and the kept checkpoint follow ``val_selection``: the image-only margins cut where
+    the served calibration would cut them (not MCC at margin 0), with their log-loss breaking near-ties
+    when ``optim.selection`` asks."""
     from roadwork.data.records import Sample
     from roadwork.features.metadata import MetadataVocab
     from roadwork.features.table import FeatureTable, head_margins
@@ -470,16 +472,33 @@ def test_the_checkpoint_kept_is_the_best_by_the_served_criterion(tmp_path):
     samples = [Sample(f"{i}.jpg", int(labels[i]), weather="rain" if i % 2 else None) for i in range(n)]
     vocab = MetadataVocab.from_samples(samples)
     table = lambda rows: FeatureTable.build([samples[i] for i in rows], list(features[rows]), vocab, None)  # noqa: E731
-    config = load_config(None, [*TINY, "optim.epochs=6", "model.text=false", "optim.lr=1e-3"])
+    config = load_config(None, [*TINY, "optim.epochs=6", "model.text=false", "optim.lr=1e-3",
+                                f"optim.selection={selection}"])
     head, info = fit_multiview(config, config.model, dim, vocab, table(range(100)), table(range(100, n)), tmp_path,
                                device="cpu", resume=False, progress=False)
     with open(tmp_path / "logs" / "version_0" / "metrics.csv") as handle:
-        logged = [float(r["val_served_mcc"]) for r in csv.DictReader(handle) if r.get("val_served_mcc")]
-    assert len(logged) == 6 and len(set(logged)) > 1 and info["best_val_served_mcc"] == pytest.approx(max(logged))
+        rows = [r for r in csv.DictReader(handle) if r.get("val_selection")]
+    served, chosen = [float(r["val_served_mcc"]) for r in rows], [float(r["val_selection"]) for r in rows]
+    assert len(chosen) == 6 and len(set(served)) > 1 and info["best_val_selection"] == pytest.approx(max(chosen))
+    if selection == "served_mcc":
+        assert chosen == served
+    else:   # the log-loss takes at most 0.01 off, and takes something off
+        assert all(0 < s - c <= 0.01 for s, c in zip(served, chosen))
     held = table(range(100, n)).image_only()
-    assert selection_score(head_margins(head, held).numpy(), held.labels.numpy()) == pytest.approx(
-        max(logged), abs=1e-5
-    )
+    kept = served[chosen.index(max(chosen))]
+    assert selection_score(head_margins(head, held).numpy(), held.labels.numpy()) == pytest.approx(kept, abs=1e-5)
+
+
+def test_log_loss_breaks_ties_of_the_served_mcc_and_nothing_else():
+    from roadwork.train.module import checkpoint_score
+
+    labels = np.array([0, 0, 1, 1])
+    barely, clearly = np.array([-0.1, -0.1, 0.1, 0.1]), np.array([-4.0, -4.0, 4.0, 4.0])
+    rule = "served_mcc_log_loss"
+    assert checkpoint_score(1.0, clearly, labels, rule) > checkpoint_score(1.0, barely, labels, rule)
+    assert checkpoint_score(1.0, barely, labels, "served_mcc") == checkpoint_score(1.0, clearly, labels, "served_mcc")
+    # A better served MCC wins however the margins are spread: the log-loss share is capped.
+    assert checkpoint_score(0.98, -clearly, labels, rule) > checkpoint_score(0.96, clearly, labels, rule)
 
 
 def test_feature_bank_extracts_augmented_copies_once_and_apart(trained, tmp_path):

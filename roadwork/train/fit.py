@@ -22,7 +22,7 @@ from roadwork.train.module import RoadworkModule
 from roadwork.train.trainer import build_trainer
 
 log = logging.getLogger(__name__)
-MONITOR = "val_served_mcc"
+MONITOR = "val_selection"
 
 
 def forget_unseen_categories(head: MultiViewHead, vocab: MetadataVocab, seen: list[Sample]) -> None:
@@ -70,7 +70,7 @@ def fit_multiview(config: TrainConfig, head_config: HeadConfig, feature_dim: int
         module.head = build_head(head_config, feature_dim, vocab, train_table.evidence.shape[1])
     module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     info = {"epochs_run": int(trainer.current_epoch),
-            "best_val_served_mcc": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None
+            "best_val_selection": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None
             else None,
             "fit_s": round(time.perf_counter() - started, 2)}
     return module.head.cpu().eval(), info

@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC, BinaryMatthewsCorrCoef
@@ -76,7 +77,9 @@ class RoadworkModule(L.LightningModule):
         labels = torch.cat(self._served_labels).numpy()
         self._served_margins.clear()
         self._served_labels.clear()
-        self.log("val_served_mcc", selection_score(margins, labels), prog_bar=True)
+        served_mcc = selection_score(margins, labels)
+        self.log("val_served_mcc", served_mcc, prog_bar=True)
+        self.log("val_selection", checkpoint_score(served_mcc, margins, labels, self.optim.selection))
         self.log("val_auroc", self.val_auroc.compute().float(), prog_bar=True)
         self.val_auroc.reset()
 
@@ -102,6 +105,19 @@ class RoadworkModule(L.LightningModule):
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return warmup_cosine(make_optimizer(groups, self.optim), int(self.trainer.estimated_stepping_batches),
                              self.optim.warmup_fraction)
+
+
+# At most this much of the selection score comes from the log-loss: less than one photo's worth of
+# MCC on any split small enough to saturate, so it decides only between checkpoints the MCC ties.
+LOG_LOSS_SHARE = 0.01
+
+
+def checkpoint_score(served_mcc: float, margins: np.ndarray, labels: np.ndarray, selection: str) -> float:
+    """The score the checkpoint choice and early stopping maximise (``optim.selection``)."""
+    if selection == "served_mcc":
+        return served_mcc
+    log_loss = float(np.mean(np.logaddexp(0.0, -np.where(labels == 1, margins, -margins))))
+    return served_mcc - LOG_LOSS_SHARE * min(log_loss, 1.0)
 
 
 def make_optimizer(groups: list[dict[str, Any]], optim: OptimConfig) -> torch.optim.Optimizer:
