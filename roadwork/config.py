@@ -120,6 +120,10 @@ class ValidationConfig(_Strict):
     # k > 1: k grouped folds, out-of-fold margins for every training photo, the k heads served as
     # one ensemble; 1: one grouped split of ``fraction`` (or --val-data).
     folds: int = Field(default=5, ge=1, le=50)
+    # What a k-fold run serves: the k fold heads (each with its own fine-tuned backbone when the
+    # backbone trains), or the chosen pipeline fitted once more on every photo ("refit": one backbone,
+    # one head, k times less serving work), with the calibration the folds' held-out margins gave.
+    serve: Literal["folds", "refit"] = "folds"
     fraction: float = Field(default=0.15, gt=0.0, lt=1.0)   # held out by a single split, and inside each fold
     # auto: a group/sequence/drive/session/video/trip column, else near-duplicate features;
     # a column name; or "rows" (every row alone: the old random split, for comparisons only).

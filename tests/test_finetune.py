@@ -206,3 +206,34 @@ def test_auto_fine_tunes_only_what_was_measured_and_only_where_it_is_affordable(
     assert resolve_mode(auto, vit, 400, "cuda")[0].mode == "frozen"
     chosen, why = resolve_mode(BackboneTrainingConfig(mode="dora"), vit, 400, "cpu")
     assert chosen.mode == "dora" and why == "as configured"
+
+
+MULTIVIEW = ["model.type=multiview", "model.d_model=16", "model.heads=2", "model.attention_layers=1",
+             "model.prune_k=null", "optim.epochs=3", "optim.batch_size=8"]
+
+
+@pytest.mark.parametrize(("mode", "head"), [("frozen", "probe"), ("frozen", "multiview"), ("last_blocks", "probe")])
+def test_refit_serves_one_backbone_and_one_head_fitted_on_every_photo(mode, head, photos, tmp_path, tiny_vit_folder):
+    heads = MULTIVIEW if head == "multiview" else []
+    folds, _ = _train(photos, tmp_path / "folds", tmp_path / "cache", "convnet", mode, tiny_vit_folder, *heads)
+    metrics, _ = _train(photos, tmp_path / "refit", tmp_path / "cache", "convnet", mode, tiny_vit_folder, *heads,
+                        "validation.serve=refit")
+    assert metrics["serving"]["model"] == "refit" and metrics["serving"]["heads"] == 1
+    assert folds["serving"] == {"model": "folds", "heads": 2}
+    # The estimate and the calibration are the folds': refitting changes what is served, not what was measured.
+    assert metrics["validation"]["mcc"] == folds["validation"]["mcc"]
+    assert metrics["calibration"] == folds["calibration"]
+    bundle = load_bundle(tmp_path / "refit" / "bundle")
+    assert bundle.manifest["kind"] == "head" and len(bundle.head.members) == 1
+    if mode == "frozen":
+        assert [s.weights for s in bundle.sources] == [None]
+    else:   # one backbone fine-tuned on all 16 photos, none of the folds'
+        assert [s.weights for s in bundle.sources] == ["backbone-0.safetensors"]
+        digests = {f["digest"] for f in folds["backbone_training"]["fits"]}
+        assert metrics["serving"]["backbone"]["digest"] not in digests
+        assert (tmp_path / "refit" / "refit" / "backbone-0" / "backbone.safetensors").is_file()
+    samples = load_samples(str(photos))
+    refit, failures = Predictor(bundle).predict_samples(samples, use_cache=False)
+    assert not failures and np.std(refit) > 0
+    # The refit head learnt from every photo: its fingerprints are the folds' (the same photos).
+    assert bundle.training_fingerprints() == load_bundle(tmp_path / "folds" / "bundle").training_fingerprints()

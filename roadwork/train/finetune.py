@@ -281,12 +281,13 @@ def resolve_mode(settings: BackboneTrainingConfig, spec: BackboneSpec, photos: i
 
 def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config: TrainConfig,
                    settings: BackboneTrainingConfig, out: Path, *, cache_dir: str | Path | None, device: str,
-                   resume: bool, progress: bool, weights: np.ndarray | None = None,
+                   resume: bool, progress: bool, weights: np.ndarray | None = None, folder: str = "splits",
                    ) -> list[tuple[PreparedData, Finetuned]]:
     """Per split: fine-tune a backbone on its training rows (drawn by ``weights``, one per training photo,
     when given), then every photo's features from it (cached under its weights' digest, never mixed
     with the frozen features) and, when it learnt a segmentation branch and ``model.evidence`` asks,
-    the branch's evidence, as that split's prepared data."""
+    the branch's evidence, as that split's prepared data. Each fine-tuning lives in
+    ``out/<folder>/backbone-<i>`` (``refit``: the refit on every photo)."""
     train = prep.train
     views = decode_global_views(train.samples, train.keys, prep.spec.input_size, out / "decoded",
                                 num_workers=config.data.num_workers, progress=progress)
@@ -296,7 +297,7 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
     keys = train.keys + (prep.val.keys if prep.val is not None else [])
     results = []
     for index, rows in enumerate(rows_per_split):
-        folder = out / "splits" / f"backbone-{index}"
+        split_folder = out / folder / f"backbone-{index}"
         split_weights = None if weights is None else weights[rows]
         identity = {"backbone_training": settings.model_dump(mode="json", exclude={"epochs"}), "seed": config.seed,
                     "data": config.data.model_dump(mode="json"),
@@ -310,9 +311,9 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
                     "segmentation": None if not masks else [
                         config.loss.dice_weight,
                         hashlib.sha256(b"".join(masks[i].tobytes() for i in sorted(rows) if i in masks)).hexdigest()]}
-        claim_folder(folder, identity, settings.epochs, resume=resume, setting="backbone_training.epochs",
+        claim_folder(split_folder, identity, settings.epochs, resume=resume, setting="backbone_training.epochs",
                      result=ADAPTED)
-        tuned = finetune_backbone(views, rows, labels, config, settings, folder, device=device, resume=resume,
+        tuned = finetune_backbone(views, rows, labels, config, settings, split_folder, device=device, resume=resume,
                                   progress=progress, weights=split_weights,
                                   masks={i: masks[i] for i in rows if i in masks})
         changed, info = tuned.changed, tuned.info

@@ -57,7 +57,7 @@ class Split:
 
     fit: np.ndarray      # rows the head learns from
     select: np.ndarray | None  # rows that choose the multi-view checkpoint (None: --val-data)
-    held: np.ndarray | None    # rows it is measured on (None: --val-data)
+    held: np.ndarray | None    # rows it is measured on (None: --val-data, or nothing for a refit)
 
 
 @dataclass
@@ -107,18 +107,20 @@ def _learning_rows(split: Split) -> np.ndarray:
 
 def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vocab: MetadataVocab,
                    splits: list[Split], out: Path, *, device: str, resume: bool, progress: bool,
-                   weights: np.ndarray | None, targets: np.ndarray | None = None) -> CandidateResult:
+                   weights: np.ndarray | None, targets: np.ndarray | None = None,
+                   folder_name: str = "splits") -> CandidateResult:
     """Fit head ``name`` on every split; ``preps[i]`` holds split i's features (one backbone for all
     splits when it is frozen, each split's own fine-tuned one otherwise); ``weights`` (one per training
-    photo) are the GPS sampling weights, ``targets`` soft training targets (distillation, probe only)."""
+    photo) are the GPS sampling weights, ``targets`` soft training targets (distillation, probe only).
+    A split with nothing held out (a refit) is fitted and not scored."""
     result = CandidateResult(name)
     head_config = config.model.model_copy(update={"type": name})
     inputs = ServedInputs.named(config.validation.served_metadata)
     for index, split in enumerate(splits):
         prep = preps[index]
-        folder = out / "splits" / f"{name}-{index}"
+        folder = out / folder_name / f"{name}-{index}"
         held_photos, held_rows = (prep.val, None) if split.held is None else (prep.train, split.held)
-        held = _table(held_photos, held_rows, vocab, prep.text)
+        held = None if held_photos is None else _table(held_photos, held_rows, vocab, prep.text)
         saved = folder / "head.safetensors"
         claim_folder(folder, _split_identity(name, head_config, config, prep, split, weights, targets),
                      config.optim.epochs if name == "multiview" else None, resume=resume, setting="optim.epochs",
@@ -138,6 +140,8 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
             info = {"fit_s": round(time.perf_counter() - started, 2)}
         else:
             select = held if split.select is None else _table(prep.train, split.select, vocab, prep.text)
+            if select is None:
+                raise ValueError(f"split {index}: a multi-view head needs rows to choose its checkpoint on")
             head, info = fit_multiview(config, head_config, prep.spec.feature_dim, vocab,
                                        _table(prep.train, split.fit, vocab, prep.text, augmented=True), select, folder,
                                        device=device, resume=resume, progress=progress,
@@ -146,9 +150,11 @@ def _fit_candidate(name: str, preps: list[PreparedData], config: TrainConfig, vo
                 forget_unseen_categories(head, vocab, [prep.train.samples[i] for i in split.fit])
         if "resumed" not in info and is_main():  # a finished split: --resume reuses it instead of fitting again
             atomic_write_bytes(saved, save({k: v.contiguous() for k, v in head.state_dict().items()}))
-        with_metadata = head_margins(head, held).numpy()
-        result.metadata.append(with_metadata)
-        result.served.append(with_metadata if inputs.metadata else head_margins(head, held.as_served(inputs)).numpy())
+        if held is not None:
+            with_metadata = head_margins(head, held).numpy()
+            result.metadata.append(with_metadata)
+            result.served.append(with_metadata if inputs.metadata else
+                                 head_margins(head, held.as_served(inputs)).numpy())
         result.heads.append(head)
         result.info.append(info)
     return result
@@ -169,7 +175,7 @@ def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, pre
             "sampling_weights": None if weights is None else hashlib.sha256(weights.tobytes()).hexdigest(),
             "soft_targets": None if targets is None else hashlib.sha256(targets.tobytes()).hexdigest(),
             "fit": keys(split.fit), "select": keys(split.select),
-            "held": keys(split.held) if split.held is not None else sorted(prep.val.keys)}  # type: ignore[union-attr]
+            "held": keys(split.held) if split.held is not None else sorted(prep.val.keys) if prep.val else []}
 
 
 def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], groups: list[np.ndarray],
@@ -191,12 +197,11 @@ def _held_out_probabilities(result: CandidateResult, labels: list[np.ndarray], g
     return np.concatenate(probabilities)
 
 
-def _feature_densities(result: CandidateResult, preps: list[PreparedData], splits: list[Split], vocab: MetadataVocab,
-                       config: TrainConfig, device: str) -> list[FeatureDensity]:
+def _feature_densities(served: Served, vocab: MetadataVocab, config: TrainConfig, device: str) -> list[FeatureDensity]:
     """Each served head's training-feature Gaussian (FOODS test-time augmentation), from its fusion-layer
     features on the photos it learnt from, as served (without metadata when requests carry none)."""
     densities, inputs = [], ServedInputs.named(config.validation.served_metadata)
-    for head, prep, split in zip(result.heads, preps, splits):
+    for head, prep, split in zip(served.heads, served.preps, served.splits):
         table = _table(prep.train, _learning_rows(split), vocab, prep.text).as_served(inputs)
         _, fused = head_outputs(head, table, device, fused=True)
         densities.append(FeatureDensity.fit(fused[:, 0]))
@@ -251,6 +256,8 @@ class Fitted:
     backbone: dict[str, Any]    # mode, why, and each split's fine-tuning fit
     finetuned: list[Finetuned]   # per split, what fine-tuning changed; [] = frozen
     settings: BackboneTrainingConfig
+    weights: np.ndarray | None   # per training photo, its GPS sampling weight (None: drawn uniformly)
+    targets: np.ndarray | None   # per training photo, its soft target (distillation)
     sampling: dict[str, Any] | None   # the GPS sampling report, when sampling was weighted
     seconds: float
 
@@ -287,7 +294,7 @@ def fit_candidates(plan: Plan, config: TrainConfig, out: Path, *, cache_dir: str
     results = {name: _fit_candidate(name, preps, config, plan.vocab, plan.splits, out, device=device, resume=resume,
                                     progress=progress, weights=weights, targets=targets) for name in names}
     return Fitted(results, preps, {"mode": settings.mode, "why": reason, "fits": [a[1].info for a in adapted]},
-                  [a[1] for a in adapted], settings, None if gps is None else report,
+                  [a[1] for a in adapted], settings, weights, targets, None if gps is None else report,
                   time.perf_counter() - started)
 
 
@@ -324,6 +331,46 @@ def calibrate(plan: Plan, result: CandidateResult, config: TrainConfig) -> Calib
                                        confidence=config.validation.cut_confidence, seed=config.seed,
                                        groups=plan.all_groups)
     return Calibrated(calibration, cut, margins)
+
+
+@dataclass
+class Served:
+    """What the bundle serves: every fold's chosen head (``folds``), or the chosen pipeline fitted once
+    more on every photo (``refit``), with what each reads."""
+
+    model: str
+    heads: list[torch.nn.Module]
+    finetuned: list[Finetuned]     # per head, its fine-tuned backbone; [] = the frozen one
+    preps: list[PreparedData]      # per head, the features it reads
+    splits: list[Split]            # per head, the rows it learnt from
+    info: dict[str, Any]
+
+
+def serve_folds(plan: Plan, fitted: Fitted, choice: Choice) -> Served:
+    """The k fold heads of the chosen candidate, served as one ensemble."""
+    return Served("folds", fitted.results[choice.name].heads, fitted.finetuned, fitted.preps, plan.splits, {})
+
+
+def refit(plan: Plan, fitted: Fitted, choice: Choice, config: TrainConfig, out: Path, *,
+          cache_dir: str | Path | None, device: str, resume: bool, progress: bool) -> Served:
+    """The chosen pipeline once more on every photo: the backbone fine-tuned on all of them when the folds
+    fine-tuned theirs, then the chosen head on its features, its checkpoint chosen on an inner grouped
+    split as in every fold (``out/refit/``). Nothing is held out, so the calibration and the estimate
+    stay those of the folds."""
+    prep, started = plan.prep, time.perf_counter()
+    fit, select = train_val_split(prep.train.labels, prep.grouping.ids, config.validation.fraction, config.seed)
+    split = Split(fit, select, None)
+    preps, finetuned = [prep], []
+    if fitted.finetuned:
+        (adapted, tuned), = adapted_splits(prep, [np.arange(len(prep.train.samples))], config, fitted.settings,
+                                           out, cache_dir=cache_dir, device=device, resume=resume,
+                                           progress=progress, weights=fitted.weights, folder="refit")
+        preps, finetuned = [adapted], [tuned]
+    result = _fit_candidate(choice.name, preps, config, plan.vocab, [split], out, device=device, resume=resume,
+                            progress=progress, weights=fitted.weights, targets=fitted.targets, folder_name="refit")
+    info = {"fit_s": round(time.perf_counter() - started, 2), "head": result.info[0],
+            "backbone": finetuned[0].info if finetuned else None}
+    return Served("refit", result.heads, finetuned, preps, [split], info)
 
 
 def validation_summary(plan: Plan, choice: Choice, calibrated: Calibrated) -> dict[str, Any]:
@@ -365,16 +412,18 @@ def train(data: str, out: str | Path, config: TrainConfig, *, val_data: str | No
     choice = choose_head(plan, fitted, config)
     calibrated = calibrate(plan, fitted.results[choice.name], config)
     validation = validation_summary(plan, choice, calibrated)
+    served = refit(plan, fitted, choice, config, out, cache_dir=cache_dir, device=device, resume=resume,
+                   progress=progress) if config.validation.serve == "refit" else serve_folds(plan, fitted, choice)
     if not is_main():   # the same result, written once (by process 0)
         return {"validation": validation, "chosen_head": choice.name}
-    return write_run(out, plan, fitted, choice, calibrated, validation, config, data=data, val_data=val_data,
-                     device=device, seconds=time.perf_counter() - started)
+    return write_run(out, plan, fitted, choice, calibrated, validation, config, served, data=data,
+                     val_data=val_data, device=device, seconds=time.perf_counter() - started)
 
 
 def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated: Calibrated,
-              validation: dict[str, Any], config: TrainConfig, *, data: str, val_data: str | None, device: str,
-              seconds: float) -> dict[str, Any]:
-    """OUT/validation_predictions.csv, OUT/bundle (the chosen heads, served together) and OUT/metrics.json."""
+              validation: dict[str, Any], config: TrainConfig, served: Served, *, data: str, val_data: str | None,
+              device: str, seconds: float) -> dict[str, Any]:
+    """OUT/validation_predictions.csv, OUT/bundle (the served heads) and OUT/metrics.json."""
     prep, result, calibration = plan.prep, fitted.results[choice.name], calibrated.calibration
     held_names = [photos.samples[i].file_name for photos, rows in plan.held for i in rows]
     # The group lets `ensemble` keep drives together; the raw margin and the fold let a cut rule be
@@ -391,12 +440,13 @@ def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated:
     if len(names) > 1 and len(splits) > 1:
         kind += f"; the better of {len(names)} heads on these same photos, so slightly optimistic"
     inputs = ServedInputs.named(config.validation.served_metadata)
-    head = HeadEnsemble(result.heads)
+    head = HeadEnsemble(served.heads)
     metrics: dict[str, Any] = {
         "validation": {**validation, "estimate": kind, "inputs": inputs.describe()},
         "validation_with_metadata": binary_metrics(
             calibration(torch.from_numpy(np.concatenate(result.metadata))).numpy(), plan.all_labels, 0.5),
         "chosen_head": choice.name,
+        "serving": {"model": served.model, "heads": len(served.heads), **served.info},
         "backbone_training": fitted.backbone,
         "sampling": fitted.sampling,
         "candidates": {n: {"mcc": choice.metrics[n]["mcc"], "mcc_ci95": choice.metrics[n]["ci95"]["mcc"],
@@ -421,10 +471,10 @@ def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated:
                 config=config, vocab=plan.vocab, backbone=prep.spec, calibration=calibration,
                 served=inputs, metrics=metrics["validation"],
                 data_summary=data_summary, fingerprints=prep.train.keys,
-                adapted_backbones=[f.changed for f in fitted.finetuned],
-                segmenters=[f.segmenter for f in fitted.finetuned] if fitted.preps[0].evidence_fields else None,  # type: ignore[misc]
+                adapted_backbones=[f.changed for f in served.finetuned],
+                segmenters=[f.segmenter for f in served.finetuned] if served.preps[0].evidence_fields else None,  # type: ignore[misc]
                 backbone_training=fitted.settings,
-                densities=_feature_densities(result, fitted.preps, splits, plan.vocab, config, device))
+                densities=_feature_densities(served, plan.vocab, config, device))
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
