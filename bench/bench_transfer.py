@@ -4,7 +4,9 @@
 
 Splits, each trained with `roadwork train` (`--variant default`: the shipped defaults, which
 fine-tune the backbone in every fold; `--variant frozen`: the frozen-backbone probe, seconds per
-fold) and scored on photos it never saw:
+fold; the recipe variants change one fine-tuning setting each; `folds` is the default re-run with
+the current code and `refit` that run refit on every photo, `validation.serve=refit`) and scored on
+photos it never saw:
 * loso: leave one real-dev source out (tracon, gtsdb, roadcone): train on the other sources, test on it;
 * grouped: real-dev grouped 5-fold over its `group` column, one training run per fold;
 * crossfit: one training run on all of real-dev; its own 5 grouped folds' out-of-fold margins, each
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,7 +66,12 @@ VARIANTS = {
     "short": ["backbone_training.epochs=6"],
     "wide-crops": ["backbone_training.crop_scale=[0.6,1.0]"],
     "global-view": ["data.views=global"],
+    # issue 21: the shipped default re-run with this code (a fold ensemble served), and the same run
+    # refit on every photo (it reuses the folds run's fine-tunings and heads, then fits once more)
+    "folds": [],
+    "refit": ["validation.serve=refit"],
 }
+REUSES = {"refit": "folds"}
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -145,7 +153,8 @@ def crossfit_folds(run_dir: Path) -> dict[str, dict]:
 def scored(train_data: Path, test_data: Path, out: Path, cache: Path, overrides: list[str]) -> dict:
     """Train (or reuse) one run; its out-of-fold and held-out margins and its own estimate."""
     if not (out / "metrics.json").is_file():
-        train(str(train_data), out, load_config(None, overrides), cache_dir=cache, progress=False)
+        train(str(train_data), out, load_config(None, overrides), cache_dir=cache, progress=False,
+              resume=(out / "splits").is_dir())
     saved = out / "held-out.json"
     if not saved.is_file():
         predictor = load_scorer(out / "bundle")
@@ -205,6 +214,10 @@ def main() -> None:
         if args.only and name.split(":")[0] not in args.only and name not in args.only:
             continue
         out = args.work / "runs" / args.variant / name.replace(":", "-")
+        reused = args.work / "runs" / REUSES.get(args.variant, args.variant) / name.replace(":", "-")
+        if reused != out and (reused / "metrics.json").is_file() and not out.exists():
+            for part in ("splits", "decoded"):   # the folds' work, which --resume then keeps
+                shutil.copytree(reused / part, out / part)
         if test_data is None:
             if not (out / "metrics.json").is_file():
                 train(str(train_data), out, load_config(None, VARIANTS[args.variant]), cache_dir=args.work / "cache",
@@ -214,7 +227,8 @@ def main() -> None:
             runs[name] = scored(train_data, test_data, out, args.work / "cache", VARIANTS[args.variant])
         print(f"trained {name}", flush=True)
     header = " | ".join(f"{r} MCC / bal." for r in RULES)
-    print(f"\n| split | n (pos.) | AUROC | estimate | best cut in hindsight | {header} |\n|{'---|' * (5 + len(RULES))}")
+    print(f"\n| split | n (pos.) | AUROC | estimate | best cut in hindsight (margin: MCC) | {header} |\n"
+          f"|{'---|' * (5 + len(RULES))}")
     families: dict[str, list[str]] = {}
     for name, run in runs.items():
         families.setdefault(name.split(":")[0], []).append(name)
@@ -222,8 +236,11 @@ def main() -> None:
         auroc = roc_auc_score(y, np.mean(run["held_margins"], axis=1)) if len(np.unique(y)) > 1 else float("nan")
         cells = [mccs(*held_out(run, rule)) for rule in RULES]
         margins = np.mean(run["held_margins"], axis=1)
-        hindsight = max(matthews_corrcoef(y, margins > cut) for cut in np.unique(margins))
-        print(f"| {name} | {len(y)} ({y.sum()}) | {auroc:.3f} | {run['estimate']:.3f} | {hindsight:.3f} | "
+        cuts = np.unique(margins)
+        scores = [matthews_corrcoef(y, margins > cut) for cut in cuts]
+        best = int(np.argmax(scores))
+        print(f"| {name} | {len(y)} ({y.sum()}) | {auroc:.3f} | {run['estimate']:.3f} | "
+              f"{cuts[best]:+.2f}: {scores[best]:.3f} | "
               + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells) + " |")
     for family, names in families.items():
         if len(names) > 1:   # pooled over the held-out parts of one family
