@@ -82,8 +82,10 @@ class MetadataBatch:
     text_present: Tensor  # [B] bool
 
     def __post_init__(self) -> None:
-        rows = {f.name: int(getattr(self, f.name).shape[0]) for f in fields(self)}   # ints also while tracing
-        if len(set(rows.values())) != 1:
+        # Compared, never hashed or cast: while a graph is exported the row count is a symbol, and
+        # int() would fix the exported batch size to the example's.
+        rows = {f.name: getattr(self, f.name).shape[0] for f in fields(self)}
+        if any(count != self.gps.shape[0] for count in rows.values()):
             raise ValueError(f"metadata fields disagree on the number of rows: {rows}")
         if self.gps.shape[1:] != (2,) or self.text.shape[1:] != (TEXT_DIM,):
             raise ValueError(

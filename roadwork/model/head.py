@@ -145,7 +145,7 @@ class MultiViewHead(nn.Module):
         fused, fused_views = vision, tokens
         context = []
         if self.metadata is not None:
-            if meta is None or len(meta) != features.shape[0]:
+            if meta is None or meta.gps.shape[0] != features.shape[0]:   # not len(): it would fix an exported batch
                 raise ValueError("this head uses metadata: pass a MetadataBatch with one row per sample")
             context.append(self.metadata(meta))
         if self.evidence is not None:

@@ -13,6 +13,8 @@ head graphs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -35,7 +37,8 @@ from roadwork.serve.scorer import read_kind
 from roadwork.storage import atomic_write_json, check_output, sha256_file, write_folder
 
 FORMAT_VERSION = 1
-OPSET = 17
+OPSET = 18   # the dynamo exporter's lowest
+MAX_BATCH = 65_536   # the largest batch (views, or photos for a head graph) an exported graph takes
 TOLERANCE = 1e-3   # largest margin or feature difference from PyTorch an export may show
 
 
@@ -109,12 +112,15 @@ def pad_views(features: Tensor, view_mask: Tensor) -> tuple[np.ndarray, np.ndarr
     return padded.numpy(), mask.numpy()
 
 
-def _export(module: nn.Module, inputs: tuple[Tensor, ...], path: Path, names: list[str], output: str,
-            dynamic: dict[str, dict[int, str]]) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer notes
+def _export(module: nn.Module, inputs: tuple[Tensor, ...], path: Path, names: list[str], output: str) -> None:
+    """torch.export's graph of ``module`` (the first dimension of every input and of the output dynamic)
+    as one ONNX file, through the dynamo exporter."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")   # the exporter's notes on renamed dynamic shapes
         torch.onnx.export(module, inputs, str(path), input_names=names, output_names=[output],
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+                          dynamic_shapes=tuple({0: batch} for _ in inputs), opset_version=OPSET, dynamo=True,
+                          external_data=False, verbose=False)
 
 
 def export_onnx(bundle_path: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
@@ -168,8 +174,7 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
         graphs.append((f"head-{source}.onnx", heads, head_inputs))
         for name, graph, inputs in graphs:
             output = "margins" if name.startswith("head") else "evidence" if name.startswith("seg") else "features"
-            axes = {key: {0: "b"} for key in (*inputs, output)}
-            _export(graph, tuple(inputs.values()), out / name, list(inputs), output, axes)
+            _export(graph, tuple(inputs.values()), out / name, list(inputs), output)
         for name, graph, inputs in graphs:
             inputs = {k: v[:2] if k == "views" else v for k, v in inputs.items()}
             session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
