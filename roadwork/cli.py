@@ -556,7 +556,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; the default answers this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
     device: DeviceOpt = "auto",
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Most images the backbone sees at once.")] = SERVE.max_batch,
+    max_batch_views: Annotated[int, typer.Option("--max-batch-views", help="Most backbone views in one micro-batch (a 224 px photo is one view, a 1920x1080 one twelve).")] = SERVE.max_batch_views,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a request waits for others to batch with.")] = SERVE.max_wait_ms,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Images waiting beyond this get 503 at once.")] = SERVE.max_queue,
     max_batch_images: Annotated[int, typer.Option("--max-batch-images", help="Most images in one /predict/batch request (at most --max-queue).")] = SERVE.max_batch_images,
@@ -578,7 +578,7 @@ def serve(
     from roadwork.serve.scorer import load_scorer
     from roadwork.serve.server import create_app
 
-    config = serve_config(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+    config = serve_config(max_batch_views=max_batch_views, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           max_batch_images=max_batch_images, max_pixels=max_pixels,
                           max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s, api_key=api_key)
     try:

@@ -273,7 +273,7 @@ class TrainerConfig(_Strict):
 class ServeConfig(_Strict):
     """Limits and batching of ``roadwork serve`` (see roadwork.serve.server); its options set them."""
 
-    max_batch: int = Field(16, ge=1, le=1024)
+    max_batch_views: int = Field(64, ge=1, le=16_384, description="backbone views per micro-batch")
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000)
     max_queue: int = Field(64, ge=1, le=100_000)
     max_body_bytes: int = Field(20 * 2**20, ge=1024)

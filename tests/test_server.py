@@ -16,7 +16,16 @@ from PIL import Image
 from roadwork.config import ConfigError, ServeConfig, serve_config
 from roadwork.data.sources import load_samples
 from roadwork.serve.predictor import Predictor
-from roadwork.serve.server import create_app
+from roadwork.serve.scorer import Prediction, Prepared, Scorer
+from roadwork.serve.server import MicroBatcher, create_app
+
+
+class _StandIn:
+    """A stand-in scorer for the server: the Scorer's default request path over its own predict_images."""
+
+    prepare_images = Scorer.prepare_images
+    score_prepared = Scorer.score_prepared
+    request_views = Scorer.request_views
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +126,7 @@ def test_concurrent_requests_are_batched_and_overload_is_a_fast_503(served):
     release = threading.Event()
     calls: list[int] = []
 
-    class Slow:   # holds the backbone until released, so requests pile up in the queue
+    class Slow(_StandIn):   # holds the backbone until released, so requests pile up in the queue
         bundle = predictor.bundle
 
         def predict_images(self, images, names=None):
@@ -125,7 +134,7 @@ def test_concurrent_requests_are_batched_and_overload_is_a_fast_503(served):
             calls.append(len(images))
             return predictor.predict_images(images, names)
 
-    app = create_app(Slow(), ServeConfig(max_batch=8, max_wait_ms=50, max_queue=4,
+    app = create_app(Slow(), ServeConfig(max_batch_views=8, max_wait_ms=50, max_queue=4,
                                          max_batch_images=4))  # type: ignore[arg-type]
     with TestClient(app) as client:
         async def burst() -> list[int]:
@@ -153,7 +162,7 @@ def test_a_request_left_waiting_past_its_timeout_gets_504_and_the_server_recover
     predictor, good = served["predictor"], served["good"]
     release = threading.Event()
 
-    class Stuck:
+    class Stuck(_StandIn):
         bundle = predictor.bundle
 
         def predict_images(self, images, names=None):
@@ -180,7 +189,7 @@ def test_a_server_with_tta_answers_as_its_predictor_and_says_so(probe_bundle, se
     assert answer.json()["probability"] == pytest.approx(expected.probability, abs=1e-6)
 
 
-class _Held:
+class _Held(_StandIn):
     """A predictor that holds the backbone until released and records every image it is given."""
 
     def __init__(self, predictor: Predictor) -> None:
@@ -196,7 +205,7 @@ class _Held:
 def test_a_batch_is_queued_whole_or_refused_whole(served):
     held, good = _Held(served["predictor"]), served["good"]
     encoded = base64.b64encode(good).decode()
-    app = create_app(held, ServeConfig(max_batch=1, max_wait_ms=0, max_queue=4, max_batch_images=4))  # type: ignore[arg-type]
+    app = create_app(held, ServeConfig(max_batch_views=1, max_wait_ms=0, max_queue=4, max_batch_images=4))  # type: ignore[arg-type]
     with TestClient(app) as client:
         async def crowd() -> list[int]:
             import httpx
@@ -209,6 +218,8 @@ def test_a_batch_is_queued_whole_or_refused_whole(served):
 
                 singles = [asyncio.create_task(single())]   # taken by the held backbone
                 await asyncio.sleep(0.2)
+                singles += [asyncio.create_task(single())]   # decoded, waiting for the backbone
+                await asyncio.sleep(0.2)
                 singles += [asyncio.create_task(single()) for _ in range(2)]   # 2 of 4 queue places
                 await asyncio.sleep(0.2)
                 batch = (await http.post("/predict/batch", json={"images": [encoded] * 3})).status_code
@@ -216,8 +227,8 @@ def test_a_batch_is_queued_whole_or_refused_whole(served):
                 return [batch, *await asyncio.gather(*singles)]
 
         statuses = client.portal.call(crowd)
-    assert statuses == [503, 200, 200, 200]
-    assert len(held.seen) == 3   # none of the refused batch's images reached the backbone
+    assert statuses == [503, 200, 200, 200, 200]
+    assert len(held.seen) == 4   # none of the refused batch's images reached the backbone
     with pytest.raises(ConfigError, match="max_batch_images.*max_queue"):
         serve_config(max_queue=8, max_batch_images=16)
 
@@ -264,3 +275,63 @@ def test_a_client_that_leaves_mid_body_is_one_log_line_and_counted_apart(served,
     assert 'status="500"' not in text
     records = [r for r in caplog.records if r.name == "roadwork.serve.server"]
     assert len(records) == 3 and all(r.exc_info is None and "disconnected" in r.getMessage() for r in records)
+
+
+def _histogram():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    return Histogram("h", "h", registry=CollectorRegistry())
+
+
+def test_batches_are_limited_in_views_and_decoding_overlaps_scoring():
+    """Batches hold at most max_batch_views views (a photo larger than that goes alone); the next batch is
+    decoded while the previous one is scored, and no more than one decoded batch waits."""
+    events: list[tuple[str, list[bytes]]] = []
+    scoring, second_decoded = threading.Event(), threading.Event()
+    waiting = {"most": 0, "now": 0}
+    lock = threading.Lock()
+
+    def prepare(images: list[bytes]) -> Prepared:
+        with lock:
+            events.append(("prepare", images))
+            waiting["now"] += 1
+            waiting["most"] = max(waiting["most"], waiting["now"])
+        if len(events) > 1 and scoring.is_set():
+            second_decoded.set()
+        return Prepared(images, ["image"] * len(images))
+
+    def score(prepared: Prepared) -> list[Prediction]:
+        scoring.set()
+        second_decoded.wait(5)   # the first batch's scoring lasts until the next batch is decoded
+        with lock:
+            events.append(("score", prepared.images))
+            waiting["now"] -= 1
+        return [Prediction("image", probability=0.5) for _ in prepared.images]
+
+    async def main() -> list[Prediction]:
+        batcher = MicroBatcher(prepare, score, ServeConfig(max_batch_views=13, max_wait_ms=20, max_queue=64),
+                               _histogram(), _histogram())
+        worker = asyncio.create_task(batcher.run())
+        sizes = [12, 1, 12, 1, 30, 1, 1, 1]
+        futures = batcher.submit([(bytes([i]), views) for i, views in enumerate(sizes)])
+        answers = await asyncio.wait_for(asyncio.gather(*futures), 10)
+        worker.cancel()
+        return answers
+
+    answers = asyncio.run(main())
+    assert len(answers) == 8 and all(a.probability == 0.5 for a in answers)
+    batches = [[image[0] for image in images] for kind, images in events if kind == "prepare"]
+    assert batches == [[0, 1], [2, 3], [4], [5, 6, 7]]   # 13 views at most; the 30-view photo alone
+    assert second_decoded.is_set()   # batch 2 was decoded while batch 1 was being scored
+    assert waiting["most"] <= 2   # one batch scored, one decoded (or being decoded) ahead of it
+
+
+def test_a_photo_costs_the_views_its_plan_gives_it_through_every_source(served):
+    from roadwork.data.views import plan_boxes
+
+    predictor = served["predictor"]   # one frozen backbone, plan auto
+    assert predictor.request_views(64, 48) == 1   # below 1.5x the input: the global view alone
+    spec = predictor.bundle.backbone
+    tiles = len(plan_boxes(spec.views, 1920, 1080, spec.input_size))
+    assert tiles > 4 and predictor.request_views(1920, 1080) == tiles   # the global view, tiles and squares
+    assert Scorer.request_views(predictor, 1920, 1080) == 1   # kinds that cannot tell count one per photo

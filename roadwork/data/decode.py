@@ -75,16 +75,21 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
 
 
-def header_pixels(data: bytes) -> int | None:
-    """Width x height from the image header alone (no pixel decoded); None when no header is readable,
-    which the decoder then reports properly."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height as the photo is shown (EXIF orientation applied) from the image header alone (no
+    pixel decoded); None when no header is readable, which the decoder then reports properly."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size
+            return oriented_size(Image.open(io.BytesIO(data)))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None
-    return width * height
+
+
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the image header alone; None when no header is readable."""
+    size = header_size(data)
+    return None if size is None else size[0] * size[1]
 
 
 def decode_image(

@@ -17,7 +17,7 @@ from roadwork.config import TtaConfig
 from roadwork.data.augment import TtaTransform, tta_transforms
 from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
-from roadwork.data.views import image_views, views_from_image
+from roadwork.data.views import image_views, plan_boxes, views_from_image
 from roadwork.errors import RoadworkError
 from roadwork.experts.segmentation import SegmentationEvidence, SegmentationSource
 from roadwork.features.extract import content_keys, extract_and_load
@@ -28,7 +28,7 @@ from roadwork.features.table import FeatureTable, evidence_rows, head_outputs
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
 from roadwork.serve.calibration import Calibration
-from roadwork.serve.scorer import Hashed, ImageInput, MemberScores, Prediction, Scorer
+from roadwork.serve.scorer import Hashed, ImageInput, MemberScores, Prediction, Prepared, Scorer
 from roadwork.serve.tta import FeatureDensity, combine
 from roadwork.storage import read_file
 
@@ -151,6 +151,11 @@ class Predictor(Scorer):
         serialised (the backbone is built once). A bad image gets an error in its own result only.
         """
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        return self.score_prepared(self.prepare_images(images, names))
+
+    def prepare_images(self, images: Sequence[ImageInput], names: Sequence[str]) -> Prepared:
+        """Each image decoded into its views on the device (no model runs, no lock is taken, so a server
+        decodes the next requests while the backbone scores these)."""
         spec = self.bundle.backbone
         views: list[Tensor | None] = []
         results = [Prediction(name) for name in names]
@@ -160,15 +165,26 @@ class Predictor(Scorer):
             except RoadworkError as error:
                 views.append(None)
                 result.error = str(error)
+        return Prepared(views, list(names), results)
+
+    def score_prepared(self, prepared: Prepared) -> list[Prediction]:
+        views, results = prepared.images, prepared.results or [Prediction(name) for name in prepared.names]
         good = [i for i, v in enumerate(views) if v is not None]
         if good:
             with self._lock:
-                samples = [Sample(file_name=names[i], label=None) for i in good]
-                margins = self._margins(lambda t: self._features([t(views[i]) for i in good]),  # type: ignore[misc]
-                                        samples)
+                samples = [Sample(file_name=prepared.names[i], label=None) for i in good]
+                margins = self._margins(lambda t: self._features([t(views[i]) for i in good]), samples)
             for i, value in zip(good, self.calibration(margins).tolist()):
                 results[i].probability = value
         return results
+
+    def request_views(self, width: int, height: int) -> int:
+        """The plan's views through every backbone source, the global view through every evidence source,
+        for every test-time copy."""
+        spec = self.bundle.backbone
+        tta = 1 if self.tta.mode == "none" else self.tta.augmentations
+        views = len(plan_boxes(spec.views, width, height, spec.input_size))
+        return (views * self.sources + len(self.bundle.evidence_sources)) * tta
 
     def roadwork_maps(self, samples: Sequence[Sample]) -> list[Tensor | None]:
         """The mean of the bundle's segmentation branches' maps over each photo's global view (None where

@@ -72,6 +72,16 @@ class MemberScores:
     failures: dict[str, str]
 
 
+@dataclass
+class Prepared:
+    """Requests made ready for the model (``Scorer.prepare_images``): the images as given, or what a kind
+    made of them (a ``Predictor``: each one's views, None with its error where it failed)."""
+
+    images: list[Any]
+    names: list[str]
+    results: list[Prediction] | None = None
+
+
 def spread(count: int, good: Sequence[int], values: Tensor | None) -> list[float | None]:
     """``values`` of the rows ``good`` placed in a list of ``count``, None elsewhere (failed images)."""
     placed: list[float | None] = [None] * count
@@ -112,6 +122,21 @@ class Scorer(ABC):
     @abstractmethod
     def predict_images(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
         """Calibrated P(roadwork) for images in memory or named by path; a bad image fails alone."""
+
+    def prepare_images(self, images: Sequence[ImageInput], names: Sequence[str]) -> Prepared:
+        """The first half of ``predict_images``: what can be done before the model runs (decoding, views),
+        so that a server decodes the next requests while the model scores these. Kinds that cannot
+        split their work pass the images on."""
+        return Prepared(list(images), list(names))
+
+    def score_prepared(self, prepared: Prepared) -> list[Prediction]:
+        """The second half of ``predict_images``."""
+        return self.predict_images(prepared.images, prepared.names)
+
+    def request_views(self, width: int, height: int) -> int:
+        """How many backbone views a photo of this size costs on the request path (what a server
+        batches by)."""
+        return 1
 
     @abstractmethod
     def sample_margins(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,

@@ -1,7 +1,10 @@
 """``roadwork serve``: the HTTP front of a Scorer (FastAPI; run by uvicorn).
 
-Concurrent requests are gathered into micro-batches (at most ``max_batch`` images, waiting at most
-``max_wait_ms`` for company) so the backbone sees one batch instead of many single images. The queue
+Concurrent requests are gathered into micro-batches (at most ``max_batch_views`` backbone views, counted
+from each photo's header and the bundle's view plan, waiting at most ``max_wait_ms`` for company) so the
+backbone sees one batch instead of many single images. Batches run as a two-stage pipeline: the next
+batch is decoded into views on one thread while the model scores the current one on another, and no
+more than one decoded batch waits, so memory stays bounded however many clients there are. The queue
 is bounded: a request whose images do not all fit gets 503 at once, with none of them queued, instead
 of memory growing, and a request that waits longer than ``timeout_s`` gets 504. Bodies are read up to
 ``max_body_bytes`` and photos up to ``max_pixels`` (from the header; 413 beyond). A bad image is a 4xx
@@ -27,8 +30,8 @@ from starlette.requests import ClientDisconnect
 
 from roadwork import __version__
 from roadwork.config import ServeConfig
-from roadwork.data.decode import ImageDecodeError, decode_base64, header_pixels
-from roadwork.serve.scorer import Prediction, Scorer
+from roadwork.data.decode import ImageDecodeError, decode_base64, header_pixels, header_size
+from roadwork.serve.scorer import Prediction, Prepared, Scorer
 
 log = logging.getLogger(__name__)
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -47,49 +50,93 @@ class RequestError(Exception):
         self.status = status
 
 
+Waiting = tuple[bytes, int, "asyncio.Future[Prediction]"]   # an image, its backbone views, its answer
+
+
+def _fail(batch: list[Waiting], error: Exception) -> None:
+    log.exception("prediction failed")   # a bug must fail these requests, not the server
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
 class MicroBatcher:
-    """Gathers images submitted concurrently into one ``predict`` call, run in a worker thread."""
+    """Gathers images submitted concurrently into batches of at most ``max_batch_views`` views, decodes
+    each (``prepare``) on one thread while the previous one is scored (``score``) on another."""
 
-    def __init__(self, predict: Callable[[list[bytes]], list[Prediction]], config: ServeConfig,
-                 batch_sizes: Histogram) -> None:
-        self.predict, self.config, self.batch_sizes = predict, config, batch_sizes
-        self.queue: asyncio.Queue[tuple[bytes, asyncio.Future[Prediction]]] = asyncio.Queue(config.max_queue)
+    def __init__(self, prepare: Callable[[list[bytes]], Prepared], score: Callable[[Prepared], list[Prediction]],
+                 config: ServeConfig, batch_images: Histogram, batch_views: Histogram) -> None:
+        self.prepare, self.score, self.config = prepare, score, config
+        self.batch_images, self.batch_views = batch_images, batch_views
+        self.queue: asyncio.Queue[Waiting] = asyncio.Queue(config.max_queue)
+        self._next: Waiting | None = None   # taken from the queue, but it opens the next batch
 
-    def submit(self, images: list[bytes]) -> list[asyncio.Future[Prediction]]:
-        """Queue all of a request's images or none (no await between the check and the puts, so no
-        other request can take the room meanwhile): a refused request costs the backbone nothing."""
+    def submit(self, images: list[tuple[bytes, int]]) -> list[asyncio.Future[Prediction]]:
+        """Queue all of a request's images (each with its view count) or none (no await between the
+        check and the puts, so no other request can take the room meanwhile): a refused request costs
+        the backbone nothing."""
         if self.queue.maxsize - self.queue.qsize() < len(images):
             raise Overloaded
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Prediction]] = [loop.create_future() for _ in images]
-        for image, future in zip(images, futures):
-            self.queue.put_nowait((image, future))
+        for (image, views), future in zip(images, futures):
+            self.queue.put_nowait((image, views, future))
         return futures
 
-    async def run(self) -> None:
+    async def _gather(self) -> list[Waiting]:
+        """The next batch: the first waiting image, then others while they fit in ``max_batch_views``
+        and ``max_wait_ms`` has not passed (an image larger than the limit goes alone)."""
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + self.config.max_wait_ms / 1000
-            while len(batch) < self.config.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait() if loop.time() >= deadline else
-                                 await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-            live = [(image, future) for image, future in batch if not future.done()]  # timed-out callers left
-            if not live:
-                continue
-            self.batch_sizes.observe(len(live))
+        batch = [self._next if self._next is not None else await self.queue.get()]
+        self._next = None
+        views = batch[0][1]
+        deadline = loop.time() + self.config.max_wait_ms / 1000
+        while views < self.config.max_batch_views:
             try:
-                results = await asyncio.to_thread(self.predict, [image for image, _ in live])
-            except Exception as error:   # a bug must fail these requests, not the server
-                log.exception("prediction failed")
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(error)
+                item = (self.queue.get_nowait() if loop.time() >= deadline else
+                        await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            if views + item[1] > self.config.max_batch_views:
+                self._next = item
+                break
+            batch.append(item)
+            views += item[1]
+        return [item for item in batch if not item[2].done()]   # timed-out callers left
+
+    async def run(self) -> None:
+        ready: asyncio.Queue[tuple[list[Waiting], Prepared]] = asyncio.Queue()
+        ahead = asyncio.Semaphore(1)   # one batch decoded (or being decoded) ahead of the one being scored
+        scorer = asyncio.create_task(self._score(ready, ahead))
+        try:
+            while True:
+                await ahead.acquire()
+                batch = await self._gather()
+                if not batch:
+                    ahead.release()
+                    continue
+                self.batch_images.observe(len(batch))
+                self.batch_views.observe(sum(views for _, views, _ in batch))
+                try:
+                    prepared = await asyncio.to_thread(self.prepare, [image for image, _, _ in batch])
+                except Exception as error:
+                    _fail(batch, error)
+                    ahead.release()
+                    continue
+                ready.put_nowait((batch, prepared))
+        finally:
+            scorer.cancel()
+
+    async def _score(self, ready: asyncio.Queue[tuple[list[Waiting], Prepared]], ahead: asyncio.Semaphore) -> None:
+        while True:
+            batch, prepared = await ready.get()
+            ahead.release()   # the next batch may be decoded while this one is scored
+            try:
+                results = await asyncio.to_thread(self.score, prepared)
+            except Exception as error:
+                _fail(batch, error)
                 continue
-            for (_, future), result in zip(live, results):
+            for (_, _, future), result in zip(batch, results):
                 if not future.done():
                     future.set_result(result)
 
@@ -176,11 +223,17 @@ def create_app(predictor: Scorer, config: ServeConfig | None = None) -> FastAPI:
     requests = Counter("roadwork_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("roadwork_request_seconds", "Request latency", ["endpoint"], registry=registry,
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
-    batch_sizes = Histogram("roadwork_batch_images", "Images per backbone batch", registry=registry,
-                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    batch_images = Histogram("roadwork_batch_images", "Images per backbone batch", registry=registry,
+                             buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    batch_views = Histogram("roadwork_batch_views", "Backbone views per batch", registry=registry,
+                            buckets=(1, 4, 8, 16, 32, 64, 128, 256, 512))
     depth = Gauge("roadwork_queue_images", "Images waiting for the backbone", registry=registry)
-    batcher = MicroBatcher(lambda images: predictor.predict_images(images, names=["image"] * len(images)), config,
-                           batch_sizes)
+    batcher = MicroBatcher(lambda images: predictor.prepare_images(images, ["image"] * len(images)),
+                           predictor.score_prepared, config, batch_images, batch_views)
+
+    def with_views(image: bytes) -> tuple[bytes, int]:
+        size = header_size(image)   # an unreadable header costs one view: the decoder will refuse it
+        return image, 1 if size is None else predictor.request_views(*size)
     depth.set_function(batcher.queue.qsize)
 
     @contextlib.asynccontextmanager
@@ -204,7 +257,7 @@ def create_app(predictor: Scorer, config: ServeConfig | None = None) -> FastAPI:
                 raise RequestError(401, "missing or wrong X-API-Key header")
             images = _images(await _body(request, config.max_body_bytes), request.headers.get("content-type", ""),
                              batch, config)
-            futures = batcher.submit([image for image in images if isinstance(image, bytes)])
+            futures = batcher.submit([with_views(image) for image in images if isinstance(image, bytes)])
             try:
                 answered = iter(await asyncio.wait_for(asyncio.gather(*futures), config.timeout_s))
             except TimeoutError:
