@@ -273,7 +273,9 @@ class TrainerConfig(_Strict):
 class ServeConfig(_Strict):
     """Limits and batching of ``roadwork serve`` (see roadwork.serve.server); its options set them."""
 
-    max_batch_views: int = Field(64, ge=1, le=16_384, description="backbone views per micro-batch")
+    # One 1920x1080 photo at 224 px (9 views): on 2 cores larger batches only add queueing and memory
+    # (bench/RESULTS.md, "Serving on CPUs").
+    max_batch_views: int = Field(9, ge=1, le=16_384, description="backbone views per micro-batch")
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000)
     max_queue: int = Field(64, ge=1, le=100_000)
     max_body_bytes: int = Field(20 * 2**20, ge=1024)
