@@ -232,6 +232,10 @@ def test_refit_serves_one_backbone_and_one_head_fitted_on_every_photo(mode, head
         digests = {f["digest"] for f in folds["backbone_training"]["fits"]}
         assert metrics["serving"]["backbone"]["digest"] not in digests
         assert (tmp_path / "refit" / "refit" / "backbone-0" / "backbone.safetensors").is_file()
+        from roadwork.serve.onnx import export_onnx
+
+        exported = export_onnx(tmp_path / "refit" / "bundle", tmp_path / "onnx")
+        assert sorted(exported["files"]) == ["backbone-0.onnx", "head-0.onnx"]   # one backbone graph
     samples = load_samples(str(photos))
     refit, failures = Predictor(bundle).predict_samples(samples, use_cache=False)
     assert not failures and np.std(refit) > 0
