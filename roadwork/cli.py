@@ -459,7 +459,8 @@ def pseudo_masks(
 ) -> None:
     """Instance masks of work-zone objects on DATA from SAM 3 text prompts, cached per photo (a rerun resumes)."""
     from roadwork.data.sources import load_samples
-    from roadwork.experts.pseudo_masks import DEFAULT_PROMPTS, Prompt, Sam3Segmenter
+    from roadwork.experts.prompts import DEFAULT_PROMPTS, Prompt
+    from roadwork.experts.pseudo_masks import Sam3Segmenter
     from roadwork.experts.pseudo_masks import pseudo_masks as run_pseudo_masks
     from roadwork.storage import check_output
 

@@ -314,6 +314,17 @@ class DetectorConfig(_Strict):
     tta: TtaConfig = TtaConfig()
 
 
+class ExpertsConfig(_Strict):
+    """Experts whose per-photo evidence the heads read beside the backbone's features (roadwork.experts)."""
+
+    detector: str | None = Field(None, description="an object detector by hub id or local folder (None: none)")
+    detector_prompts: list[str] | None = Field(
+        None, description="TEXT=CATEGORY prompts of an open-vocabulary detector; None: the work-zone defaults "
+        "for one, its own labels for a closed-set detector")
+    detector_threshold: float = Field(0.3, gt=0.0, lt=1.0, description="a box counts from this score")
+    detector_input_size: int = Field(640, ge=32, le=4096, description="the side of the global view it sees")
+
+
 class DistillConfig(_Strict):
     """``roadwork distill``: the student learns mix x softened teacher probability + (1 - mix) x label,
     the teacher's probability softened as sigmoid(logit(p) / temperature)."""
@@ -332,6 +343,7 @@ class TrainConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     trainer: TrainerConfig = TrainerConfig()
     validation: ValidationConfig = ValidationConfig()
+    experts: ExpertsConfig = ExpertsConfig()
     distill: DistillConfig = DistillConfig()
 
 

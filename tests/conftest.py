@@ -103,9 +103,7 @@ def probe_bundle(tmp_path_factory) -> dict[str, Path]:
 def tiny_sam3_folder(tmp_path_factory) -> Path:
     """A tiny random SAM 3 (Sam3Model and Sam3Processor with a byte-level CLIP tokenizer built in memory),
     saved with ``save_pretrained``: the real loading code, no download."""
-    from tokenizers import pre_tokenizers
     from transformers import (
-        CLIPTokenizer,
         Sam3Config,
         Sam3DETRDecoderConfig,
         Sam3DETREncoderConfig,
@@ -118,11 +116,7 @@ def tiny_sam3_folder(tmp_path_factory) -> Path:
         Sam3ViTConfig,
     )
 
-    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in [*symbols, *(s + "</w>" for s in symbols)]:
-        vocab.setdefault(symbol, len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])   # one token per character: prompts are truncated to 32
+    tokenizer = _character_tokenizer()   # prompts are truncated to 32 characters
     size, width = 64, 32   # every decoder's width must equal the FPN's; the mask decoder's divides by 8
     vit = Sam3ViTConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
                         image_size=size, patch_size=8, pretrain_image_size=size, window_size=4, global_attn_indexes=[1])
@@ -132,8 +126,8 @@ def tiny_sam3_folder(tmp_path_factory) -> Path:
                                        backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]]),
         text_config={"vocab_size": len(tokenizer), "hidden_size": width, "intermediate_size": 2 * width,
                      "projection_dim": width, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "max_position_embeddings": 32, "hidden_act": "gelu", "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
+                     "max_position_embeddings": 32, "hidden_act": "gelu", "bos_token_id": 1, "eos_token_id": 2,
+                     "pad_token_id": 0},
         geometry_encoder_config=Sam3GeometryEncoderConfig(num_layers=1, roi_size=2, **small),
         detr_encoder_config=Sam3DETREncoderConfig(num_layers=1, **small),
         detr_decoder_config=Sam3DETRDecoderConfig(num_layers=1, num_queries=8, **small),
@@ -144,4 +138,54 @@ def tiny_sam3_folder(tmp_path_factory) -> Path:
     Sam3Model(config).save_pretrained(folder)
     Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": size, "width": size}),
                   tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def _character_tokenizer():
+    """A byte-level CLIP tokenizer with one token per character, built in memory (no download); id 0 is
+    padding, as OWL models read a query whose first id is 0 as absent."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}
+    for symbol in [*symbols, *(s + "</w>" for s in symbols)]:
+        vocab.setdefault(symbol, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2_folder(tmp_path_factory) -> Path:
+    """A tiny random OWLv2 (open-vocabulary detector) and its processor, saved with ``save_pretrained``."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    tokenizer = _character_tokenizer()
+    config = Owlv2Config(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 24, "bos_token_id": 1, "eos_token_id": 2,
+                     "pad_token_id": 0},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 64, "patch_size": 16},
+        projection_dim=32)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("owlv2")
+    Owlv2ForObjectDetection(config).save_pretrained(folder)
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
+                   tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_yolos_folder(tmp_path_factory) -> Path:
+    """A tiny random closed-set detector (YOLOS) whose labels are two roadwork categories and a car."""
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    labels = {0: "cone", 1: "worker", 2: "car"}
+    config = YolosConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         image_size=[64, 64], patch_size=16, num_detection_tokens=6, id2label=labels,
+                         label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("yolos")
+    YolosForObjectDetection(config).save_pretrained(folder)
+    YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(folder)
     return folder

@@ -14,7 +14,8 @@ from roadwork.cli import app
 from roadwork.data.annotations import read_annotations
 from roadwork.data.sources import load_samples
 from roadwork.errors import RoadworkError
-from roadwork.experts.pseudo_masks import Prompt, Sam3Segmenter
+from roadwork.experts.prompts import Prompt
+from roadwork.experts.pseudo_masks import Sam3Segmenter
 
 from conftest import jpeg_bytes, write_folder
 

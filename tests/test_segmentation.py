@@ -88,7 +88,7 @@ def test_the_branch_is_served_as_evidence_the_same_on_every_path(tmp_path):
     train(str(data), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False)
     scorer = load_scorer(tmp_path / "run" / "bundle")
     bundle = scorer.bundle
-    assert [e.reads for e in bundle.evidence_sources] == [0, 1] and bundle.member_evidence == [[0], [1]]
+    assert [e.settings["reads"] for e in bundle.evidence_sources] == [0, 1] and bundle.member_evidence == [[0], [1]]
     assert bundle.evidence_fields(1) == ("segmentation.roadwork.max", "segmentation.roadwork.area")
     assert all(member.evidence_fields == 2 for member in bundle.head.members)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from PIL import Image
 from roadwork.backbones.base import weights_unavailable
 from roadwork.data.annotations import (
     ANNOTATIONS,
-    CATEGORIES,
     ImageAnnotations,
     ObjectAnnotation,
     coco_document,
@@ -34,33 +32,14 @@ from roadwork.data.annotations import (
 from roadwork.data.decode import decode_image
 from roadwork.data.records import DatasetError, Sample
 from roadwork.errors import RoadworkError
+from roadwork.experts.prompts import Prompt
 from roadwork.features.extract import content_keys
 from roadwork.features.store import default_cache_dir, local_identity
 from roadwork.progress import progress_bar
 from roadwork.storage import atomic_write_json, check_output, read_json, write_folder
 
 DEFAULT_MODEL = "facebook/sam3"
-DEFAULT_PROMPTS = ("traffic cone=cone", "road barrier=barrier", "construction sign=work_sign",
-                   "construction worker=worker", "excavator=machinery")
 MAX_TOKENS = 32   # SAM 3's text encoder reads at most 32 tokens
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A text prompt, and the annotation category its instances are filed under."""
-
-    text: str
-    category: str
-
-    @classmethod
-    def parse(cls, spec: str) -> Prompt:
-        """``TEXT=CATEGORY``, or ``TEXT`` alone for ``other_roadwork``."""
-        text, _, category = spec.partition("=")
-        text, category = text.strip(), category.strip() or "other_roadwork"
-        if not text or category not in CATEGORIES:
-            raise RoadworkError(f"prompt {spec!r}: give TEXT or TEXT=CATEGORY with a category among "
-                                f"{', '.join(CATEGORIES)}")
-        return cls(text, category)
 
 
 class Sam3Segmenter:

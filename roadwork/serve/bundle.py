@@ -33,6 +33,8 @@ from roadwork import __version__
 from roadwork.backbones.base import BackboneSpec
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
+from roadwork.experts.detector import PER_CONCEPT, DetectorSource
+from roadwork.experts.prompts import Prompt
 from roadwork.experts.segmentation import SegmentationSource
 from roadwork.features.metadata import MetadataVocab, ServedInputs
 from roadwork.features.source import BackboneSource
@@ -68,18 +70,27 @@ class FeatureSourceEntry:
 
 @dataclass(frozen=True)
 class EvidenceSourceEntry:
-    """An expert whose per-photo evidence heads read: the segmentation branch over feature source
-    ``reads``, its weights in ``weights``."""
+    """An expert whose per-photo evidence heads read: a segmentation branch (``settings``: the feature
+    source it reads and its weights' file) or a detector (its model, prompts, threshold, input size)."""
 
     name: str
-    reads: int
-    weights: str
+    kind: str
     fields: tuple[str, ...]
-    kind: str = "segmentation"
+    settings: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "reads": self.reads, "weights": self.weights,
-                "fields": list(self.fields)}
+        return {"name": self.name, "kind": self.kind, "fields": list(self.fields), **self.settings}
+
+
+def detector_entry(detector: DetectorSource) -> EvidenceSourceEntry:
+    settings = {k: v for k, v in detector.describe().items() if k not in ("name", "kind")}
+    return EvidenceSourceEntry(detector.name, "detector", detector.fields, settings)
+
+
+def _detector(entry: EvidenceSourceEntry) -> DetectorSource:
+    s = entry.settings
+    return DetectorSource(s["model"], tuple(Prompt.parse(p) for p in s["prompts"]), float(s["threshold"]),
+                          int(s["input_size"]), entry.name)
 
 
 @dataclass
@@ -107,11 +118,15 @@ class Bundle:
         return BackboneSource(self.backbone, self.sources[source].name, self.manifest["files"][weights],
                               self.path / weights)
 
-    def evidence_source(self, index: int) -> SegmentationSource:
-        """Evidence source ``index``: its branch's weights stored here, over the feature source it reads."""
+    def evidence_source(self, index: int) -> SegmentationSource | DetectorSource:
+        """Evidence source ``index``: a segmentation branch (its weights stored here, over the feature
+        source it reads), or a detector (named by hub id or folder, as the backbone is)."""
         entry = self.evidence_sources[index]
-        return SegmentationSource(self.feature_source(entry.reads), self.manifest["files"][entry.weights],
-                                  self.path / entry.weights, entry.name)
+        if entry.kind == "detector":
+            return _detector(entry)
+        weights = entry.settings["weights"]
+        return SegmentationSource(self.feature_source(entry.settings["reads"]), self.manifest["files"][weights],
+                                  self.path / weights, entry.name)
 
     def evidence_fields(self, member: int = 0) -> tuple[str, ...]:
         """The evidence columns head ``member`` reads, in order."""
@@ -159,14 +174,16 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
                 member_sources: list[int] | None = None,
                 backbone_training: BackboneTrainingConfig | None = None,
                 densities: list[FeatureDensity] | None = None,
-                segmenters: list[dict[str, torch.Tensor]] | None = None) -> Path:
+                segmenters: list[dict[str, torch.Tensor]] | None = None,
+                detector: DetectorSource | None = None) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place whole.
 
     ``adapted_backbones`` holds the weights fine-tuning changed in the base backbone, one source each
     (none: every head reads the base backbone); ``member_sources`` says which source each head reads
     (by default head i reads source i, or the only one); ``densities``, per head, its training-feature
     Gaussian; ``segmenters``, per adapted backbone, the segmentation branch trained with it, whose
-    evidence the heads reading that backbone also read."""
+    evidence the heads reading that backbone also read; ``detector``, a detector whose evidence every
+    head reads first."""
 
     def fill(staging: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -183,16 +200,20 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
         for name, changed in zip(adapted, adapted_backbones or []):
             atomic_write_bytes(staging / name, save(changed))
         extra = list(adapted)
-        evidence: list[EvidenceSourceEntry] = []
+        evidence = [detector_entry(detector)] if detector is not None else []
+        member_evidence = [[0] if detector is not None else [] for _ in reads]
         if segmenters:
             if len(segmenters) != len(adapted):
                 raise ValueError(f"{len(segmenters)} segmentation branches for {len(adapted)} adapted backbones")
+            first = len(evidence)
             for i, weights in enumerate(segmenters):
-                entry = EvidenceSourceEntry(f"segmentation-{i}", i, f"segmenter-{i}.safetensors",
-                                            SegmentationSource.fields)
-                atomic_write_bytes(staging / entry.weights, save(weights))
+                entry = EvidenceSourceEntry(f"segmentation-{i}", "segmentation", SegmentationSource.fields,
+                                            {"reads": i, "weights": f"segmenter-{i}.safetensors"})
+                atomic_write_bytes(staging / entry.settings["weights"], save(weights))
                 evidence.append(entry)
-                extra.append(entry.weights)
+                extra.append(entry.settings["weights"])
+            for chosen, read in zip(member_evidence, reads):
+                chosen.append(first + read)
         if densities is not None:
             if len(densities) != members:
                 raise ValueError(f"{len(densities)} feature densities for {members} heads")
@@ -212,7 +233,7 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
             "sources": [s.to_dict() for s in sources],
             "member_sources": reads,
             "evidence_sources": [e.to_dict() for e in evidence],
-            "member_evidence": [[read] for read in reads] if evidence else [[] for _ in reads],
+            "member_evidence": member_evidence,
             "feature_density": DENSITY if densities is not None else None,
             "vocabulary": vocab.to_dict(),
             "calibration": calibration.to_dict(),
@@ -294,7 +315,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         width = widths.pop()
         head = HeadEnsemble([build_head(head_config, backbone.feature_dim, vocab, width) for _ in range(members)])
         head.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-        stored = [s.weights for s in sources if s.weights] + [e.weights for e in evidence]
+        stored = [s.weights for s in sources if s.weights] + [e.settings["weights"] for e in evidence
+                                                                if e.kind == "segmentation"]
         for name in (FINGERPRINTS, *stored, *([density] if density else [])):   # readable now, not at a request
             with safe_open(str(path / name), framework="pt"):
                 pass
@@ -323,12 +345,26 @@ def _read_evidence(manifest: dict[str, Any], members: int,
     entries, reads = manifest.get("evidence_sources", []), manifest.get("member_evidence")
     evidence = []
     for entry in entries:
-        if entry.get("kind") != "segmentation" or not isinstance(entry.get("reads"), int) or \
-                not 0 <= entry["reads"] < sources or entry.get("weights") not in manifest["files"] or \
-                tuple(entry.get("fields", ())) != SegmentationSource.fields:
-            raise ValueError(f"an evidence source must be a segmentation branch over one of the {sources} "
-                             f"feature sources, naming a verified file and its fields; got {entry!r}")
-        evidence.append(EvidenceSourceEntry(entry["name"], entry["reads"], entry["weights"], tuple(entry["fields"])))
+        settings = {k: v for k, v in entry.items() if k not in ("name", "kind", "fields")}
+        found = EvidenceSourceEntry(entry.get("name"), entry.get("kind"), tuple(entry.get("fields", ())), settings)
+        if found.kind == "segmentation":
+            if not isinstance(settings.get("reads"), int) or not 0 <= settings["reads"] < sources or \
+                    settings.get("weights") not in manifest["files"] or found.fields != SegmentationSource.fields:
+                raise ValueError(f"a segmentation branch must read one of the {sources} feature sources, name a "
+                                 f"verified file and its fields; got {entry!r}")
+        elif found.kind == "detector":
+            try:
+                detector = _detector(found)
+            except (KeyError, TypeError, ValueError, RoadworkError) as error:
+                raise ValueError(f"a detector entry needs model, prompts, threshold and input_size: {error}") \
+                    from None
+            concepts = len({p.category for p in detector.prompts}) if detector.prompts else \
+                len(found.fields) // len(PER_CONCEPT)
+            if not found.fields or len(found.fields) != len(PER_CONCEPT) * concepts:
+                raise ValueError(f"a detector's fields must be {len(PER_CONCEPT)} per concept; got {entry!r}")
+        else:
+            raise ValueError(f"unknown evidence source kind {found.kind!r}")
+        evidence.append(found)
     if reads is None:
         reads = [[] for _ in range(members)]
     if not isinstance(reads, list) or len(reads) != members or not all(

@@ -58,11 +58,11 @@ class _EvidenceGraph(nn.Module):
 
     def __init__(self, expert: SegmentationEvidence) -> None:
         super().__init__()
-        self.graph, self.segmenter = _BackboneGraph(expert.backbone), expert.segmenter
+        # not "graph": the exported module's own fx graph has that name
+        self.reads, self.segmenter = _BackboneGraph(expert.backbone), expert.segmenter
 
     def forward(self, views: Tensor) -> Tensor:
-        backbone = self.graph.backbone
-        _, tokens = backbone.encode((views - self.graph.mean) / self.graph.std, True)
+        _, tokens = self.reads.backbone.encode((views - self.reads.mean) / self.reads.std, True)
         side = int(tokens.shape[1] ** 0.5)
         spatial = tokens.float().transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
         return map_evidence(roadwork_map(self.segmenter, spatial))
@@ -154,6 +154,9 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
     size, dim = bundle.backbone.input_size, bundle.backbone.feature_dim
     generator = torch.Generator().manual_seed(0)
     parity: dict[str, float] = {}
+    if any(entry.kind != "segmentation" for entry in bundle.evidence_sources):
+        raise RoadworkError("ONNX export covers the segmentation branch's evidence; a bundle whose heads read a "
+                            "detector is served by the bundle itself")
     evidence_of = _evidence_of(bundle)
     for source in range(predictor.sources):
         backbone = _BackboneGraph(predictor.backbone(source)).eval()

@@ -19,6 +19,7 @@ from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, plan_boxes, views_from_image
 from roadwork.errors import RoadworkError
+from roadwork.experts.detector import DetectorEvidence, DetectorSource
 from roadwork.experts.segmentation import SegmentationEvidence, SegmentationSource
 from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.metadata import ServedInputs
@@ -31,6 +32,14 @@ from roadwork.serve.calibration import Calibration
 from roadwork.serve.scorer import Hashed, ImageInput, MemberScores, Prediction, Prepared, Scorer
 from roadwork.serve.tta import FeatureDensity, combine
 from roadwork.storage import read_file
+
+ViewKey = tuple[str, int]   # a view plan and the side its views are resized to
+ImageViews = dict[ViewKey, Tensor]   # one photo's views, for every (plan, size) the bundle's sources read
+
+
+def transformed(transform: TtaTransform, views: ImageViews) -> ImageViews:
+    """A test-time copy of every view of one photo."""
+    return {key: transform(tensor) for key, tensor in views.items()}
 
 
 def request_views(image: ImageInput, plan: str, input_size: int, device: torch.device, name: str) -> Tensor:
@@ -70,7 +79,7 @@ class Predictor(Scorer):
         self.head = bundle.head.to(self.device).eval()
         self.feature_sources: list[FeatureSource] = [bundle.feature_source(i) for i in range(len(bundle.sources))]
         self.feature_sources += [bundle.evidence_source(j) for j in range(len(bundle.evidence_sources))]
-        self._backbones: dict[int, Backbone | SegmentationEvidence] = {}
+        self._backbones: dict[int, Backbone | SegmentationEvidence | DetectorEvidence] = {}
         self._lock = threading.RLock()
         self._text: TextEncoder | None = None
         self.tta = TtaConfig()
@@ -108,16 +117,25 @@ class Predictor(Scorer):
         """How many backbones produce features."""
         return len(self.bundle.sources)
 
-    def backbone(self, source: int = 0) -> Backbone | SegmentationEvidence:
+    def backbone(self, source: int = 0) -> Backbone | SegmentationEvidence | DetectorEvidence:
         with self._lock:
             return self._backbone(source)
 
-    def _plan(self, source: int) -> str:
-        """The views source ``source`` reads: the bundle's plan, or the global view alone (evidence)."""
-        feature_source = self.feature_sources[source]
-        return feature_source.plan if isinstance(feature_source, SegmentationSource) else self.bundle.backbone.views
+    def _views(self, source: int) -> ViewKey:
+        """The views source ``source`` reads: the bundle's plan at the backbone's input size, or an evidence
+        source's (the global view, at its own size for a detector)."""
+        feature_source, spec = self.feature_sources[source], self.bundle.backbone
+        if isinstance(feature_source, DetectorSource):
+            return feature_source.plan, feature_source.input_size
+        if isinstance(feature_source, SegmentationSource):
+            return feature_source.plan, spec.input_size
+        return spec.views, spec.input_size
 
-    def _backbone(self, source: int) -> Backbone | SegmentationEvidence:
+    def _view_keys(self) -> list[ViewKey]:
+        """Every (plan, size) some source reads, each decoded once per photo."""
+        return list(dict.fromkeys(self._views(i) for i in range(len(self.feature_sources))))
+
+    def _backbone(self, source: int) -> Backbone | SegmentationEvidence | DetectorEvidence:
         if source not in self._backbones:
             self._backbones[source] = self.feature_sources[source].load(self.device)
         return self._backbones[source]
@@ -125,19 +143,22 @@ class Predictor(Scorer):
     def _store(self, source: int, cache_dir: str | Path | None, transform: TtaTransform | None = None) -> FeatureStore:
         return self.feature_sources[source].store(cache_dir, self.device, transform.variant if transform else None)
 
-    def _features(self, views: Sequence[Tensor]) -> list[list[Tensor]]:
+    def _features(self, views: Sequence[ImageViews]) -> list[list[Tensor]]:
         """Per source, each image's ``[views, dim]`` features (``[1, fields]`` evidence from its global
-        view, the first of every plan), the views of several images batched together."""
+        view), the views of several images batched together."""
         if not views:
             return [[] for _ in self.feature_sources]
-        every = (torch.cat(list(views)), [v.shape[0] for v in views])
-        first = (torch.stack([v[0] for v in views]), [1] * len(views))
         per_source = []
         for source in range(len(self.feature_sources)):
-            stacked, counts = every if self._plan(source) == self.bundle.backbone.views else first
+            key = self._views(source)
+            stacked, counts = torch.cat([v[key] for v in views]), [v[key].shape[0] for v in views]
             pooled = torch.cat([self._encode(source, chunk).cpu() for chunk in stacked.split(self.batch_size)])
             per_source.append(list(pooled.split(counts)))
         return per_source
+
+    def _decode(self, image: ImageInput, name: str) -> ImageViews:
+        """The views of one image every source needs (raises the decoding error)."""
+        return {key: request_views(image, key[0], key[1], self.device, name) for key in self._view_keys()}
 
     def _encode(self, source: int, views: Tensor) -> Tensor:
         """Pooled ``[N, D]`` features (or ``[N, fields]`` evidence) of ``[N, 3, S, S]`` views from
@@ -156,12 +177,11 @@ class Predictor(Scorer):
     def prepare_images(self, images: Sequence[ImageInput], names: Sequence[str]) -> Prepared:
         """Each image decoded into its views on the device (no model runs, no lock is taken, so a server
         decodes the next requests while the backbone scores these)."""
-        spec = self.bundle.backbone
-        views: list[Tensor | None] = []
+        views: list[ImageViews | None] = []
         results = [Prediction(name) for name in names]
         for image, result in zip(images, results):
             try:
-                views.append(request_views(image, spec.views, spec.input_size, self.device, result.name))
+                views.append(self._decode(image, result.name))
             except RoadworkError as error:
                 views.append(None)
                 result.error = str(error)
@@ -173,7 +193,7 @@ class Predictor(Scorer):
         if good:
             with self._lock:
                 samples = [Sample(file_name=prepared.names[i], label=None) for i in good]
-                margins = self._margins(lambda t: self._features([t(views[i]) for i in good]), samples)
+                margins = self._margins(lambda t: self._features([transformed(t, views[i]) for i in good]), samples)
             for i, value in zip(good, self.calibration(margins).tolist()):
                 results[i].probability = value
         return results
@@ -189,7 +209,8 @@ class Predictor(Scorer):
     def roadwork_maps(self, samples: Sequence[Sample]) -> list[Tensor | None]:
         """The mean of the bundle's segmentation branches' maps over each photo's global view (None where
         the photo does not decode, or for every photo without a branch)."""
-        experts = range(self.sources, len(self.feature_sources))
+        experts = [j for j in range(self.sources, len(self.feature_sources))
+                   if isinstance(self.feature_sources[j], SegmentationSource)]
         maps: list[Tensor | None] = [None] * len(samples)
         if not experts:
             return maps
@@ -296,7 +317,7 @@ class Predictor(Scorer):
                 hashed = content_keys(samples, progress)
             loaded, failures = [], {}
             for source in range(len(self.feature_sources)):
-                result, cached = extract_and_load(samples, lambda s=source: self.backbone(s), self._plan(source),
+                result, cached = extract_and_load(samples, lambda s=source: self.backbone(s), self._views(source)[0],
                                                   self._store(source, cache_dir, transform), progress=progress,
                                                   hashed=hashed, augment=transform)
                 loaded.append(cached)
@@ -304,16 +325,14 @@ class Predictor(Scorer):
             good = [i for i in range(len(samples)) if all(cached[i] is not None for cached in loaded)]
             return [[cached[i] for i in good] for cached in loaded], good, failures   # type: ignore[misc]
         views, good, failures = self._sample_views(samples)
-        return self._features([v if transform is None else transform(v) for v in views]), good, failures
+        return self._features([v if transform is None else transformed(transform, v) for v in views]), good, failures
 
-    def _sample_views(self, samples: Sequence[Sample]) -> tuple[list[Tensor], list[int], dict[str, str]]:
+    def _sample_views(self, samples: Sequence[Sample]) -> tuple[list[ImageViews], list[int], dict[str, str]]:
         """The views of the samples whose images decoded, their indices, and the failures by file name."""
-        spec = self.bundle.backbone
         views, good, failures = [], [], {}
         for i, sample in enumerate(samples):
             try:
-                views.append(image_views(sample.read_bytes(), spec.views, spec.input_size, device=self.device,
-                                         source=sample.file_name))
+                views.append(self._decode(sample.read_bytes(), sample.file_name))
                 good.append(i)
             except RoadworkError as error:
                 failures[sample.file_name] = str(error)
@@ -327,8 +346,9 @@ class Predictor(Scorer):
         if not use_cache or not self.reads_cache:   # decode once; every copy transforms these views
             views, good, failures = self._sample_views(samples)
             kept = [samples[i] for i in good]
-            margins = self._margins(lambda t: self._features([t(v) for v in views]), kept) if good else None
-            return margins, good, failures
+            if not good:
+                return None, good, failures
+            return self._margins(lambda t: self._features([transformed(t, v) for v in views]), kept), good, failures
         if hashed is None:   # hash once for every copy
             hashed = content_keys(samples, progress)
         features, good, failures = self.sample_features(samples, cache_dir, use_cache, progress, hashed)

@@ -336,14 +336,18 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
             raise DatasetError(f"the adapted backbone of split {index} failed on: "
                                + "; ".join(list(result.failures.values())[:3]))
         n = len(train.samples)
-        evidence, fields = None, ()
+        evidence, fields = prep.train.evidence, prep.evidence_fields   # the detector's, when there is one
+        if prep.val is not None and evidence is not None:
+            evidence = torch.cat([evidence, prep.val.evidence])   # type: ignore[list-item]
         if tuned.segmenter is not None and config.model.evidence:
             source = SegmentationSource(BackboneSource(spec, changed=digest), segmenter_digest(tuned.segmenter))
             expert = SegmentationEvidence(backbone, load_segmenter(tuned.segmenter))
             found, values = extract_and_load(everything, expert, source.plan, source.store(cache_dir, device),
                                              num_workers=config.data.num_workers, progress=progress,
                                              hashed=(list(keys), {}))
-            evidence, fields = evidence_rows(values, len(everything), len(source.fields)), source.fields
+            branch = evidence_rows(values, len(everything), len(source.fields))
+            evidence = branch if evidence is None else torch.cat([evidence, branch], dim=1)
+            fields = (*fields, *source.fields)
             info |= {"evidence_s": round(found.seconds, 2)}
         adapted = dataclasses.replace(
             prep, adapted_digest=digest, evidence_fields=fields,

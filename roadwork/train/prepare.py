@@ -24,8 +24,10 @@ from roadwork.data.groups import Grouping, check_label_conflicts, group_samples,
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
 from roadwork.distributed import rank_and_world
+from roadwork.experts.detector import DetectorSource, detector_source
 from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.source import BackboneSource
+from roadwork.features.table import evidence_rows
 from roadwork.model.text import TextEncoder
 
 
@@ -65,6 +67,7 @@ class PreparedData:
     masks: dict[str, np.ndarray] = field(default_factory=dict)   # by content key: the work-zone mask,
     # uint8 0..255 at the fine-tuning decode size (DECODE_MARGIN x input, as the global view is squeezed)
     evidence_fields: tuple[str, ...] = ()   # the names of the Photos.evidence columns
+    detector: DetectorSource | None = None   # experts.detector, whose evidence comes first in them
 
 
 def require_both_classes(samples: Sequence[Sample], name: str) -> None:
@@ -140,7 +143,30 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
                   "seconds": round(result.seconds, 2), "label_conflicts_dropped": len(readable) - len(keep)}
     masks = training_masks(train, [data, *add_data], config, round(spec.input_size * DECODE_MARGIN)) \
         if config.loss.dice_weight > 0 else {}
-    return PreparedData(train, val, grouping, spec, text, leakage, extraction, masks=masks)
+    prepared = PreparedData(train, val, grouping, spec, text, leakage, extraction, masks=masks)
+    return with_detector(prepared, config, cache_dir=cache_dir, device=device, progress=progress) \
+        if config.experts.detector and config.model.evidence else prepared
+
+
+def with_detector(prep: PreparedData, config: TrainConfig, *, cache_dir: str | Path | None, device: str,
+                  progress: bool) -> PreparedData:
+    """The photos with ``experts.detector``'s evidence (cached like features; NULL where it failed on a
+    photo), which every head reads."""
+    experts = config.experts
+    source = detector_source(experts.detector, experts.detector_prompts, experts.detector_threshold,  # type: ignore[arg-type]
+                             experts.detector_input_size)
+    photos = [p for p in (prep.train, prep.val) if p is not None]
+    everything = [s for p in photos for s in p.samples]
+    result, found = extract_and_load(everything, cache(lambda: source.load(device)), source.plan,
+                                     source.store(cache_dir, device), num_workers=config.data.num_workers,
+                                     progress=progress, hashed=([k for p in photos for k in p.keys], {}))
+    evidence = evidence_rows(found, len(everything), len(source.fields))
+    n = len(prep.train.samples)
+    train = replace(prep.train, evidence=evidence[:n])
+    val = None if prep.val is None else replace(prep.val, evidence=evidence[n:])
+    extraction = {**prep.extraction, "detector": {"extracted": result.extracted, "cached": result.cached,
+                                                  "failed": len(result.failures), "seconds": round(result.seconds, 2)}}
+    return replace(prep, train=train, val=val, evidence_fields=source.fields, detector=source, extraction=extraction)
 
 
 def training_masks(train: Photos, folders: Sequence[str], config: TrainConfig, side: int) -> dict[str, np.ndarray]:

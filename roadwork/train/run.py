@@ -473,7 +473,9 @@ def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated:
                 served=inputs, metrics=metrics["validation"],
                 data_summary=data_summary, fingerprints=prep.train.keys,
                 adapted_backbones=[f.changed for f in served.finetuned],
-                segmenters=[f.segmenter for f in served.finetuned] if served.preps[0].evidence_fields else None,  # type: ignore[misc]
+                segmenters=[f.segmenter for f in served.finetuned]  # type: ignore[misc]
+                if any(f.startswith("segmentation.") for f in served.preps[0].evidence_fields) else None,
+                detector=prep.detector,
                 backbone_training=fitted.settings,
                 densities=_feature_densities(served, plan.vocab, config, device))
     atomic_write_json(out / "metrics.json", metrics)

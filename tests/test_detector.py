@@ -1,0 +1,80 @@
+"""The detector expert: evidence read off boxes, open-vocabulary and closed-set detectors (tiny random
+models saved with save_pretrained), and a run whose heads read the evidence on every path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from roadwork.config import load_config
+from roadwork.data.sources import load_samples
+from roadwork.errors import RoadworkError
+from roadwork.experts.detector import Found, concept_evidence, detector_source
+from roadwork.experts.prompts import DEFAULT_PROMPTS, Prompt
+from roadwork.serve.scorer import load_scorer
+from roadwork.train.run import train
+
+from conftest import orange_block_folder
+
+SMALL = ["validation.groups=rows", "validation.folds=2", "validation.fraction=0.5", "model.type=probe",
+         "backbone_training.mode=frozen", "data.input_size=64", "experts.detector_input_size=64"]
+
+
+def test_evidence_per_concept_is_best_score_count_largest_area_and_nearest_edge():
+    boxes = [[Found(0, 0.9, (0, 50, 20, 90)), Found(0, 0.2, (0, 0, 100, 100)), Found(1, 0.6, (-10, -10, 50, 150))],
+             []]
+    evidence = concept_evidence(boxes, concepts=2, threshold=0.5, side=100)
+    assert torch.allclose(evidence[0], torch.tensor([0.9, 1, 0.08, 0.9,   # the 0.2 box counts for the score only
+                                                     0.6, 1, 0.5, 1.0]))   # clipped to the view: 50 x 100
+    assert torch.equal(evidence[1], torch.zeros(8))   # nothing found: zeros, not NULL (the detector did look)
+
+
+def test_open_vocabulary_and_closed_set_detectors_give_their_concepts(tiny_owlv2_folder, tiny_yolos_folder, tmp_path):
+    open_set = detector_source(str(tiny_owlv2_folder), None, 0.3, 64)
+    assert open_set.prompts == tuple(Prompt.parse(p) for p in DEFAULT_PROMPTS)
+    assert open_set.fields[:4] == ("detector.cone.score", "detector.cone.count", "detector.cone.area",
+                                   "detector.cone.near") and len(open_set.fields) == 4 * 5
+    closed = detector_source(str(tiny_yolos_folder), None, 0.3, 64)
+    assert closed.prompts == () and {f.split(".")[1] for f in closed.fields} == {"cone", "worker"}   # not "car"
+    with pytest.raises(RoadworkError, match="closed-set detector"):
+        detector_source(str(tiny_yolos_folder), ["traffic cone=cone"], 0.3, 64)
+    with pytest.raises(RoadworkError, match="not a detector folder"):
+        detector_source(str(tmp_path), None, 0.3, 64)
+    views = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    for source in (open_set, closed):
+        evidence = source.load("cpu").features(views)
+        assert evidence.shape == (3, len(source.fields)) and torch.isfinite(evidence).all()
+        scores = evidence.reshape(3, -1, 4)[..., 0]
+        assert ((scores >= 0) & (scores <= 1)).all() and scores.max() > 0   # it did score something
+
+
+def test_a_run_with_a_detector_reads_its_evidence_on_every_path(tiny_owlv2_folder, tmp_path):
+    photos = orange_block_folder(tmp_path / "data", 16, seed=4)
+    config = load_config(None, [*SMALL, f"experts.detector={tiny_owlv2_folder}",
+                                "experts.detector_prompts=[traffic cone=cone, worker=worker]"])
+    metrics = train(str(photos), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False)
+    assert metrics["extraction"]["detector"]["extracted"] == 16
+    scorer = load_scorer(tmp_path / "run" / "bundle")
+    bundle = scorer.bundle
+    assert [e.kind for e in bundle.evidence_sources] == ["detector"] and bundle.member_evidence == [[0], [0]]
+    assert bundle.evidence_fields() == tuple(f"detector.{c}.{f}" for c in ("cone", "worker")
+                                             for f in ("score", "count", "area", "near"))
+    assert all(member.evidence_fields == 8 for member in bundle.head.members)
+
+    samples = load_samples(str(photos))
+    cached, failures = scorer.predict_samples(samples, cache_dir=tmp_path / "cache")
+    assert not failures and not scorer._backbones   # features and evidence both from the training cache
+    uncached, _ = scorer.predict_samples(samples, use_cache=False)
+    served = [p.probability for p in scorer.predict_images([s.path for s in samples])]
+    np.testing.assert_allclose(served, uncached, atol=1e-6)
+    np.testing.assert_allclose(cached, uncached, atol=2e-3)   # the cache holds float16
+
+    features, _, _ = scorer.sample_features(samples, tmp_path / "cache")
+    nulled = [features[0], [torch.full_like(e, float("nan")) for e in features[1]]]
+    assert not torch.allclose(scorer.margins_from_features(nulled, samples), scorer.margins_from_features(features,
+                                                                                                          samples))
+    with pytest.raises(RoadworkError, match="detector"):   # the export covers the segmentation branch only
+        from roadwork.serve.onnx import export_onnx
+
+        export_onnx(tmp_path / "run" / "bundle", tmp_path / "onnx")
