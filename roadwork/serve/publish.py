@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from roadwork import __version__
 from roadwork.errors import RoadworkError
 from roadwork.serve.scorer import MANIFEST, PUBLISHED_BUNDLE, PUBLISHED_CARD, load_scorer, published_bundle, read_kind
 from roadwork.storage import atomic_write_json, atomic_write_text, check_output, read_json, write_folder
@@ -88,7 +89,7 @@ tags: [roadwork, image-classification, streetvision]
 
 {card['description']}
 
-Written by [roadwork](https://pypi.org/project/roadwork/) (bundle kind `{kind}`); submitted by hotkey
+Written by roadwork {__version__} (bundle kind `{kind}`); submitted by hotkey
 `{card['submitted_by']}`. Load it with `roadwork predict --bundle <this folder> photo.jpg`, or name this
 folder as `bundle` in the StreetVision miner adapter's YAML.
 
