@@ -20,6 +20,7 @@ from roadwork.config import (
     VIEW_PLANS,
     BackboneTrainingConfig,
     DataConfig,
+    DetectorTrainingConfig,
     ServeConfig,
     TtaConfig,
 )
@@ -441,6 +442,37 @@ def distill(
     console.print(f"student validation MCC {student['mcc']:.3f} {student['ci95']['mcc']}, AUROC {student['auroc']:.3f} "
                   f"(teacher on the same photos: MCC {info['teacher_on_these_photos']['mcc']:.3f}, trained on "
                   f"{info['teacher_trained_on_share']:.0%} of them); bundle written to {out / 'bundle'}", highlight=False)
+
+
+detector_app = typer.Typer(help="Object detectors as experts: fine-tune one on annotated photos.", no_args_is_help=True)
+app.add_typer(detector_app, name="detector")
+DETECTOR_TRAINING = DetectorTrainingConfig()
+
+
+@detector_app.command("train")
+@_friendly
+def detector_train(
+    data: DataOpt,
+    model: Annotated[str, typer.Option("--model", help="A closed-set transformers detector: hub id or folder saved with save_pretrained.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints/, logs/, detector/ (what experts.detector names), detector-metrics.json.")],
+    epochs: Annotated[int, typer.Option("--epochs")] = DETECTOR_TRAINING.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = DETECTOR_TRAINING.batch_size,
+    lr: Annotated[float, typer.Option("--lr")] = DETECTOR_TRAINING.lr,
+    input_size: Annotated[int, typer.Option("--input-size", help="Side of the square global view it learns from (give experts.detector_input_size the same).")] = DETECTOR_TRAINING.input_size,
+    seed: Annotated[int, typer.Option("--seed")] = DETECTOR_TRAINING.seed,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fine-tune a closed-set detector on the boxes of DATA's annotations.json (roadwork's categories: work-zone objects and look-alikes)."""
+    from roadwork.config import detector_training_config
+    from roadwork.train.detector import DETECTOR, train_detector
+
+    settings = detector_training_config(epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, seed=seed)
+    metrics = train_detector(data, model, out, settings, device=_device(device), resume=resume, overwrite=overwrite)
+    console.print(f"trained on {metrics['photos']} photos for {metrics['epochs']} epochs; use it with "
+                  f"--set experts.detector={out / DETECTOR} --set experts.detector_input_size={input_size}",
+                  highlight=False)
 
 
 @app.command("pseudo-masks")

@@ -325,6 +325,18 @@ class ExpertsConfig(_Strict):
     detector_input_size: int = Field(640, ge=32, le=4096, description="the side of the global view it sees")
 
 
+class DetectorTrainingConfig(_Strict):
+    """``roadwork detector train``: fine-tuning a closed-set detector on annotated photos."""
+
+    seed: int = 0
+    epochs: int = Field(24, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=1024)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
+    input_size: int = Field(640, ge=32, le=4096, description="the side of the square global view it learns from; "
+                            "give experts.detector_input_size the same")
+
+
 class DistillConfig(_Strict):
     """``roadwork distill``: the student learns mix x softened teacher probability + (1 - mix) x label,
     the teacher's probability softened as sigmoid(logit(p) / temperature)."""
@@ -466,6 +478,14 @@ def serve_config(**values: Any) -> ServeConfig:
     """A validated ServeConfig; a bad value fails with the option named, like the training configuration."""
     try:
         return ServeConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_format(error)) from None
+
+
+def detector_training_config(**values: Any) -> DetectorTrainingConfig:
+    """A validated DetectorTrainingConfig from ``roadwork detector train``'s options."""
+    try:
+        return DetectorTrainingConfig.model_validate(values)
     except ValidationError as error:
         raise ConfigError(_format(error)) from None
 

@@ -78,3 +78,38 @@ def test_a_run_with_a_detector_reads_its_evidence_on_every_path(tiny_owlv2_folde
         from roadwork.serve.onnx import export_onnx
 
         export_onnx(tmp_path / "run" / "bundle", tmp_path / "onnx")
+
+
+def test_detector_train_learns_synthetic_boxes_and_the_result_is_an_expert(tiny_yolos_folder, tmp_path):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from roadwork.cli import app
+    from roadwork.data.annotations import CATEGORIES
+    from roadwork.data.synth import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "synth", 16, seed=3, width=96, height=72)
+    runner = CliRunner()
+    base = ["detector", "train", "--data", str(data), "--model", str(tiny_yolos_folder), "--out", str(tmp_path / "det"),
+            "--input-size", "64", "--batch-size", "8", "--device", "cpu"]
+    result = runner.invoke(app, [*base, "--epochs", "4"])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "det" / "logs" / "version_0" / "metrics.csv") as handle:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(handle) if r.get("train_loss")]
+    assert len(losses) == 4 and losses[-1] < losses[0]   # one value per epoch, and it falls
+    source = detector_source(str(tmp_path / "det" / "detector"), None, 0.3, 64)
+    assert {f.split(".")[1] for f in source.fields} == set(CATEGORIES)   # its labels are roadwork's categories
+    assert source.load("cpu").features(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 4 * len(CATEGORIES))
+
+    again = runner.invoke(app, [*base, "--epochs", "4"])   # the run folder is not silently replaced
+    assert again.exit_code == 2 and "--resume" in again.output
+    longer = runner.invoke(app, [*base, "--epochs", "5", "--resume"])   # continues from epoch 4's checkpoint
+    assert longer.exit_code == 0, longer.output
+    with open(tmp_path / "det" / "logs" / "version_1" / "metrics.csv") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("train_loss")] == [4]
+
+    plain = orange_block_folder(tmp_path / "plain", 4, seed=1)   # no annotations.json
+    refused = runner.invoke(app, ["detector", "train", "--data", str(plain), "--model", str(tiny_yolos_folder),
+                                  "--out", str(tmp_path / "det2")])
+    assert refused.exit_code == 2 and "annotations.json" in refused.output
