@@ -422,6 +422,30 @@ def ensemble(
 
 @app.command()
 @_friendly
+def cascade(
+    fast: Annotated[Path, typer.Option("--fast", help="The tier that answers every photo (any bundle kind).")],
+    slow: Annotated[Path, typer.Option("--slow", help="The tier asked again about the photos the fast one is unsure of.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Cascade folder (a bundle kind: predict, evaluate, serve take it).")],
+    share: Annotated[float | None, typer.Option("--share", help="At most this share of photos goes to the slow tier.")] = None,
+    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Mean milliseconds per photo allowed: the share follows from both tiers' measured latency, and a slow answer later than this is dropped.")] = None,
+    cache_dir: CacheOpt = None,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fit a fast/slow cascade on labelled photos neither tier learnt from (the band around 0.5 and the calibration of the combined answer)."""
+    from roadwork.tune.cascade import build_cascade
+
+    metrics = build_cascade(fast, slow, data, out, share=share, budget_ms=budget_ms, cache_dir=cache_dir,
+                            device=_device(device), overwrite=overwrite)
+    c, f, s = metrics["cascade"], metrics["fast"], metrics["slow"]
+    console.print(f"cascade MCC {c['mcc']:.3f} {c['ci95']['mcc']} out of fold, sending "
+                  f"{metrics['routed_share_out_of_fold']:.0%} of photos on (fast alone {f['mcc']:.3f}, slow alone "
+                  f"{s['mcc']:.3f}); written to {out}", highlight=False)
+
+
+@app.command()
+@_friendly
 def distill(
     teacher: Annotated[Path, typer.Option("--teacher", help="Teacher: an ensemble folder or any bundle.")],
     data: DataOpt,

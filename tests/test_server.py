@@ -26,6 +26,7 @@ class _StandIn:
     prepare_images = Scorer.prepare_images
     score_prepared = Scorer.score_prepared
     request_views = Scorer.request_views
+    answers = Scorer.answers
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,7 @@ class Scored:
     seen_in_training: list[str]
     seconds: float   # scoring time, feature extraction (or cache reads) included
     maps: list[Tensor | None]   # per sample, where its segmentation branch sees roadwork (None: no branch)
+    tiers: list[str | None] | None   # per sample, which tier of a cascade answered (None: one tier)
 
 
 def training_overlap(predictor: Scorer, samples: Sequence[Sample],
@@ -93,6 +94,11 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
                     "a test", name, len(overlap), len(samples), ", ".join(overlap[:3]))
     margins, good, failures = predictor.sample_margins(samples, cache_dir=cache_dir, progress=None, hashed=hashed)
     served, uncalibrated = np.full(len(samples), np.nan), np.full(len(samples), np.nan)
+    answered_by, tiers = predictor.last_tiers(), None
+    if answered_by is not None:
+        tiers = [None] * len(samples)
+        for i, tier in zip(good, answered_by):
+            tiers[i] = tier
     if margins is not None:
         raw = torch.sigmoid(margins)
         served[good] = predictor.calibration(margins).numpy()
@@ -108,6 +114,7 @@ def score_bundle(bundle: str | Path, name: str, samples: Sequence[Sample],
         overlap,
         time.perf_counter() - started,
         predictor.roadwork_maps(samples),
+        tiers,
     )
 
 
@@ -153,7 +160,15 @@ def _model_report(model: Scored, draws: dict[str, np.ndarray], samples: Sequence
         "slices": slice_table(slices, probabilities, labels, groups, seed=seed, resamples=resamples),
         "worst": _worst(samples, probabilities, labels),
         "segmentation": mask_agreement(samples, model.maps, annotations),
+        "tiers": None if model.tiers is None else _tiers(model.tiers, probabilities, labels),
     }
+
+
+def _tiers(tiers: list[str | None], probabilities: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per tier of a cascade, how many photos it answered and its MCC on them."""
+    found = np.array(tiers, dtype=object)
+    return {str(tier): binary_metrics(probabilities[found == tier], labels[found == tier], 0.5)
+            for tier in sorted(set(tiers) - {None})}
 
 
 def _warnings(models: Sequence[Scored], labels: np.ndarray) -> list[str]:
@@ -201,6 +216,7 @@ def evaluate(bundles: str | Path | Sequence[str | Path], data: str, out: str | P
     for model in models:
         model.served, model.uncalibrated = model.served[kept], model.uncalibrated[kept]
         model.maps = [model.maps[i] for i in kept]
+        model.tiers = None if model.tiers is None else [model.tiers[i] for i in kept]
     annotations = read_annotations(data) if (Path(data) / ANNOTATIONS).is_file() else {}
     keys = [hashed[0][i] or all_samples[i].file_name for i in kept]
     grouping = group_samples(samples, keys, None)   # the group column, else rows (identical files together)

@@ -36,6 +36,7 @@ KINDS = {
     "fold_ensemble": "roadwork.serve.predictor:Predictor",
     "ensemble": "roadwork.serve.ensemble:EnsemblePredictor",
     "onnx": "roadwork.serve.onnx:OnnxPredictor",
+    "cascade": "roadwork.serve.cascade:CascadeScorer",
 }
 # Folders written before every kind kept its manifest in manifest.json: the file that named the kind.
 LEGACY_MANIFESTS = {"ensemble.json": "ensemble", "onnx.json": "onnx"}
@@ -149,6 +150,14 @@ class Scorer(ABC):
     def member_scores(self, samples: Sequence[Sample], cache_dir: str | Path | None = None,
                       progress: bool | None = False, hashed: Hashed | None = None) -> MemberScores:
         """Every member's calibrated probability: their disagreement is what active learning asks about."""
+
+    def answers(self) -> dict[str, int]:
+        """Photos answered so far by each tier of a kind that has several (a cascade); empty otherwise."""
+        return {}
+
+    def last_tiers(self) -> list[str] | None:
+        """Which tier answered each sample the last ``sample_margins`` call scored; None for one tier."""
+        return None
 
     def roadwork_maps(self, samples: Sequence[Sample]) -> list[Tensor | None]:
         """Per photo, where a segmentation branch sees roadwork (probabilities ``[g, g]`` over the whole

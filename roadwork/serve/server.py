@@ -228,8 +228,16 @@ def create_app(predictor: Scorer, config: ServeConfig | None = None) -> FastAPI:
     batch_views = Histogram("roadwork_batch_views", "Backbone views per batch", registry=registry,
                             buckets=(1, 4, 8, 16, 32, 64, 128, 256, 512))
     depth = Gauge("roadwork_queue_images", "Images waiting for the backbone", registry=registry)
+    tiers = Gauge("roadwork_tier_answers", "Photos answered by each tier of a cascade", ["tier"], registry=registry)
+
+    def scored(prepared: Prepared) -> list[Prediction]:
+        results = predictor.score_prepared(prepared)
+        for tier, count in predictor.answers().items():
+            tiers.labels(tier).set(count)
+        return results
+
     batcher = MicroBatcher(lambda images: predictor.prepare_images(images, ["image"] * len(images)),
-                           predictor.score_prepared, config, batch_images, batch_views)
+                           scored, config, batch_images, batch_views)
 
     def with_views(image: bytes) -> tuple[bytes, int]:
         size = header_size(image)   # an unreadable header costs one view: the decoder will refuse it
