@@ -183,6 +183,10 @@ class DetectorSource:
     def fields(self) -> tuple[str, ...]:
         return tuple(f"detector.{c}.{field}" for c in self.concepts for field in PER_CONCEPT)
 
+    @property
+    def views(self) -> tuple[str, int]:
+        return self.plan, self.input_size
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "detector", "model": self.model,
                 "prompts": [f"{p.text}={p.category}" for p in self.prompts], "threshold": self.threshold,

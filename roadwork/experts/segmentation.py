@@ -88,6 +88,10 @@ class SegmentationSource:
     def spec(self) -> BackboneSpec:
         return self.backbone.spec
 
+    @property
+    def views(self) -> tuple[str, int]:
+        return self.plan, self.spec.input_size
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "segmentation", "reads": self.backbone.name, "fields": list(self.fields),
                 "segmenter_sha256": self.digest}

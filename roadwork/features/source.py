@@ -24,7 +24,11 @@ from roadwork.storage import writable_folder
 
 class FeatureSource(Protocol):
     name: str
-    output: ClassVar[str]   # "views": a pooled vector per view of each photo
+    output: ClassVar[str]   # "views": a pooled vector per view of each photo; "evidence": one vector per photo
+
+    @property
+    def views(self) -> tuple[str, int]:
+        """The view plan it reads, and the side its views are resized to."""
 
     def describe(self) -> dict[str, Any]:
         """What the source is, from its description alone (no weights are read)."""
@@ -48,6 +52,10 @@ class BackboneSource:
     changed: str | None = None
     weights_file: Path | None = None
     output: ClassVar[str] = "views"
+
+    @property
+    def views(self) -> tuple[str, int]:
+        return self.spec.views, self.spec.input_size
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "adapted_backbone" if self.changed else "backbone",

@@ -19,7 +19,7 @@ from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, plan_boxes, views_from_image
 from roadwork.errors import RoadworkError
-from roadwork.experts.detector import DetectorEvidence, DetectorSource
+from roadwork.experts.detector import DetectorEvidence
 from roadwork.experts.segmentation import SegmentationEvidence, SegmentationSource
 from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.metadata import ServedInputs
@@ -124,12 +124,7 @@ class Predictor(Scorer):
     def _views(self, source: int) -> ViewKey:
         """The views source ``source`` reads: the bundle's plan at the backbone's input size, or an evidence
         source's (the global view, at its own size for a detector)."""
-        feature_source, spec = self.feature_sources[source], self.bundle.backbone
-        if isinstance(feature_source, DetectorSource):
-            return feature_source.plan, feature_source.input_size
-        if isinstance(feature_source, SegmentationSource):
-            return feature_source.plan, spec.input_size
-        return spec.views, spec.input_size
+        return self.feature_sources[source].views
 
     def _view_keys(self) -> list[ViewKey]:
         """Every (plan, size) some source reads, each decoded once per photo."""
