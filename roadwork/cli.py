@@ -18,6 +18,7 @@ from roadwork.config import (
     AUGMENT_PRESETS,
     NEAR_DUPLICATE_SIMILARITY,
     VIEW_PLANS,
+    AdaptConfig,
     BackboneTrainingConfig,
     DataConfig,
     DetectorTrainingConfig,
@@ -54,8 +55,8 @@ def _choices(name: str, values: tuple[str, ...]) -> type[enum.StrEnum]:
 ViewPlan = _choices("ViewPlan", VIEW_PLANS)
 TtaMode = _choices("TtaMode", get_args(TtaConfig.model_fields["mode"].annotation))
 Preset = _choices("Preset", AUGMENT_PRESETS)
-TTA, SERVE = TtaConfig(), ServeConfig()   # the defaults the options show
-VIEWS, TTA_MODE = ViewPlan(DataConfig().views), TtaMode(TTA.mode)
+TTA, SERVE, DATA = TtaConfig(), ServeConfig(), DataConfig()   # the defaults the options show
+VIEWS, TTA_MODE = ViewPlan(DATA.views), TtaMode(TTA.mode)
 PRESET = Preset(BackboneTrainingConfig().augment)
 
 ViewsOpt = Annotated[ViewPlan, typer.Option("--views", help="View plan: auto (tiles only for large photos), seed12 (the plan's 12 views) or global.")]
@@ -187,7 +188,7 @@ def synth(
 @_friendly
 def extract(
     data: DataOpt,
-    backbone: BackboneOpt = "efficientnet-lite0",
+    backbone: BackboneOpt = DATA.backbone,
     weights: WeightsOpt = None,
     views: ViewsOpt = VIEWS,
     input_size: Annotated[int | None, typer.Option("--input-size", min=32, max=2048, help="View side in pixels (default: the backbone's own).")] = None,
@@ -418,6 +419,41 @@ def ensemble(
     verdict = "beats" if metrics["recommended"] else "does not beat (by a paired interval excluding 0)"
     console.print(f"served: {metrics['combine']}, which {verdict} the best member ({metrics['best_member']}); "
                   f"bundle written to {out / 'bundle'}", highlight=False)
+
+
+ADAPT = AdaptConfig()
+
+
+@app.command()
+@_friendly
+def adapt(
+    data: Annotated[list[str], typer.Option("--data", help="Photos to adapt to (repeatable; labels, if any, are ignored).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder of the adapted backbone: train takes it as --set data.adapted=OUT.")],
+    method: Annotated[str, typer.Option("--method", help="simclr (ExPLoRA is not built yet).")] = ADAPT.method,
+    backbone: BackboneOpt = DATA.backbone,
+    weights: WeightsOpt = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input side (default: the backbone's own).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Which weights learn: last_blocks, lora, dora or full.")] = ADAPT.mode,
+    epochs: Annotated[int, typer.Option("--epochs")] = ADAPT.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Photos per step (two views each).")] = ADAPT.batch_size,
+    lr: Annotated[float, typer.Option("--lr")] = ADAPT.lr,
+    temperature: Annotated[float, typer.Option("--temperature", help="NT-Xent temperature.")] = ADAPT.temperature,
+    seed: Annotated[int, typer.Option("--seed")] = ADAPT.seed,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Adapt a backbone to unlabelled photos with self-supervised learning (SimCLR), for train to fit on top."""
+    from roadwork.config import adapt_config
+    from roadwork.train.adapt import adapt as run_adaptation
+
+    settings = adapt_config(method=method, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+                            temperature=temperature, seed=seed)
+    manifest = run_adaptation(data, out, settings, backbone=backbone, weights=weights, input_size=input_size,
+                              device=_device(device), resume=resume, overwrite=overwrite)
+    console.print(f"adapted {backbone} on {manifest['photos']} photos for {manifest['epochs']} epochs "
+                  f"({manifest['changed_tensors']} tensors changed); train on it with --set data.adapted={out}",
+                  highlight=False)
 
 
 @app.command()

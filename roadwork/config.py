@@ -86,6 +86,9 @@ class LossConfig(_Strict):
 class DataConfig(_Strict):
     backbone: str = "efficientnet-lite0"
     backbone_weights: str | None = None   # local folder/file instead of the default download
+    # A folder `roadwork adapt` wrote: its self-supervised weights replace the base backbone's (the
+    # backbone, weights and input size are the ones it was adapted from).
+    adapted: str | None = None
     views: Literal[VIEW_PLANS] = "auto"   # type: ignore[valid-type]
     input_size: int | None = Field(default=None, ge=32, le=2048)
     # Fraction of training rows shown with all metadata NULL, so the head also learns the
@@ -325,6 +328,24 @@ class ExpertsConfig(_Strict):
     detector_input_size: int = Field(640, ge=32, le=4096, description="the side of the global view it sees")
 
 
+class AdaptConfig(_Strict):
+    """``roadwork adapt``: self-supervised adaptation of the backbone on unlabelled photos (SimCLR)."""
+
+    method: Literal["simclr"] = "simclr"
+    mode: Literal["last_blocks", "lora", "dora", "full"] = "last_blocks"
+    blocks: int = Field(2, ge=1, le=256)
+    rank: int = Field(8, ge=1, le=1024)
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(32, ge=2, le=4096, description="photos per step (two views each)")
+    lr: float = Field(3e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
+    temperature: float = Field(0.2, gt=0.0, le=10.0)
+    projection_dim: int = Field(128, ge=8, le=4096)
+    augment: Literal[AUGMENT_PRESETS] = "heavy"   # type: ignore[valid-type]
+    crop_scale: tuple[float, float] = Field((0.2, 1.0))
+    seed: int = 0
+
+
 class DetectorTrainingConfig(_Strict):
     """``roadwork detector train``: fine-tuning a closed-set detector on annotated photos."""
 
@@ -478,6 +499,14 @@ def serve_config(**values: Any) -> ServeConfig:
     """A validated ServeConfig; a bad value fails with the option named, like the training configuration."""
     try:
         return ServeConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_format(error)) from None
+
+
+def adapt_config(**values: Any) -> AdaptConfig:
+    """A validated AdaptConfig from ``roadwork adapt``'s options."""
+    try:
+        return AdaptConfig.model_validate(values)
     except ValidationError as error:
         raise ConfigError(_format(error)) from None
 

@@ -40,6 +40,17 @@ def segmentation_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tenso
     return (bce + dice).mean()
 
 
+def nt_xent(embeddings: Tensor, temperature: float) -> Tensor:
+    """SimCLR's normalised temperature-scaled cross-entropy for ``[2N, D]`` embeddings whose rows i and
+    i + N are two views of one photo: each row must pick its twin among the other 2N - 1 rows."""
+    z = F.normalize(embeddings.float(), dim=1)
+    n = z.shape[0] // 2
+    similarity = (z @ z.T) / temperature
+    similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    twins = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(similarity, twins)
+
+
 def consistency_loss(view_logits: Tensor, view_mask: Tensor) -> Tensor:
     """Mean over valid views of ``KL(p_view || p_mean)``, averaged per sample then over the batch.
 

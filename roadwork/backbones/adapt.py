@@ -9,10 +9,12 @@ convolutions; ConvNeXt: the block MLP).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from roadwork.backbones.base import BATCHNORM, Backbone, create_backbone
@@ -97,6 +99,11 @@ def changed_weights(backbone: Backbone, before: dict[str, Tensor]) -> dict[str, 
         raise RoadworkError(f"{backbone.name}: merged weights do not match the base model's names")
     return {name: value.detach().cpu().contiguous() for name, value in after.items()
             if not torch.equal(value.cpu(), before[name].cpu())}
+
+
+def weights_digest(changed: dict[str, Tensor]) -> str:
+    """SHA-256 of stored changed weights: names the cache namespace of the adapted backbone's features."""
+    return hashlib.sha256(save(changed)).hexdigest()
 
 
 def load_changed_weights(backbone: Backbone, changed: dict[str, Tensor]) -> Backbone:

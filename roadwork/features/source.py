@@ -16,10 +16,13 @@ from typing import Any, ClassVar, Protocol
 import torch
 from safetensors.torch import load_file
 
-from roadwork.backbones.adapt import create_adapted_backbone
+from roadwork.backbones.adapt import create_adapted_backbone, weights_digest
 from roadwork.backbones.base import Backbone, BackboneSpec, create_backbone
+from roadwork.errors import RoadworkError
 from roadwork.features.store import FeatureStore, adapted_variant, default_cache_dir, namespace_for
-from roadwork.storage import writable_folder
+from roadwork.storage import read_json, writable_folder
+
+ADAPTED_WEIGHTS, ADAPTED_MANIFEST = "backbone.safetensors", "adapted.json"   # what `roadwork adapt` writes
 
 
 class FeatureSource(Protocol):
@@ -82,3 +85,18 @@ class BackboneSource:
             return create_backbone(spec.name, weights=spec.weights, device=device, input_size=spec.input_size)
         return create_adapted_backbone(spec.name, load_file(str(self.weights_file)), weights=spec.weights,
                                        input_size=spec.input_size, device=device)
+
+
+def adapted_source(folder: str | Path) -> BackboneSource:
+    """The backbone a ``roadwork adapt`` folder holds, as a feature source (its features in a namespace of
+    their own); the weights' digest is checked against the folder's manifest."""
+    folder = Path(folder)
+    try:
+        manifest = read_json(folder / ADAPTED_MANIFEST)
+        spec = BackboneSpec(**manifest["backbone"])
+        digest = weights_digest(load_file(str(folder / ADAPTED_WEIGHTS)))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RoadworkError(f"data.adapted: {folder} is not a folder `roadwork adapt` wrote ({error})") from None
+    if digest != manifest.get("changed_weights_sha256"):
+        raise RoadworkError(f"data.adapted: {folder / ADAPTED_WEIGHTS} does not match its {ADAPTED_MANIFEST}")
+    return BackboneSource(spec, changed=digest, weights_file=folder / ADAPTED_WEIGHTS)

@@ -32,7 +32,14 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from roadwork.backbones.adapt import adapt_backbone, changed_weights, create_adapted_backbone, weight_snapshot
+from roadwork.backbones.adapt import (
+    adapt_backbone,
+    changed_weights,
+    create_adapted_backbone,
+    load_changed_weights,
+    weight_snapshot,
+    weights_digest,
+)
 from roadwork.backbones.base import Backbone, BackboneSpec, create_backbone
 from roadwork.config import BackboneTrainingConfig, OptimConfig, TrainConfig
 from roadwork.data.augment import ViewAugmenter
@@ -69,11 +76,6 @@ class Finetuned:
     changed: dict[str, Tensor]
     segmenter: dict[str, Tensor] | None
     info: dict[str, Any]
-
-
-def adapted_digest(changed: dict[str, Tensor]) -> str:
-    """SHA-256 of the stored changed weights: names the cache namespace of the adapted backbone's features."""
-    return hashlib.sha256(save(changed)).hexdigest()
 
 
 def decode_global_views(samples: Sequence[Sample], keys: Sequence[str], input_size: int, folder: Path, *,
@@ -193,26 +195,31 @@ class FinetuneModule(L.LightningModule):
         return warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches), self.optim.warmup_fraction)
 
 
-def _base_backbone(config: TrainConfig, device: str) -> Backbone:
-    data = config.data
-    return create_backbone(data.backbone, weights=data.backbone_weights, device=device, input_size=data.input_size)
+def _base_backbone(source: BackboneSource, device: str) -> Backbone:
+    """The base backbone as published (what stored changed weights are relative to)."""
+    spec = source.spec
+    return create_backbone(spec.name, weights=spec.weights, device=device, input_size=spec.input_size)
 
 
 def finetune_backbone(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, config: TrainConfig,
                       settings: BackboneTrainingConfig, folder: Path, *, device: str, resume: bool,
-                      progress: bool, weights: np.ndarray | None = None,
+                      progress: bool, source: BackboneSource, weights: np.ndarray | None = None,
                       masks: dict[int, np.ndarray] | None = None) -> Finetuned:
     """Fine-tune on ``rows`` of ``views`` (drawn by ``weights`` when given; ``masks`` by row, for the
     segmentation branch of ``loss.dice_weight``) for ``settings.epochs``: the changed weights (adapters
     merged; averaged with ``optim.ema``), the branch's and what happened. A saved result in ``folder``
-    is reused with ``resume``; an interrupted one continues from its last epoch."""
+    is reused with ``resume``; an interrupted one continues from its last epoch. ``source`` is where it
+    starts: the base backbone, or one ``roadwork adapt`` adapted (the changed weights returned are then
+    relative to the base, so they hold both adaptations)."""
     saved, branch = folder / ADAPTED, folder / SEGMENTER
     with_branch = config.loss.dice_weight > 0
     if resume and saved.is_file() and (branch.is_file() or not with_branch):
         return Finetuned(load_file(str(saved)), load_file(str(branch)) if with_branch else None, {"resumed": True})
     L.seed_everything(config.seed, workers=True, verbose=False)
-    backbone = _base_backbone(config, "cpu")
+    backbone = _base_backbone(source, "cpu")
     before = weight_snapshot(backbone)
+    if source.weights_file is not None:
+        load_changed_weights(backbone, load_file(str(source.weights_file)))
     trainable = adapt_backbone(backbone, settings.mode, blocks=settings.blocks, rank=settings.rank,
                                alpha=settings.alpha, dropout=settings.dropout, targets=settings.targets,
                                batchnorm=settings.batchnorm)
@@ -300,7 +307,7 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
         split_folder = out / folder / f"backbone-{index}"
         split_weights = None if weights is None else weights[rows]
         identity = {"backbone_training": settings.model_dump(mode="json", exclude={"epochs"}), "seed": config.seed,
-                    "data": config.data.model_dump(mode="json"),
+                    "data": config.data.model_dump(mode="json"), "starts_from": prep.adapted_digest,
                     # only what fine-tuning uses: the heads' epochs or rate do not change it
                     "optim": config.optim.model_dump(mode="json", include={
                         "precision", "gradient_clip", "accumulate_grad_batches", "warmup_fraction", "ema",
@@ -314,14 +321,13 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
         claim_folder(split_folder, identity, settings.epochs, resume=resume, setting="backbone_training.epochs",
                      result=ADAPTED)
         tuned = finetune_backbone(views, rows, labels, config, settings, split_folder, device=device, resume=resume,
-                                  progress=progress, weights=split_weights,
+                                  progress=progress, source=prep.source, weights=split_weights,  # type: ignore[arg-type]
                                   masks={i: masks[i] for i in rows if i in masks})
         changed, info = tuned.changed, tuned.info
-        digest = adapted_digest(changed)
-        data = config.data
-        backbone = create_adapted_backbone(data.backbone, changed, weights=data.backbone_weights,
-                                           input_size=data.input_size, device=device)
+        digest = weights_digest(changed)
         spec = prep.spec
+        backbone = create_adapted_backbone(spec.name, changed, weights=spec.weights, input_size=spec.input_size,
+                                           device=device)
         store = BackboneSource(spec, changed=digest).store(cache_dir, device)
         result, features = extract_and_load(
             everything,

@@ -26,7 +26,7 @@ from roadwork.data.sources import load_samples
 from roadwork.distributed import rank_and_world
 from roadwork.experts.detector import DetectorSource, detector_source
 from roadwork.features.extract import content_keys, extract_and_load
-from roadwork.features.source import BackboneSource
+from roadwork.features.source import BackboneSource, adapted_source
 from roadwork.features.table import evidence_rows
 from roadwork.model.text import TextEncoder
 
@@ -63,11 +63,12 @@ class PreparedData:
     text: dict[str, Tensor] | None
     leakage: dict[str, Any] | None
     extraction: dict[str, Any]
-    adapted_digest: str | None = None   # features from a fine-tuned backbone: its weights' SHA-256
+    adapted_digest: str | None = None   # features from an adapted backbone: its weights' SHA-256
     masks: dict[str, np.ndarray] = field(default_factory=dict)   # by content key: the work-zone mask,
     # uint8 0..255 at the fine-tuning decode size (DECODE_MARGIN x input, as the global view is squeezed)
     evidence_fields: tuple[str, ...] = ()   # the names of the Photos.evidence columns
     detector: DetectorSource | None = None   # experts.detector, whose evidence comes first in them
+    source: BackboneSource | None = None   # the backbone before fine-tuning: the base, or data.adapted's
 
 
 def require_both_classes(samples: Sequence[Sample], name: str) -> None:
@@ -101,9 +102,13 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     dropped = set(range(len(samples))) - {readable[i] for i in keep}   # unreadable or conflicting
 
     settings = config.data
-    spec = BackboneSpec.resolve(settings.backbone, weights=settings.backbone_weights, input_size=settings.input_size,
-                                views=settings.views)
-    source = BackboneSource(spec)
+    if settings.adapted is not None:   # the backbone `roadwork adapt` adapted, with its weights
+        source = adapted_source(settings.adapted)
+        source = replace(source, spec=replace(source.spec, views=settings.views))
+    else:
+        source = BackboneSource(BackboneSpec.resolve(settings.backbone, weights=settings.backbone_weights,
+                                                     input_size=settings.input_size, views=settings.views))
+    spec = source.spec
     store = source.store(cache_dir, device)
     build = cache(lambda: source.load(device))   # only if some photo is not cached yet, and then once
     result, features = extract_and_load(everything, build, settings.views, store, num_workers=settings.num_workers,
@@ -143,7 +148,8 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
                   "seconds": round(result.seconds, 2), "label_conflicts_dropped": len(readable) - len(keep)}
     masks = training_masks(train, [data, *add_data], config, round(spec.input_size * DECODE_MARGIN)) \
         if config.loss.dice_weight > 0 else {}
-    prepared = PreparedData(train, val, grouping, spec, text, leakage, extraction, masks=masks)
+    prepared = PreparedData(train, val, grouping, spec, text, leakage, extraction, masks=masks,
+                            adapted_digest=source.changed, source=source)
     return with_detector(prepared, config, cache_dir=cache_dir, device=device, progress=progress) \
         if config.experts.detector and config.model.evidence else prepared
 

@@ -472,7 +472,7 @@ def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated:
                 config=config, vocab=plan.vocab, backbone=prep.spec, calibration=calibration,
                 served=inputs, metrics=metrics["validation"],
                 data_summary=data_summary, fingerprints=prep.train.keys,
-                adapted_backbones=[f.changed for f in served.finetuned],
+                adapted_backbones=[f.changed for f in served.finetuned] or _adapted(prep),
                 segmenters=[f.segmenter for f in served.finetuned]  # type: ignore[misc]
                 if any(f.startswith("segmentation.") for f in served.preps[0].evidence_fields) else None,
                 detector=prep.detector,
@@ -480,6 +480,12 @@ def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated:
                 densities=_feature_densities(served, plan.vocab, config, device))
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _adapted(prep: PreparedData) -> list[dict[str, torch.Tensor]]:
+    """The frozen backbone's changed weights when it is one ``roadwork adapt`` adapted (every head reads it)."""
+    source = prep.source
+    return [] if source is None or source.weights_file is None else [load_file(str(source.weights_file))]
 
 
 FEW_GROUPS = 20   # effective groups under which the estimate is flagged as resting on little evidence
