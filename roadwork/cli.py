@@ -422,6 +422,31 @@ def ensemble(
 
 
 ADAPT = AdaptConfig()
+vlm_app = typer.Typer(help="Vision-language models as scorers.", no_args_is_help=True)
+app.add_typer(vlm_app, name="vlm")
+
+
+@vlm_app.command("zero-shot")
+@_friendly
+def vlm_zero_shot(
+    model: Annotated[str, typer.Option("--model", help="A chat VLM (AutoModelForImageTextToText): hub id or folder saved with save_pretrained.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: bundle/ (kind vlm) and metrics.json.")],
+    question: Annotated[str | None, typer.Option("--question", help="The yes/no question (default: roadwork's, in the README).")] = None,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Photos are scaled down to at most this many pixels.")] = 448 * 448,
+    batch: Annotated[int, typer.Option("--batch", help="Photos per forward pass.")] = 8,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Score labelled photos with a VLM's yes/no answer (next-token probabilities, never parsed text) and calibrate it into a vlm bundle."""
+    from roadwork.experts.vlm import QUESTION
+    from roadwork.tune.vlm import zero_shot
+
+    metrics = zero_shot(model, data, out, question=question or QUESTION, max_pixels=max_pixels,
+                        device=_device(device), batch_size=batch, overwrite=overwrite)
+    console.print(f"{metrics['photos']} photos, out-of-fold MCC {metrics['mcc']:.3f} {metrics['ci95']['mcc']}, "
+                  f"AUROC {metrics['auroc']:.3f}, {metrics['seconds_per_photo']:.2f} s per photo; bundle in "
+                  f"{out / 'bundle'}", highlight=False)
 
 
 @app.command()

@@ -189,3 +189,52 @@ def tiny_yolos_folder(tmp_path_factory) -> Path:
     YolosForObjectDetection(config).save_pretrained(folder)
     YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_folder(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL with its processor (a word-level tokenizer and a chat template built in
+    memory), saved with ``save_pretrained``: the real loading code, no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    from roadwork.experts.vlm import QUESTION
+
+    special = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+               "<|video_pad|>"]
+    words = sorted({"user", "assistant", "yes", "no", "Yes", "No", *QUESTION.split()})
+    vocab = {token: i for i, token in enumerate(special + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        eos_token="<|im_end|>", additional_special_tokens=special[2:])
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|> {% else %}{{ c['text'] }}"
+                "{% endif %}{% endfor %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant "
+                "{% endif %}")
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
+                                              max_pixels=64 * 64),
+        tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor(), chat_template=template)
+    config = Qwen3VLConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+                     "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+                     "max_position_embeddings": 512},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32,
+                       "deepstack_visual_indexes": [0], "num_position_embeddings": 16},
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("qwen3vl")
+    Qwen3VLForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -9,13 +9,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from roadwork.backbones.base import Backbone
 from roadwork.config import TtaConfig
 from roadwork.data.augment import TtaTransform, tta_transforms
-from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, plan_boxes, views_from_image
 from roadwork.errors import RoadworkError
@@ -29,9 +27,8 @@ from roadwork.features.table import FeatureTable, evidence_rows, head_outputs
 from roadwork.model.text import TextEncoder
 from roadwork.serve.bundle import Bundle, BundleError, load_bundle
 from roadwork.serve.calibration import Calibration
-from roadwork.serve.scorer import Hashed, ImageInput, MemberScores, Prediction, Prepared, Scorer
+from roadwork.serve.scorer import Hashed, ImageInput, MemberScores, Prediction, Prepared, Scorer, resolve_image
 from roadwork.serve.tta import FeatureDensity, combine
-from roadwork.storage import read_file
 
 ViewKey = tuple[str, int]   # a view plan and the side its views are resized to
 ImageViews = dict[ViewKey, Tensor]   # one photo's views, for every (plan, size) the bundle's sources read
@@ -43,20 +40,11 @@ def transformed(transform: TtaTransform, views: ImageViews) -> ImageViews:
 
 
 def request_views(image: ImageInput, plan: str, input_size: int, device: torch.device, name: str) -> Tensor:
-    """The views of one request image: encoded bytes, a ``data:image/...;base64,`` string, a file path, a PIL
-    image or an ``[H, W, 3]`` uint8 array."""
-    if isinstance(image, str) and image.startswith("data:"):
-        image = decode_base64(image)
-    elif isinstance(image, (str, Path)):
-        try:
-            image = read_file(image)
-        except OSError as error:
-            raise ImageDecodeError(f"{name}: cannot read image: {error}") from error
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return image_views(bytes(image), plan, input_size, device=device, source=name)
-    if isinstance(image, (Image.Image, np.ndarray)):
-        return views_from_image(image, plan, input_size, device=device, source=name)
-    raise ImageDecodeError(f"{name}: unsupported image input {type(image).__name__}")
+    """The views of one request image (see ``resolve_image``)."""
+    image = resolve_image(image, name)
+    if isinstance(image, bytes):
+        return image_views(image, plan, input_size, device=device, source=name)
+    return views_from_image(image, plan, input_size, device=device, source=name)
 
 
 class Predictor(Scorer):

@@ -22,11 +22,12 @@ from PIL import Image
 from torch import Tensor
 
 from roadwork.config import TtaConfig
+from roadwork.data.decode import ImageDecodeError, decode_base64
 from roadwork.data.records import Sample
 from roadwork.features.metadata import ServedInputs
 from roadwork.serve.bundle import MANIFEST, BundleError
 from roadwork.serve.calibration import Calibration
-from roadwork.storage import read_json
+from roadwork.storage import read_file, read_json
 
 ImageInput = bytes | str | Path | Image.Image | np.ndarray
 Hashed = tuple[list[str | None], dict[str, str]]   # content_keys(samples): a key per sample, failures
@@ -37,6 +38,7 @@ KINDS = {
     "ensemble": "roadwork.serve.ensemble:EnsemblePredictor",
     "onnx": "roadwork.serve.onnx:OnnxPredictor",
     "cascade": "roadwork.serve.cascade:CascadeScorer",
+    "vlm": "roadwork.serve.vlm:VlmScorer",
 }
 # Folders written before every kind kept its manifest in manifest.json: the file that named the kind.
 LEGACY_MANIFESTS = {"ensemble.json": "ensemble", "onnx.json": "onnx"}
@@ -71,6 +73,23 @@ class MemberScores:
     embeddings: Tensor
     good: list[int]
     failures: dict[str, str]
+
+
+def resolve_image(image: ImageInput, name: str) -> bytes | Image.Image | np.ndarray:
+    """A request image as encoded bytes, a PIL image or an ``[H, W, 3]`` uint8 array: a ``data:image/...;
+    base64,`` string is decoded and a file path read (a bad one is the request's ``ImageDecodeError``)."""
+    if isinstance(image, str) and image.startswith("data:"):
+        return decode_base64(image)
+    if isinstance(image, (str, Path)):
+        try:
+            return read_file(image)
+        except OSError as error:
+            raise ImageDecodeError(f"{name}: cannot read image: {error}") from error
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return image
+    raise ImageDecodeError(f"{name}: unsupported image input {type(image).__name__}")
 
 
 @dataclass
