@@ -104,3 +104,17 @@ def test_cascade_inputs_and_a_tampered_manifest_are_refused(tiers, tmp_path):
     (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="modified"):
         load_scorer(tmp_path / "c")
+
+
+def test_a_probe_student_distils_a_cascade(tiers, tmp_path):
+    from roadwork.tune.distill import distill
+
+    build_cascade(tiers["fast"], tiers["slow"], str(tiers["held"]), tmp_path / "c", share=0.5,
+                  cache_dir=tiers["base"] / "cache")
+    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "model.type=probe",
+                                "backbone_training.mode=frozen"])
+    metrics = distill(tmp_path / "c", str(tiers["held"]), tmp_path / "student", config,
+                      cache_dir=tiers["base"] / "cache")
+    assert metrics["distillation"]["teacher"] == str(tmp_path / "c")
+    assert metrics["distillation"]["teacher_trained_on_share"] == 0.0   # neither tier saw these photos
+    assert load_scorer(tmp_path / "student" / "bundle").bundle.manifest["kind"] == "fold_ensemble"
