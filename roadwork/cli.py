@@ -108,9 +108,10 @@ def _device(name: str) -> str:
 
 
 def _tta(mode: TtaMode, augmentations: int, keep: float, temperature: float) -> Any:
-    from roadwork.config import tta_config
+    from roadwork.config import from_options
 
-    return tta_config(mode=str(mode), augmentations=augmentations, keep=keep, temperature=temperature)
+    return from_options(TtaConfig, "tta", mode=str(mode), augmentations=augmentations, keep=keep,
+                        temperature=temperature)
 
 
 def _target(target_gps: Path | None, target_data: str | None) -> str | None:
@@ -459,20 +460,20 @@ def adapt(
     weights: WeightsOpt = None,
     input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input side (default: the backbone's own).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="Which weights learn: last_blocks, lora, dora or full.")] = ADAPT.mode,
-    epochs: Annotated[int, typer.Option("--epochs")] = ADAPT.epochs,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the photos.")] = ADAPT.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Photos per step (two views each).")] = ADAPT.batch_size,
-    lr: Annotated[float, typer.Option("--lr")] = ADAPT.lr,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warmup, then cosine decay).")] = ADAPT.lr,
     temperature: Annotated[float, typer.Option("--temperature", help="NT-Xent temperature.")] = ADAPT.temperature,
-    seed: Annotated[int, typer.Option("--seed")] = ADAPT.seed,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and augmentation.")] = ADAPT.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Adapt a backbone to unlabelled photos with self-supervised learning (SimCLR), for train to fit on top."""
-    from roadwork.config import adapt_config
+    from roadwork.config import from_options
     from roadwork.train.adapt import adapt as run_adaptation
 
-    settings = adapt_config(method=method, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+    settings = from_options(AdaptConfig, method=method, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
                             temperature=temperature, seed=seed)
     manifest = run_adaptation(data, out, settings, backbone=backbone, weights=weights, input_size=input_size,
                               device=_device(device), resume=resume, overwrite=overwrite)
@@ -540,20 +541,20 @@ def detector_train(
     data: DataOpt,
     model: Annotated[str, typer.Option("--model", help="A closed-set transformers detector: hub id or folder saved with save_pretrained.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints/, logs/, detector/ (what experts.detector names), detector-metrics.json.")],
-    epochs: Annotated[int, typer.Option("--epochs")] = DETECTOR_TRAINING.epochs,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = DETECTOR_TRAINING.batch_size,
-    lr: Annotated[float, typer.Option("--lr")] = DETECTOR_TRAINING.lr,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the annotated photos.")] = DETECTOR_TRAINING.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Photos per step.")] = DETECTOR_TRAINING.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = DETECTOR_TRAINING.lr,
     input_size: Annotated[int, typer.Option("--input-size", help="Side of the square global view it learns from (give experts.detector_input_size the same).")] = DETECTOR_TRAINING.input_size,
-    seed: Annotated[int, typer.Option("--seed")] = DETECTOR_TRAINING.seed,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the new classifier and the data order.")] = DETECTOR_TRAINING.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune a closed-set detector on the boxes of DATA's annotations.json (roadwork's categories: work-zone objects and look-alikes)."""
-    from roadwork.config import detector_training_config
+    from roadwork.config import from_options
     from roadwork.train.detector import DETECTOR, train_detector
 
-    settings = detector_training_config(epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, seed=seed)
+    settings = from_options(DetectorTrainingConfig, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, seed=seed)
     metrics = train_detector(data, model, out, settings, device=_device(device), resume=resume, overwrite=overwrite)
     console.print(f"trained on {metrics['photos']} photos for {metrics['epochs']} epochs; use it with "
                   f"--set experts.detector={out / DETECTOR} --set experts.detector_input_size={input_size}",
@@ -692,11 +693,11 @@ def serve(
 
     import uvicorn
 
-    from roadwork.config import serve_config
+    from roadwork.config import from_options
     from roadwork.serve.scorer import load_scorer
     from roadwork.serve.server import create_app
 
-    config = serve_config(max_batch_views=max_batch_views, max_wait_ms=max_wait_ms, max_queue=max_queue,
+    config = from_options(ServeConfig, max_batch_views=max_batch_views, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           max_batch_images=max_batch_images, max_pixels=max_pixels,
                           max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s, api_key=api_key)
     try:

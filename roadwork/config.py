@@ -10,7 +10,7 @@ import math
 import reprlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -495,36 +495,17 @@ def load_config(paths: str | Path | Sequence[str | Path] | None = None,
         raise ConfigError(_format(error)) from None
 
 
-def serve_config(**values: Any) -> ServeConfig:
-    """A validated ServeConfig; a bad value fails with the option named, like the training configuration."""
+Options = TypeVar("Options", bound=BaseModel)
+
+
+def from_options(model: type[Options], prefix: str | None = None, **values: Any) -> Options:
+    """Settings validated from a command's options (``serve``, ``--tta*``, ``adapt``, ``detector train``):
+    a bad value fails with the option named, like the training configuration (``prefix``: the section
+    the names are reported under)."""
     try:
-        return ServeConfig.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as error:
-        raise ConfigError(_format(error)) from None
-
-
-def adapt_config(**values: Any) -> AdaptConfig:
-    """A validated AdaptConfig from ``roadwork adapt``'s options."""
-    try:
-        return AdaptConfig.model_validate(values)
-    except ValidationError as error:
-        raise ConfigError(_format(error)) from None
-
-
-def detector_training_config(**values: Any) -> DetectorTrainingConfig:
-    """A validated DetectorTrainingConfig from ``roadwork detector train``'s options."""
-    try:
-        return DetectorTrainingConfig.model_validate(values)
-    except ValidationError as error:
-        raise ConfigError(_format(error)) from None
-
-
-def tta_config(**values: Any) -> TtaConfig:
-    """A validated TtaConfig from the ``--tta*`` options."""
-    try:
-        return TtaConfig.model_validate(values)
-    except ValidationError as error:
-        raise ConfigError(_format(error, "tta")) from None
+        raise ConfigError(_format(error, prefix) if prefix else _format(error)) from None
 
 
 def detector_config(path: str | Path) -> DetectorConfig:

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from roadwork.config import ConfigError, ServeConfig, serve_config
+from roadwork.config import ConfigError, ServeConfig, from_options
 from roadwork.data.sources import load_samples
 from roadwork.serve.predictor import Predictor
 from roadwork.serve.scorer import Prediction, Prepared, Scorer
@@ -119,7 +119,7 @@ def test_limits_api_key_and_metrics(served):
         assert 'roadwork_requests_total{endpoint="predict",status="413"} 1.0' in text
         assert "roadwork_request_seconds_bucket" in text and "roadwork_queue_images" in text
     with pytest.raises(ConfigError, match="api_key"):
-        serve_config(api_key="short")
+        from_options(ServeConfig, api_key="short")
 
 
 def test_concurrent_requests_are_batched_and_overload_is_a_fast_503(served):
@@ -231,7 +231,7 @@ def test_a_batch_is_queued_whole_or_refused_whole(served):
     assert statuses == [503, 200, 200, 200, 200]
     assert len(held.seen) == 4   # none of the refused batch's images reached the backbone
     with pytest.raises(ConfigError, match="max_batch_images.*max_queue"):
-        serve_config(max_queue=8, max_batch_images=16)
+        from_options(ServeConfig, max_queue=8, max_batch_images=16)
 
 
 def test_the_pixel_budget_is_checked_from_the_header_before_any_work(served):

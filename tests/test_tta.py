@@ -14,7 +14,7 @@ from sklearn.covariance import LedoitWolf
 from typer.testing import CliRunner
 
 from roadwork.cli import app
-from roadwork.config import ConfigError, TtaConfig, tta_config
+from roadwork.config import ConfigError, TtaConfig, from_options
 from roadwork.data.augment import TTA_TRANSFORMS, tta_transforms
 from roadwork.data.sources import load_samples
 from roadwork.serve.bundle import BundleError, load_bundle, save_bundle
@@ -102,9 +102,9 @@ def test_transforms_are_fixed_distinct_and_keep_the_views_shape():
 
 def test_tta_options_are_validated_with_the_key_named():
     with pytest.raises(ConfigError, match="tta.keep"):
-        tta_config(mode="foods", augmentations=16, keep=0.0, temperature=1.0)
+        from_options(TtaConfig, "tta", mode="foods", augmentations=16, keep=0.0, temperature=1.0)
     with pytest.raises(ConfigError, match="tta.augmentations"):
-        tta_config(mode="plain", augmentations=1, keep=0.8, temperature=1.0)
+        from_options(TtaConfig, "tta", mode="plain", augmentations=1, keep=0.8, temperature=1.0)
 
 
 def test_training_stores_each_heads_feature_density(probe_bundle):
