@@ -42,6 +42,7 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", help="Backbone name (see
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local weights (folder saved with save_pretrained, or a checkpoint file) instead of the default download.")]
 ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", help="YAML configuration file (see configs/); repeat to layer files, later ones win.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a configuration value, e.g. --set model.d_model=256 (repeatable).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT from its last epoch.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what the output already holds (refused without it; never when it holds an input).")]
 TargetGpsOpt = Annotated[Path | None, typer.Option("--target-gps", help="GPS-weighted sampling: CSV of latitude/longitude rows where served photos come from (sets sampling.target).")]
 TargetDataOpt = Annotated[str | None, typer.Option("--target-data", help="GPS-weighted sampling: a dataset whose GPS columns are the targets (sets sampling.target).")]
@@ -465,7 +466,7 @@ def adapt(
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warmup, then cosine decay).")] = ADAPT.lr,
     temperature: Annotated[float, typer.Option("--temperature", help="NT-Xent temperature.")] = ADAPT.temperature,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and augmentation.")] = ADAPT.seed,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -515,7 +516,7 @@ def distill(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     cache_dir: CacheOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -546,7 +547,7 @@ def detector_train(
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = DETECTOR_TRAINING.lr,
     input_size: Annotated[int, typer.Option("--input-size", help="Side of the square global view it learns from (give experts.detector_input_size the same).")] = DETECTOR_TRAINING.input_size,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the new classifier and the data order.")] = DETECTOR_TRAINING.seed,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in OUT.")] = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
