@@ -24,6 +24,7 @@ from roadwork.config import (
     DetectorTrainingConfig,
     ServeConfig,
     TtaConfig,
+    VlmTrainingConfig,
 )
 from roadwork.progress import console
 
@@ -426,6 +427,37 @@ def ensemble(
 ADAPT = AdaptConfig()
 vlm_app = typer.Typer(help="Vision-language models as scorers.", no_args_is_help=True)
 app.add_typer(vlm_app, name="vlm")
+
+
+VLM_TRAINING = VlmTrainingConfig()
+
+
+@vlm_app.command("train")
+@_friendly
+def vlm_train(
+    model: Annotated[str, typer.Option("--model", help="A chat VLM (AutoModelForImageTextToText): hub id or folder saved with save_pretrained.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: bundle/ (kind vlm, the fine-tuned model inside), metrics.json, checkpoints/, logs/.")],
+    method: Annotated[str, typer.Option("--method", help="lora, or qlora (4-bit base weights; a CUDA GPU with bitsandbytes).")] = VLM_TRAINING.method,
+    vision: Annotated[bool, typer.Option("--vision", help="Adapt the vision tower too, not only the language model.")] = False,
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = VLM_TRAINING.rank,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training photos.")] = VLM_TRAINING.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Photos per step.")] = VLM_TRAINING.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate of the adapters.")] = VLM_TRAINING.lr,
+    held_out: Annotated[float, typer.Option("--held-out", help="Grouped share of photos kept out of training for the calibration.")] = VLM_TRAINING.held_out,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fine-tune a VLM's yes/no answer on labelled photos with LoRA and write a calibrated vlm bundle."""
+    from roadwork.config import from_options
+    from roadwork.train.vlm import train_vlm
+
+    settings = from_options(VlmTrainingConfig, method=method, vision=vision, rank=rank, epochs=epochs,
+                            batch_size=batch_size, lr=lr, held_out=held_out)
+    metrics = train_vlm(model, data, out, settings, device=_device(device), resume=resume, overwrite=overwrite)
+    console.print(f"held-out MCC {metrics['mcc']:.3f} {metrics['ci95']['mcc']} on {metrics['held_out']} photos; "
+                  f"bundle in {out / 'bundle'}", highlight=False)
 
 
 @vlm_app.command("zero-shot")

@@ -346,6 +346,21 @@ class AdaptConfig(_Strict):
     seed: int = 0
 
 
+class VlmTrainingConfig(_Strict):
+    """``roadwork vlm train``: LoRA (or QLoRA on a GPU) fine-tuning of a VLM's yes/no answer."""
+
+    method: Literal["lora", "qlora"] = "lora"
+    vision: bool = Field(False, description="adapt the vision tower too, not only the language model")
+    rank: int = Field(8, ge=1, le=1024)
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(4, ge=1, le=1024)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    held_out: float = Field(0.2, gt=0.0, lt=1.0, description="grouped share kept for the calibration")
+    question: str | None = Field(None, description="None: roadwork's question (README)")
+    max_pixels: int = Field(448 * 448, ge=1024)
+    seed: int = 0
+
+
 class DetectorTrainingConfig(_Strict):
     """``roadwork detector train``: fine-tuning a closed-set detector on annotated photos."""
 

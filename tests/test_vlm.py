@@ -45,3 +45,28 @@ def test_zero_shot_writes_a_calibrated_vlm_bundle_that_serves_alike(tiny_qwen3vl
     np.testing.assert_allclose(batch, single, atol=1e-5)
     with pytest.raises(RoadworkError, match="not a vision-language model folder"):
         YesNoVlm(str(tmp_path))
+
+
+def test_lora_takes_steps_changes_the_answer_and_writes_a_bundle_holding_the_model(tiny_qwen3vl_folder, tmp_path):
+    import csv
+
+    from roadwork.config import VlmTrainingConfig
+    from roadwork.train.vlm import train_vlm
+
+    photos = orange_block_folder(tmp_path / "data", 16, seed=10)
+    samples = load_samples(str(photos))
+    before = YesNoVlm(str(tiny_qwen3vl_folder), max_pixels=64 * 64).margins([Image.open(s.path) for s in samples[:4]])
+    settings = VlmTrainingConfig(epochs=3, batch_size=4, lr=5e-3, max_pixels=64 * 64, held_out=0.25)
+    metrics = train_vlm(str(tiny_qwen3vl_folder), str(photos), tmp_path / "run", settings, progress=False)
+    assert metrics["trainable_parameters"] > 0 and metrics["trained_photos"] + metrics["held_out"] == 16
+    with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as handle:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(handle) if r.get("train_loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    scorer = load_scorer(tmp_path / "run" / "bundle")
+    assert (tmp_path / "run" / "bundle" / "model" / "config.json").is_file()   # the merged model travels with it
+    after = scorer.vlm.margins([Image.open(s.path) for s in samples[:4]])
+    assert not torch.allclose(before, after, atol=1e-4)   # the adapters changed the answer
+    assert not any("lora_" in name for name, _ in scorer.vlm.model.named_parameters())   # merged
+    with pytest.raises(RoadworkError, match="CUDA GPU"):
+        train_vlm(str(tiny_qwen3vl_folder), str(photos), tmp_path / "q", VlmTrainingConfig(method="qlora"),
+                  progress=False)

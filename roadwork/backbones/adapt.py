@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from safetensors.torch import save
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from roadwork.backbones.base import BATCHNORM, Backbone, create_backbone
 from roadwork.errors import RoadworkError
 
+M = TypeVar("M", bound=nn.Module)
 Mode = Literal["frozen", "last_blocks", "lora", "dora", "full"]
 MODES: tuple[str, ...] = ("frozen", "last_blocks", "lora", "dora", "full")
 
@@ -72,17 +73,18 @@ def adapt_backbone(backbone: Backbone, mode: Mode, *, blocks: int = 2, rank: int
     return [name for name, parameter in backbone.named_parameters() if parameter.requires_grad]
 
 
-def merge_adapters(backbone: Backbone) -> Backbone:
-    """Fold every LoRA/DoRA adapter into its base layer and put the plain layer back (in place)."""
+def merge_adapters(model: M) -> M:
+    """Fold every LoRA/DoRA adapter into its base layer and put the plain layer back (in place): a
+    backbone, or any model adapters were injected into (a VLM)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for name, module in list(backbone.named_modules()):
+    for name, module in list(model.named_modules()):
         if isinstance(module, BaseTunerLayer):
             module.merge()
             parent_name, _, child = name.rpartition(".")
-            parent = backbone.get_submodule(parent_name) if parent_name else backbone
+            parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.get_base_layer())
-    return backbone
+    return model
 
 
 def weight_snapshot(backbone: Backbone) -> dict[str, Tensor]:

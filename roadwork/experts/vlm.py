@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -50,12 +51,19 @@ class YesNoVlm:
     """A chat VLM by hub id or local folder, asked ``question`` about each photo."""
 
     def __init__(self, model: str, question: str = QUESTION, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", quantised: bool = False) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
             self.processor = AutoProcessor.from_pretrained(model)
-            self.model = AutoModelForImageTextToText.from_pretrained(model).to(device).eval()
+            if quantised:   # QLoRA: 4-bit weights (bitsandbytes, CUDA only), placed by accelerate
+                from transformers import BitsAndBytesConfig
+
+                four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+                self.model = AutoModelForImageTextToText.from_pretrained(model, quantization_config=four_bit)
+            else:
+                self.model = AutoModelForImageTextToText.from_pretrained(model).to(device)
+            self.model.eval()
         except (OSError, ValueError) as error:
             if Path(model).expanduser().exists():
                 raise RoadworkError(f"{model}: not a vision-language model folder saved with `save_pretrained`: "
@@ -70,12 +78,20 @@ class YesNoVlm:
         self.question, self.max_pixels, self.device = question, max_pixels, torch.device(device)
         self.identity = f"{model}|{local_identity(model)}|{question}|{max_pixels}"
 
-    def margins(self, images: Sequence[Image.Image]) -> Tensor:
-        """log P(yes) - log P(no) for the next token after the question, one per photo (float32, CPU)."""
+    def inputs(self, images: Sequence[Image.Image]) -> Any:
+        """The processor's batch for the question about each photo, on the model's device."""
         message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}]
         prompt = self.processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
         inputs = self.processor(text=[prompt] * len(images), images=[within_budget(i, self.max_pixels) for i in images],
                                 return_tensors="pt", padding=True)
+        return inputs.to(self.device)
+
+    def answer_margins(self, inputs: Any) -> Tensor:
+        """log P(yes) - log P(no) of the next token (with gradients: training calls it too)."""
+        logits = self.model(**inputs).logits[:, -1].float()
+        return torch.logsumexp(logits[:, self.yes], dim=1) - torch.logsumexp(logits[:, self.no], dim=1)
+
+    def margins(self, images: Sequence[Image.Image]) -> Tensor:
+        """The yes/no margin of each photo (float32, CPU)."""
         with torch.inference_mode():
-            logits = self.model(**inputs.to(self.device)).logits[:, -1].float()
-        return (torch.logsumexp(logits[:, self.yes], dim=1) - torch.logsumexp(logits[:, self.no], dim=1)).cpu()
+            return self.answer_margins(self.inputs(images)).cpu()

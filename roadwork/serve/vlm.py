@@ -32,13 +32,21 @@ from roadwork.serve.scorer import Hashed, ImageInput, MemberScores, Prediction, 
 from roadwork.storage import atomic_write_json, write_folder
 
 FORMAT_VERSION = 1
+MODEL_FOLDER = "model"   # a fine-tuned model lives inside its bundle
 
 
-def save_vlm(path: str | Path, *, model: str, question: str, max_pixels: int, calibration: Calibration,
+def save_vlm(path: str | Path, *, model: str | YesNoVlm, question: str, max_pixels: int, calibration: Calibration,
              metrics: dict[str, Any]) -> Path:
+    """The bundle, naming ``model`` (hub id or folder), or holding it (a fine-tuned ``YesNoVlm``)."""
+
     def fill(staging: Path) -> None:
+        if isinstance(model, YesNoVlm):
+            model.model.save_pretrained(staging / MODEL_FOLDER)
+            model.processor.save_pretrained(staging / MODEL_FOLDER)
         manifest = {"kind": "vlm", "format_version": FORMAT_VERSION,
-                    "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "model": model,
+                    "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "model": MODEL_FOLDER if isinstance(model, YesNoVlm) else model,
+                    "model_in_bundle": isinstance(model, YesNoVlm),
                     "question": question, "max_pixels": max_pixels, "calibration": calibration.to_dict(),
                     "decision_threshold": 0.5, "metrics": metrics}
         manifest["manifest_sha256"] = manifest_digest(manifest)
@@ -83,7 +91,9 @@ class VlmScorer(Scorer):
             if manifest.get("manifest_sha256") != manifest_digest(manifest):
                 raise BundleError(f"{self.path}: the manifest was modified after it was written")
             self.calibration = Calibration.from_dict(manifest["calibration"])
-            self.model_name, self.question = str(manifest["model"]), str(manifest["question"])
+            inside = manifest.get("model_in_bundle", False)
+            self.model_name = str(self.path / manifest["model"]) if inside else str(manifest["model"])
+            self.question = str(manifest["question"])
             self.max_pixels = int(manifest["max_pixels"])
         except (ValueError, KeyError, TypeError) as error:
             raise BundleError(f"{self.path}: unreadable vlm bundle: {type(error).__name__}: {error}") from error
