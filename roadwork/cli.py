@@ -488,11 +488,12 @@ def vlm_zero_shot(
 def adapt(
     data: Annotated[list[str], typer.Option("--data", help="Photos to adapt to (repeatable; labels, if any, are ignored).")],
     out: Annotated[Path, typer.Option("--out", help="Folder of the adapted backbone: train takes it as --set data.adapted=OUT.")],
-    method: Annotated[str, typer.Option("--method", help="simclr (ExPLoRA is not built yet).")] = ADAPT.method,
+    method: Annotated[str, typer.Option("--method", help="simclr (two views, NT-Xent) or explora (DINO self-distillation, LoRA on every block and the last blocks open).")] = ADAPT.method,
     backbone: BackboneOpt = DATA.backbone,
     weights: WeightsOpt = None,
     input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input side (default: the backbone's own).")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="Which weights learn: last_blocks, lora, dora or full.")] = ADAPT.mode,
+    mode: Annotated[str, typer.Option("--mode", help="simclr: which weights learn (last_blocks, lora, dora or full).")] = ADAPT.mode,
+    blocks: Annotated[int, typer.Option("--blocks", help="last_blocks and explora: how many of the last blocks train whole.")] = ADAPT.blocks,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the photos.")] = ADAPT.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Photos per step (two views each).")] = ADAPT.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warmup, then cosine decay).")] = ADAPT.lr,
@@ -506,7 +507,7 @@ def adapt(
     from roadwork.config import from_options
     from roadwork.train.adapt import adapt as run_adaptation
 
-    settings = from_options(AdaptConfig, method=method, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+    settings = from_options(AdaptConfig, method=method, mode=mode, blocks=blocks, epochs=epochs, batch_size=batch_size, lr=lr,
                             temperature=temperature, seed=seed)
     manifest = run_adaptation(data, out, settings, backbone=backbone, weights=weights, input_size=input_size,
                               device=_device(device), resume=resume, overwrite=overwrite)

@@ -331,7 +331,8 @@ class ExpertsConfig(_Strict):
 class AdaptConfig(_Strict):
     """``roadwork adapt``: self-supervised adaptation of the backbone on unlabelled photos (SimCLR)."""
 
-    method: Literal["simclr"] = "simclr"
+    # explora: DINO self-distillation, LoRA on every block and the last ``blocks`` unfrozen (``mode`` unused)
+    method: Literal["simclr", "explora"] = "simclr"
     mode: Literal["last_blocks", "lora", "dora", "full"] = "last_blocks"
     blocks: int = Field(2, ge=1, le=256)
     rank: int = Field(8, ge=1, le=1024)
@@ -340,7 +341,9 @@ class AdaptConfig(_Strict):
     lr: float = Field(3e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0, le=10.0)
     temperature: float = Field(0.2, gt=0.0, le=10.0)
-    projection_dim: int = Field(128, ge=8, le=4096)
+    projection_dim: int = Field(128, ge=8, le=4096, description="simclr: projection size; explora: prototypes")
+    local_crops: int = Field(4, ge=0, le=16, description="explora: small crops beside the two global ones")
+    teacher_momentum: float = Field(0.996, ge=0.0, lt=1.0, description="explora: EMA of the student")
     augment: Literal[AUGMENT_PRESETS] = "heavy"   # type: ignore[valid-type]
     crop_scale: tuple[float, float] = Field((0.2, 1.0))
     seed: int = 0

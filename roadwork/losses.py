@@ -40,6 +40,10 @@ def segmentation_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tenso
     return (bce + dice).mean()
 
 
+# The two self-supervised losses below are written here: the library that has them (lightly) brings a
+# second copy of Lightning (pytorch_lightning) and hydra with it, for a dozen lines each.
+
+
 def nt_xent(embeddings: Tensor, temperature: float) -> Tensor:
     """SimCLR's normalised temperature-scaled cross-entropy for ``[2N, D]`` embeddings whose rows i and
     i + N are two views of one photo: each row must pick its twin among the other 2N - 1 rows."""
@@ -49,6 +53,18 @@ def nt_xent(embeddings: Tensor, temperature: float) -> Tensor:
     similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     twins = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(similarity, twins)
+
+
+def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, crops: int, student_temperature: float,
+              teacher_temperature: float) -> Tensor:
+    """DINO self-distillation: ``student`` ``[crops * N, K]`` prototype scores of every crop, ``teacher``
+    ``[2 * N, K]`` of the two global crops (the first two crops), centred by ``center`` and sharpened;
+    each student crop learns the teacher's distribution of every other global crop of its photo."""
+    targets = F.softmax((teacher - center) / teacher_temperature, dim=-1).detach().chunk(2)
+    predictions = F.log_softmax(student / student_temperature, dim=-1).chunk(crops)
+    terms = [-(target * predictions[c]).sum(-1).mean() for t, target in enumerate(targets)
+             for c in range(crops) if c != t]
+    return torch.stack(terms).mean()
 
 
 def consistency_loss(view_logits: Tensor, view_mask: Tensor) -> Tensor:

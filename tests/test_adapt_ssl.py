@@ -80,3 +80,31 @@ def test_train_fits_on_the_adapted_backbone_and_the_bundle_serves_it(tmp_path):
     (tmp_path / "adapted" / "adapted.json").write_text(json.dumps({"backbone": {}}))
     with pytest.raises(RoadworkError, match="data.adapted"):
         train(str(photos), tmp_path / "bad", load_config(None, common), cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_explora_distils_itself_with_lora_everywhere_and_the_last_block_open(tiny_vit_folder, tmp_path):
+    from roadwork.backbones.base import create_backbone
+    from roadwork.losses import dino_loss
+
+    photo = torch.tensor([[4.0, 0.0], [0.0, 4.0]])   # two photos, each with its own prototype
+    teacher = photo.repeat(2, 1)   # the two global crops
+    matching = dino_loss(photo.repeat(3, 1) * 10, teacher, torch.zeros(2), crops=3, student_temperature=0.1,
+                         teacher_temperature=0.04)
+    opposite = dino_loss(photo.flip(1).repeat(3, 1) * 10, teacher, torch.zeros(2), crops=3,
+                         student_temperature=0.1, teacher_temperature=0.04)
+    assert matching < 0.01 < opposite
+
+    photos = orange_block_folder(tmp_path / "data", 16, seed=6)
+    settings = AdaptConfig(method="explora", epochs=8, batch_size=8, blocks=1, local_crops=2, augment="light",
+                           lr=1e-3, projection_dim=32, teacher_momentum=0.9)
+    manifest = adapt([str(photos)], tmp_path / "adapted", settings, backbone=f"hf:{tiny_vit_folder}", input_size=32,
+                     device="cpu", progress=False)
+    with open(tmp_path / "adapted" / "logs" / "version_0" / "metrics.csv") as handle:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(handle) if r.get("train_loss")]
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])   # a moving target: compare epoch pairs
+    changed = load_file(str(tmp_path / "adapted" / "backbone.safetensors"))
+    base = create_backbone(f"hf:{tiny_vit_folder}", input_size=32)
+    last = {name for name, p in base.named_parameters()
+            if any(p is q for m in (base.blocks()[-1], *base.final_modules()) for q in m.parameters())}
+    assert set(changed) - last   # earlier blocks changed too: their merged LoRA adapters
+    assert manifest["method"] == "explora"
