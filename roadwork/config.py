@@ -326,6 +326,9 @@ class ExpertsConfig(_Strict):
         "for one, its own labels for a closed-set detector")
     detector_threshold: float = Field(0.3, gt=0.0, lt=1.0, description="a box counts from this score")
     detector_input_size: int = Field(640, ge=32, le=4096, description="the side of the global view it sees")
+    night: bool = Field(False, description="the night specialist: dark photos' enhanced view as evidence")
+    night_brightness: float = Field(0.25, gt=0.0, lt=1.0, description="a photo darker than this (mean luma) is dark")
+    night_enhancement: Literal["clahe", "gamma"] = "clahe"
 
 
 class AdaptConfig(_Strict):

@@ -127,6 +127,7 @@ def extract_features(
         return result
     if not isinstance(backbone, torch.nn.Module):
         backbone = backbone()
+    nulls = getattr(backbone, "gives_null", False)
     num_workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
         ViewsDataset(todo, plan, backbone.input_size),
@@ -153,7 +154,9 @@ def extract_features(
                 pooled = backbone.features(torch.cat([views for _, views in good]))
                 for (i, _), chunk in zip(good, pooled.split(counts)):
                     # float16 storage overflows past 65504; a non-finite feature would poison training.
-                    if not torch.isfinite(chunk.to(torch.float16)).all():
+                    # An expert that gives NULL (NaN) evidence on purpose says so (``gives_null``).
+                    stored = chunk.to(torch.float16)
+                    if (stored.isinf() if nulls else ~torch.isfinite(stored)).any():
                         failures[todo[i].file_name] = f"{todo[i].file_name}: backbone features are not finite"
                         bad_keys.add(order_keys[i])
                         continue

@@ -34,6 +34,7 @@ from roadwork.backbones.base import BackboneSpec
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
 from roadwork.experts.detector import PER_CONCEPT, DetectorSource
+from roadwork.experts.night import ENHANCEMENTS, NightSource
 from roadwork.experts.prompts import Prompt
 from roadwork.experts.segmentation import SegmentationSource
 from roadwork.features.metadata import MetadataVocab, ServedInputs
@@ -71,7 +72,8 @@ class FeatureSourceEntry:
 @dataclass(frozen=True)
 class EvidenceSourceEntry:
     """An expert whose per-photo evidence heads read: a segmentation branch (``settings``: the feature
-    source it reads and its weights' file) or a detector (its model, prompts, threshold, input size)."""
+    source it reads and its weights' file), a detector (its model, prompts, threshold, input size) or the
+    night stream (its brightness threshold and enhancement, over the base backbone)."""
 
     name: str
     kind: str
@@ -82,9 +84,10 @@ class EvidenceSourceEntry:
         return {"name": self.name, "kind": self.kind, "fields": list(self.fields), **self.settings}
 
 
-def detector_entry(detector: DetectorSource) -> EvidenceSourceEntry:
-    settings = {k: v for k, v in detector.describe().items() if k not in ("name", "kind")}
-    return EvidenceSourceEntry(detector.name, "detector", detector.fields, settings)
+def expert_entry(expert: DetectorSource | NightSource) -> EvidenceSourceEntry:
+    described = expert.describe()
+    settings = {k: v for k, v in described.items() if k not in ("name", "kind", "backbone")}
+    return EvidenceSourceEntry(expert.name, described["kind"], expert.fields, settings)
 
 
 def _detector(entry: EvidenceSourceEntry) -> DetectorSource:
@@ -118,12 +121,15 @@ class Bundle:
         return BackboneSource(self.backbone, self.sources[source].name, self.manifest["files"][weights],
                               self.path / weights)
 
-    def evidence_source(self, index: int) -> SegmentationSource | DetectorSource:
+    def evidence_source(self, index: int) -> SegmentationSource | DetectorSource | NightSource:
         """Evidence source ``index``: a segmentation branch (its weights stored here, over the feature
         source it reads), or a detector (named by hub id or folder, as the backbone is)."""
         entry = self.evidence_sources[index]
         if entry.kind == "detector":
             return _detector(entry)
+        if entry.kind == "night":
+            return NightSource(BackboneSource(self.backbone), float(entry.settings["brightness"]),
+                               str(entry.settings["enhancement"]), entry.name)
         weights = entry.settings["weights"]
         return SegmentationSource(self.feature_source(entry.settings["reads"]), self.manifest["files"][weights],
                                   self.path / weights, entry.name)
@@ -175,15 +181,15 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
                 backbone_training: BackboneTrainingConfig | None = None,
                 densities: list[FeatureDensity] | None = None,
                 segmenters: list[dict[str, torch.Tensor]] | None = None,
-                detector: DetectorSource | None = None) -> Path:
+                experts: list[DetectorSource | NightSource] | None = None) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place whole.
 
     ``adapted_backbones`` holds the weights fine-tuning changed in the base backbone, one source each
     (none: every head reads the base backbone); ``member_sources`` says which source each head reads
     (by default head i reads source i, or the only one); ``densities``, per head, its training-feature
     Gaussian; ``segmenters``, per adapted backbone, the segmentation branch trained with it, whose
-    evidence the heads reading that backbone also read; ``detector``, a detector whose evidence every
-    head reads first."""
+    evidence the heads reading that backbone also read; ``experts``, the image experts (a detector, the
+    night stream) whose evidence every head reads first."""
 
     def fill(staging: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -200,8 +206,8 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
         for name, changed in zip(adapted, adapted_backbones or []):
             atomic_write_bytes(staging / name, save(changed))
         extra = list(adapted)
-        evidence = [detector_entry(detector)] if detector is not None else []
-        member_evidence = [[0] if detector is not None else [] for _ in reads]
+        evidence = [expert_entry(e) for e in experts or []]
+        member_evidence = [list(range(len(evidence))) for _ in reads]
         if segmenters:
             if len(segmenters) != len(adapted):
                 raise ValueError(f"{len(segmenters)} segmentation branches for {len(adapted)} adapted backbones")
@@ -305,7 +311,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         if not isinstance(members, int) or not 1 <= members <= 1000:
             raise ValueError(f"members must be an integer from 1 to 1000, got {members!r}")
         sources, reads = _read_sources(manifest, members)
-        evidence, member_evidence = _read_evidence(manifest, members, len(sources))
+        evidence, member_evidence = _read_evidence(manifest, members, len(sources), backbone.feature_dim)
         widths = {sum(len(evidence[j].fields) for j in chosen) for chosen in member_evidence} or {0}
         if len(widths) != 1:
             raise ValueError(f"every head must read as many evidence fields, got {sorted(widths)}")
@@ -339,8 +345,8 @@ def _check_sources(sources: list[FeatureSourceEntry], reads: list[int], members:
         raise ValueError(f"every source must be read by some head, got member_sources {reads!r}")
 
 
-def _read_evidence(manifest: dict[str, Any], members: int,
-                   sources: int) -> tuple[list[EvidenceSourceEntry], list[list[int]]]:
+def _read_evidence(manifest: dict[str, Any], members: int, sources: int,
+                   backbone_dim: int) -> tuple[list[EvidenceSourceEntry], list[list[int]]]:
     """The evidence sources and which ones each head reads (none in bundles written before experts)."""
     entries, reads = manifest.get("evidence_sources", []), manifest.get("member_evidence")
     evidence = []
@@ -362,6 +368,11 @@ def _read_evidence(manifest: dict[str, Any], members: int,
                 len(found.fields) // len(PER_CONCEPT)
             if not found.fields or len(found.fields) != len(PER_CONCEPT) * concepts:
                 raise ValueError(f"a detector's fields must be {len(PER_CONCEPT)} per concept; got {entry!r}")
+        elif found.kind == "night":
+            if settings.get("enhancement") not in ENHANCEMENTS or not isinstance(settings.get("brightness"), float) \
+                    or len(found.fields) != backbone_dim:
+                raise ValueError(f"a night stream needs its enhancement, brightness and {backbone_dim} fields; "
+                                 f"got {entry!r}")
         else:
             raise ValueError(f"unknown evidence source kind {found.kind!r}")
         evidence.append(found)

@@ -25,6 +25,7 @@ from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
 from roadwork.distributed import rank_and_world
 from roadwork.experts.detector import DetectorSource, detector_source
+from roadwork.experts.night import NightSource
 from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.source import BackboneSource, adapted_source
 from roadwork.features.table import evidence_rows
@@ -67,7 +68,7 @@ class PreparedData:
     masks: dict[str, np.ndarray] = field(default_factory=dict)   # by content key: the work-zone mask,
     # uint8 0..255 at the fine-tuning decode size (DECODE_MARGIN x input, as the global view is squeezed)
     evidence_fields: tuple[str, ...] = ()   # the names of the Photos.evidence columns
-    detector: DetectorSource | None = None   # experts.detector, whose evidence comes first in them
+    experts: list[ImageExpert] = field(default_factory=list)   # whose evidence comes first in them
     source: BackboneSource | None = None   # the backbone before fine-tuning: the base, or data.adapted's
 
 
@@ -150,29 +151,46 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
         if config.loss.dice_weight > 0 else {}
     prepared = PreparedData(train, val, grouping, spec, text, leakage, extraction, masks=masks,
                             adapted_digest=source.changed, source=source)
-    return with_detector(prepared, config, cache_dir=cache_dir, device=device, progress=progress) \
-        if config.experts.detector and config.model.evidence else prepared
+    experts = image_experts(config, source) if config.model.evidence else []
+    return with_experts(prepared, experts, config, cache_dir=cache_dir, device=device, progress=progress)
 
 
-def with_detector(prep: PreparedData, config: TrainConfig, *, cache_dir: str | Path | None, device: str,
-                  progress: bool) -> PreparedData:
-    """The photos with ``experts.detector``'s evidence (cached like features; NULL where it failed on a
-    photo), which every head reads."""
-    experts = config.experts
-    source = detector_source(experts.detector, experts.detector_prompts, experts.detector_threshold,  # type: ignore[arg-type]
-                             experts.detector_input_size)
+ImageExpert = DetectorSource | NightSource   # experts that read the photo, whatever the heads' backbone
+
+
+def image_experts(config: TrainConfig, backbone: BackboneSource) -> list[ImageExpert]:
+    """The experts ``experts.*`` turns on: a detector, the night stream (over the frozen ``backbone``)."""
+    settings, found = config.experts, []
+    if settings.detector:
+        found.append(detector_source(settings.detector, settings.detector_prompts, settings.detector_threshold,
+                                     settings.detector_input_size))
+    if settings.night:
+        found.append(NightSource(backbone, settings.night_brightness, settings.night_enhancement))
+    return found
+
+
+def with_experts(prep: PreparedData, experts: list[ImageExpert], config: TrainConfig, *,
+                 cache_dir: str | Path | None, device: str, progress: bool) -> PreparedData:
+    """The photos with each expert's evidence (cached like features; NULL where it gave none for a
+    photo), which every head reads, in the experts' order."""
+    if not experts:
+        return prep
     photos = [p for p in (prep.train, prep.val) if p is not None]
-    everything = [s for p in photos for s in p.samples]
-    result, found = extract_and_load(everything, cache(lambda: source.load(device)), source.plan,
-                                     source.store(cache_dir, device), num_workers=config.data.num_workers,
-                                     progress=progress, hashed=([k for p in photos for k in p.keys], {}))
-    evidence = evidence_rows(found, len(everything), len(source.fields))
+    everything, keys = [s for p in photos for s in p.samples], [k for p in photos for k in p.keys]
+    columns, extraction = [], dict(prep.extraction)
+    for expert in experts:
+        result, found = extract_and_load(everything, cache(lambda e=expert: e.load(device)), expert.plan,
+                                         expert.store(cache_dir, device), num_workers=config.data.num_workers,
+                                         progress=progress, hashed=(keys, {}))
+        columns.append(evidence_rows(found, len(everything), len(expert.fields)))
+        extraction[expert.name] = {"extracted": result.extracted, "cached": result.cached,
+                                   "failed": len(result.failures), "seconds": round(result.seconds, 2)}
+    evidence = torch.cat(columns, dim=1)
     n = len(prep.train.samples)
     train = replace(prep.train, evidence=evidence[:n])
     val = None if prep.val is None else replace(prep.val, evidence=evidence[n:])
-    extraction = {**prep.extraction, "detector": {"extracted": result.extracted, "cached": result.cached,
-                                                  "failed": len(result.failures), "seconds": round(result.seconds, 2)}}
-    return replace(prep, train=train, val=val, evidence_fields=source.fields, detector=source, extraction=extraction)
+    fields = tuple(f for expert in experts for f in expert.fields)
+    return replace(prep, train=train, val=val, evidence_fields=fields, experts=experts, extraction=extraction)
 
 
 def training_masks(train: Photos, folders: Sequence[str], config: TrainConfig, side: int) -> dict[str, np.ndarray]:

@@ -475,7 +475,7 @@ def write_run(out: Path, plan: Plan, fitted: Fitted, choice: Choice, calibrated:
                 adapted_backbones=[f.changed for f in served.finetuned] or _adapted(prep),
                 segmenters=[f.segmenter for f in served.finetuned]  # type: ignore[misc]
                 if any(f.startswith("segmentation.") for f in served.preps[0].evidence_fields) else None,
-                detector=prep.detector,
+                experts=prep.experts,
                 backbone_training=fitted.settings,
                 densities=_feature_densities(served, plan.vocab, config, device))
     atomic_write_json(out / "metrics.json", metrics)
