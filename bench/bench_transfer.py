@@ -70,8 +70,9 @@ VARIANTS = {
     # refit on every photo (it reuses the folds run's fine-tunings and heads, then fits once more)
     "folds": [],
     "refit": ["validation.serve=refit"],
+    "frozen-refit": ["backbone_training.mode=frozen", "model.type=probe", "validation.serve=refit"],
 }
-REUSES = {"refit": "folds"}
+REUSES = {"refit": "folds", "frozen-refit": "frozen"}
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
