@@ -218,7 +218,8 @@ def main() -> None:
         reused = args.work / "runs" / REUSES.get(args.variant, args.variant) / name.replace(":", "-")
         if reused != out and (reused / "metrics.json").is_file() and not out.exists():
             for part in ("splits", "decoded"):   # the folds' work, which --resume then keeps
-                shutil.copytree(reused / part, out / part)
+                if (reused / part).is_dir():
+                    shutil.copytree(reused / part, out / part)
         if test_data is None:
             if not (out / "metrics.json").is_file():
                 train(str(train_data), out, load_config(None, VARIANTS[args.variant]), cache_dir=args.work / "cache",
