@@ -10,19 +10,15 @@ evidence is NULL: the stream is routed by measured brightness, whatever the meta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import kornia.enhance as KE
 import torch
 from torch import Tensor, nn
 
-from roadwork.backbones.base import Backbone, BackboneSpec
-from roadwork.features.source import BackboneSource
-from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
-from roadwork.storage import writable_folder
+from roadwork.backbones.base import Backbone
+from roadwork.features.source import BackboneSource, ReadsBackbone
 
-PLAN = "global"
 ENHANCEMENTS = ("clahe", "gamma")
 
 
@@ -65,23 +61,17 @@ class NightEvidence(nn.Module):
 
 
 @dataclass(frozen=True)
-class NightSource:
+class NightSource(ReadsBackbone):
     """The night stream over ``backbone`` (the frozen base, whatever the heads' sources are)."""
 
     backbone: BackboneSource
     brightness: float = 0.25
     enhancement: str = "clahe"
     name: str = "night"
-    output: ClassVar[str] = "evidence"
-    plan: ClassVar[str] = PLAN
 
     @property
-    def spec(self) -> BackboneSpec:
-        return self.backbone.spec
-
-    @property
-    def views(self) -> tuple[str, int]:
-        return self.plan, self.spec.input_size
+    def identity(self) -> str:
+        return f"night-{self.enhancement}|{self.brightness}"
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -90,14 +80,6 @@ class NightSource:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "night", "backbone": self.spec.name, "brightness": self.brightness,
                 "enhancement": self.enhancement}
-
-    def store(self, cache_dir: str | Path | None, device: str | torch.device = "cpu",
-              variant: str | None = None) -> FeatureStore:
-        root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
-        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
-        spec, identity = self.spec, f"night-{self.enhancement}|{self.brightness}|{self.backbone.changed}"
-        return FeatureStore(root, namespace_for(spec.name, spec.input_size, self.plan, spec.weights, precision,
-                                                identity + (f"|{variant}" if variant else "")))
 
     def load(self, device: str | torch.device) -> NightEvidence:
         return NightEvidence(self.backbone.load(device), self.brightness, self.enhancement)

@@ -19,13 +19,10 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from roadwork.backbones.base import Backbone, BackboneSpec
-from roadwork.features.source import BackboneSource
-from roadwork.features.store import FeatureStore, default_cache_dir, namespace_for
-from roadwork.storage import writable_folder
+from roadwork.backbones.base import Backbone
+from roadwork.features.source import BackboneSource, ReadsBackbone
 
 EVIDENCE_FIELDS = ("segmentation.roadwork.max", "segmentation.roadwork.area")
-PLAN = "global"   # the branch reads the whole scene once; tiles would count one cone several times
 
 
 def segmenter_layer(token_dim: int) -> nn.Conv2d:
@@ -71,7 +68,7 @@ class SegmentationEvidence(nn.Module):
 
 
 @dataclass(frozen=True)
-class SegmentationSource:
+class SegmentationSource(ReadsBackbone):
     """The segmentation branch as a feature source of per-photo evidence: ``backbone`` is the adapted
     backbone it reads (a ``BackboneSource`` with changed weights), ``weights_file`` the branch's weights,
     ``digest`` their SHA-256."""
@@ -80,30 +77,15 @@ class SegmentationSource:
     digest: str
     weights_file: Path | None = None
     name: str = "segmentation"
-    output: ClassVar[str] = "evidence"
     fields: ClassVar[tuple[str, ...]] = EVIDENCE_FIELDS
-    plan: ClassVar[str] = PLAN
 
     @property
-    def spec(self) -> BackboneSpec:
-        return self.backbone.spec
-
-    @property
-    def views(self) -> tuple[str, int]:
-        return self.plan, self.spec.input_size
+    def identity(self) -> str:
+        return f"segmentation-{self.digest[:12]}|{self.digest}"
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "segmentation", "reads": self.backbone.name, "fields": list(self.fields),
                 "segmenter_sha256": self.digest}
-
-    def store(self, cache_dir: str | Path | None, device: str | torch.device = "cpu",
-              variant: str | None = None) -> FeatureStore:
-        root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
-        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
-        spec = self.spec
-        identity = f"segmentation-{self.digest[:12]}|{self.backbone.changed}|{self.digest}"
-        return FeatureStore(root, namespace_for(spec.name, spec.input_size, self.plan, spec.weights, precision,
-                                                identity + (f"|{variant}" if variant else "")))
 
     def load(self, device: str | torch.device) -> SegmentationEvidence:
         if self.weights_file is None:

@@ -100,3 +100,33 @@ def adapted_source(folder: str | Path) -> BackboneSource:
     if digest != manifest.get("changed_weights_sha256"):
         raise RoadworkError(f"data.adapted: {folder / ADAPTED_WEIGHTS} does not match its {ADAPTED_MANIFEST}")
     return BackboneSource(spec, changed=digest, weights_file=folder / ADAPTED_WEIGHTS)
+
+
+class ReadsBackbone:
+    """An evidence source computed over a backbone's global view (the segmentation branch, the night
+    stream): its spec, views and cache namespace follow from that backbone and the source's ``identity``."""
+
+    backbone: BackboneSource
+    output: ClassVar[str] = "evidence"
+    plan: ClassVar[str] = "global"   # the whole scene once: tiles would count one cone several times
+
+    @property
+    def identity(self) -> str:
+        """What, besides the backbone, its evidence depends on (names its cache namespace)."""
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return self.backbone.spec
+
+    @property
+    def views(self) -> tuple[str, int]:
+        return self.plan, self.spec.input_size
+
+    def store(self, cache_dir: str | Path | None, device: str | torch.device = "cpu",
+              variant: str | None = None) -> FeatureStore:
+        root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
+        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+        spec, identity = self.spec, f"{self.identity}|{self.backbone.changed}"
+        return FeatureStore(root, namespace_for(spec.name, spec.input_size, self.plan, spec.weights, precision,
+                                                identity + (f"|{variant}" if variant else "")))
