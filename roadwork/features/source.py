@@ -9,6 +9,7 @@ detector, depth, segmentation) implement the same protocol with their own output
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -102,7 +103,7 @@ def adapted_source(folder: str | Path) -> BackboneSource:
     return BackboneSource(spec, changed=digest, weights_file=folder / ADAPTED_WEIGHTS)
 
 
-class ReadsBackbone:
+class ReadsBackbone(ABC):
     """An evidence source computed over a backbone's global view (the segmentation branch, the night
     stream): its spec, views and cache namespace follow from that backbone and the source's ``identity``."""
 
@@ -111,9 +112,9 @@ class ReadsBackbone:
     plan: ClassVar[str] = "global"   # the whole scene once: tiles would count one cone several times
 
     @property
+    @abstractmethod
     def identity(self) -> str:
         """What, besides the backbone, its evidence depends on (names its cache namespace)."""
-        raise NotImplementedError
 
     @property
     def spec(self) -> BackboneSpec:

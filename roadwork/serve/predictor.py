@@ -131,10 +131,11 @@ class Predictor(Scorer):
         view), the views of several images batched together."""
         if not views:
             return [[] for _ in self.feature_sources]
+        batched = {key: (torch.cat([v[key] for v in views]), [v[key].shape[0] for v in views])
+                   for key in self._view_keys()}   # once per (plan, size), however many sources read it
         per_source = []
         for source in range(len(self.feature_sources)):
-            key = self._views(source)
-            stacked, counts = torch.cat([v[key] for v in views]), [v[key].shape[0] for v in views]
+            stacked, counts = batched[self._views(source)]
             pooled = torch.cat([self._encode(source, chunk).cpu() for chunk in stacked.split(self.batch_size)])
             per_source.append(list(pooled.split(counts)))
         return per_source
