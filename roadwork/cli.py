@@ -166,6 +166,7 @@ def synth(
     width: Annotated[int, typer.Option("--width", min=64, max=8192, help="Image width in pixels.")] = 640,
     height: Annotated[int, typer.Option("--height", min=64, max=8192, help="Image height in pixels.")] = 480,
     frames_per_drive: Annotated[int, typer.Option("--frames-per-drive", min=1, help="Consecutive, strongly correlated frames per drive (written with a `group` column); 1 = independent photos.")] = 1,
+    depth: Annotated[bool, typer.Option("--depth", help="Write each image's true depth map too (depth/*.png, metres x 256 in 16 bits); about twice the drawing time.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Render a synthetic street-scene dataset (procedural; no assets, no network)."""
@@ -183,7 +184,8 @@ def synth(
             done[0] = count
 
         write_folder(out, lambda staging: write_synthetic_dataset(   # swapped in whole: old or new, never a mix
-            staging, n=n, seed=seed, width=width, height=height, progress=report, frames_per_drive=frames_per_drive))
+            staging, n=n, seed=seed, width=width, height=height, progress=report, frames_per_drive=frames_per_drive,
+            depth=depth))
     console.print(f"wrote {n} images to {out}")
 
 
@@ -445,16 +447,23 @@ def vlm_train(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Photos per step.")] = VLM_TRAINING.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate of the adapters.")] = VLM_TRAINING.lr,
     held_out: Annotated[float, typer.Option("--held-out", help="Grouped share of photos kept out of training for the calibration.")] = VLM_TRAINING.held_out,
+    dpo: Annotated[bool, typer.Option("--dpo", help="Direct preference optimisation: the right answer preferred to the wrong one, against the start model (default: cross-entropy).")] = False,
+    beta: Annotated[float, typer.Option("--beta", help="DPO's beta.")] = VLM_TRAINING.dpo_beta,
+    classifier: Annotated[str | None, typer.Option("--classifier", help="A bundle whose confident mistakes weigh more in DPO's pairs.")] = None,
+    mistake_weight: Annotated[float, typer.Option("--mistake-weight", help="Extra weight of a photo the classifier got wrong with certainty.")] = VLM_TRAINING.mistake_weight,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Fine-tune a VLM's yes/no answer on labelled photos with LoRA and write a calibrated vlm bundle."""
+    """Fine-tune a VLM's yes/no answer on labelled photos with LoRA (cross-entropy or DPO) and write a calibrated vlm bundle."""
     from roadwork.config import from_options
     from roadwork.train.vlm import train_vlm
 
+    if classifier and not dpo:
+        raise typer.BadParameter("--classifier weighs DPO's pairs; add --dpo", param_hint="--classifier")
     settings = from_options(VlmTrainingConfig, method=method, vision=vision, rank=rank, epochs=epochs,
-                            batch_size=batch_size, lr=lr, held_out=held_out)
+                            batch_size=batch_size, lr=lr, held_out=held_out, objective="dpo" if dpo else "bce",
+                            dpo_beta=beta, classifier=classifier, mistake_weight=mistake_weight)
     metrics = train_vlm(model, data, out, settings, device=_device(device), resume=resume, overwrite=overwrite)
     console.print(f"held-out MCC {metrics['mcc']:.3f} {metrics['ci95']['mcc']} on {metrics['held_out']} photos; "
                   f"bundle in {out / 'bundle'}", highlight=False)

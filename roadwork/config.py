@@ -326,9 +326,17 @@ class ExpertsConfig(_Strict):
         "for one, its own labels for a closed-set detector")
     detector_threshold: float = Field(0.3, gt=0.0, lt=1.0, description="a box counts from this score")
     detector_input_size: int = Field(640, ge=32, le=4096, description="the side of the global view it sees")
+    depth: str | None = Field(None, description="a depth model by hub id or local folder, measuring the boxes "
+                              "experts.detector finds (None: none)")
     night: bool = Field(False, description="the night specialist: dark photos' enhanced view as evidence")
     night_brightness: float = Field(0.25, gt=0.0, lt=1.0, description="a photo darker than this (mean luma) is dark")
     night_enhancement: Literal["clahe", "gamma"] = "clahe"
+
+    @model_validator(mode="after")
+    def _depth_needs_boxes(self) -> ExpertsConfig:
+        if self.depth and not self.detector:
+            raise ValueError("experts.depth: measures the boxes a detector finds; name one in experts.detector")
+        return self
 
 
 class AdaptConfig(_Strict):
@@ -365,6 +373,12 @@ class VlmTrainingConfig(_Strict):
     question: str | None = Field(None, description="None: roadwork's question (README)")
     max_pixels: int = Field(448 * 448, ge=1024)
     seed: int = 0
+    objective: Literal["bce", "dpo"] = Field("bce", description="bce: the yes/no margin against the label; dpo: "
+                                             "the right answer preferred to the wrong one, against the start model")
+    dpo_beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO's beta: how far from the start model it may move")
+    classifier: str | None = Field(None, description="a bundle whose confident mistakes weigh more in DPO's pairs")
+    mistake_weight: float = Field(4.0, ge=0.0, le=1000.0, description="a photo the classifier got wrong with "
+                                  "certainty weighs 1 + this (before normalising the weights to mean 1)")
 
 
 class DetectorTrainingConfig(_Strict):

@@ -191,13 +191,82 @@ def tiny_yolos_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def tiny_depth_anything(folder: Path, kind: str) -> Path:
+    """A tiny random Depth Anything (``kind``: metric or relative) and its processor, saved with
+    ``save_pretrained``."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            image_size=56, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, fusion_hidden_size=16, neck_hidden_sizes=[8, 16, 32, 32],
+                                 reassemble_hidden_size=32, head_hidden_size=8, depth_estimation_type=kind,
+                                 max_depth=80)
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False, ensure_multiple_of=14,
+                      do_pad=False).save_pretrained(folder)
+    return folder
+
+
+def _chat_tokenizer(special: list[str], roles: list[str], **tokens: str):
+    """A word-level tokenizer over the VLM question's words, yes/no and ``roles``; ``special[:2]`` are unknown
+    and padding, the rest special tokens. Returns it and its vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from roadwork.experts.vlm import QUESTION
+
+    words = sorted({*roles, "yes", "no", "Yes", "No", *QUESTION.split()})
+    vocab = {token: i for i, token in enumerate(special + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=special[0]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=special[0], pad_token=special[1],
+                                        additional_special_tokens=special[2:], **tokens)
+    return tokenizer, vocab
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_folder(tmp_path_factory) -> Path:
+    """A tiny random LLaVA (CLIP vision tower, Llama language model), the second VLM family, with its
+    processor, saved with ``save_pretrained``."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer, vocab = _chat_tokenizer(["<unk>", "<pad>", "<s>", "</s>", "<image>"], ["USER:", "ASSISTANT:"],
+                                       bos_token="<s>", eos_token="</s>")
+    template = ("{% for m in messages %}{{ m['role'] | upper }}: {% for c in m['content'] %}{% if c['type'] == "
+                "'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT: {% endif %}")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, patch_size=16, vision_feature_select_strategy="default", chat_template=template,
+        image_token="<image>", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=32, patch_size=16, projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                                pad_token_id=vocab["<pad>"]),
+        image_token_id=vocab["<image>"], vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("llava")
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen3vl_folder(tmp_path_factory) -> Path:
     """A tiny random Qwen3-VL with its processor (a word-level tokenizer and a chat template built in
     memory), saved with ``save_pretrained``: the real loading code, no download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
-        PreTrainedTokenizerFast,
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
@@ -205,16 +274,9 @@ def tiny_qwen3vl_folder(tmp_path_factory) -> Path:
         Qwen3VLVideoProcessor,
     )
 
-    from roadwork.experts.vlm import QUESTION
-
     special = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                "<|video_pad|>"]
-    words = sorted({"user", "assistant", "yes", "no", "Yes", "No", *QUESTION.split()})
-    vocab = {token: i for i, token in enumerate(special + words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                        eos_token="<|im_end|>", additional_special_tokens=special[2:])
+    tokenizer, vocab = _chat_tokenizer(special, ["user", "assistant"], eos_token="<|im_end|>")
     template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {% for c in m['content'] %}"
                 "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|> {% else %}{{ c['text'] }}"
                 "{% endif %}{% endfor %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant "

@@ -89,17 +89,18 @@ def _two_objects(drives_left: bool):
 
 def test_a_nearer_object_hides_part_of_a_farther_one_and_left_driving_mirrors_the_masks():
     plan = _two_objects(drives_left=False)
-    image, objects = draw_plan(plan, without_roadwork=False, masked=KINDS)
+    scene = draw_plan(plan, without_roadwork=False, masked=KINDS)
+    image, objects = scene.image, scene.objects
     cone, van = (next(o for o in objects if o.kind == k) for k in ("cone", "vehicle"))
     alone = dataclasses.replace(plan, items=[i for i in plan.items if i.kind == "cone"])
-    _, (whole,) = draw_plan(alone, without_roadwork=False, masked=KINDS)
+    (whole,) = draw_plan(alone, without_roadwork=False, masked=KINDS).objects
     hidden = whole.mask & van.mask
     assert hidden.sum() > 0.2 * whole.mask.sum()   # the van covers a good part of the cone
     assert np.array_equal(cone.mask, whole.mask & ~van.mask)
     (annotation,) = annotations_of("x.jpg", RenderedScene(image, {}, tuple(objects))).objects   # vans are not annotated
     assert annotation.category == "cone" and annotation.box[2] - annotation.box[0] <= cone.box[2] - cone.box[0]
 
-    _, mirrored = draw_plan(_two_objects(drives_left=True), without_roadwork=False, masked=KINDS)
+    mirrored = draw_plan(_two_objects(drives_left=True), without_roadwork=False, masked=KINDS).objects
     for left, right in zip(objects, mirrored):
         assert np.array_equal(left.mask[:, ::-1], right.mask)
         assert right.box == pytest.approx((320 - left.box[2], left.box[1], 320 - left.box[0], left.box[3]))

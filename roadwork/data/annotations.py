@@ -6,17 +6,21 @@ pixels; instance masks, where present, are COCO run-length encodings (uncompress
 major) of the visible pixels. Categories keep real-cones' ids for the work-zone objects and add the
 look-alikes (supercategory ``lookalike``) after them, so a detector trained on synthetic scenes
 names real cones as real-cones does. An image's ``labeled_category_ids`` says which categories are
-labelled exhaustively on it (a photo where only cones were boxed is not a photo without barriers).
+labelled exhaustively on it (a photo where only cones were boxed is not a photo without barriers);
+its ``depth_file``, where known, names a depth map: a 16-bit PNG of metres x 256, 0 where the depth is
+unknown (the KITTI depth benchmark's encoding, so real depth data can come in it too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from roadwork.data.records import DatasetError
 from roadwork.storage import read_json
@@ -50,6 +54,36 @@ class ImageAnnotations:
     height: int
     objects: tuple[ObjectAnnotation, ...]
     labelled: tuple[str, ...] = CATEGORIES   # categories labelled exhaustively on this image
+    depth_file: str | None = None   # its depth map, relative to the dataset folder
+
+
+DEPTH_SCALE = 256.0   # a depth map's value per metre (KITTI's); 0 is "unknown", so the farthest is 65535 / 256 m
+
+
+def encode_depth(metres: np.ndarray) -> bytes:
+    """A depth map (float ``[H, W]`` metres; 0, NaN or negative: unknown) as the PNG ``depth_file`` names."""
+    known = np.nan_to_num(np.asarray(metres, np.float64), nan=0.0)
+    values = np.clip(np.round(known * DEPTH_SCALE), 0, 65535).astype(np.uint16)
+    values[(known > 0) & (values == 0)] = 1   # nearer than 1/256 m is still known
+    buffer = BytesIO()
+    Image.fromarray(values).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def read_depth(folder: str | Path, image: ImageAnnotations) -> np.ndarray:
+    """An image's depth map in metres (float32 ``[H, W]``, NaN where unknown)."""
+    if image.depth_file is None:
+        raise DatasetError(f"{image.file_name}: no depth map in {Path(folder) / ANNOTATIONS}")
+    path = Path(folder) / image.depth_file
+    try:
+        with Image.open(path) as png:
+            values = np.asarray(png, dtype=np.float32)
+    except OSError as error:
+        raise DatasetError(f"{path}: not a readable depth map ({error})") from None
+    if values.shape != (image.height, image.width):
+        raise DatasetError(f"{path}: {values.shape[1] if values.ndim > 1 else '?'}x{values.shape[0]} depth map for a "
+                           f"{image.width}x{image.height} image")
+    return np.where(values > 0, values / DEPTH_SCALE, np.nan).astype(np.float32)
 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
@@ -108,7 +142,8 @@ def coco_document(images: Sequence[ImageAnnotations], description: str) -> dict[
     entries, annotations = [], []
     for image_id, image in enumerate(images, start=1):
         entries.append({"id": image_id, "file_name": image.file_name, "width": image.width, "height": image.height,
-                        "labeled_category_ids": [CATEGORY_IDS[c] for c in image.labelled]})
+                        "labeled_category_ids": [CATEGORY_IDS[c] for c in image.labelled]}
+                       | ({"depth_file": image.depth_file} if image.depth_file else {}))
         for item in image.objects:
             x0, y0, x1, y1 = item.box
             entry = {"id": len(annotations) + 1, "image_id": image_id, "category_id": CATEGORY_IDS[item.category],
@@ -154,7 +189,8 @@ def read_annotations(folder: str | Path) -> dict[str, ImageAnnotations]:
                                                                None if score is None else float(score)))
         return {image["file_name"]: ImageAnnotations(
                     image["file_name"], int(image["width"]), int(image["height"]), tuple(objects[image_id]),
-                    tuple(categories[c][0] for c in image.get("labeled_category_ids", categories)))
+                    tuple(categories[c][0] for c in image.get("labeled_category_ids", categories)),
+                    image.get("depth_file"))
                 for image_id, image in images.items()}
     except FileNotFoundError:
         raise DatasetError(f"{folder}: no {ANNOTATIONS}") from None

@@ -196,10 +196,14 @@ class DetectorSource:
               variant: str | None = None) -> FeatureStore:
         root = writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
         precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
-        identity = "|".join(["detector", local_identity(self.model), *(f"{p.text}={p.category}" for p in self.prompts),
-                             str(self.threshold)])
         return FeatureStore(root, namespace_for(f"detector-{self.model}", self.input_size, self.plan, None, precision,
-                                                identity + (f"|{variant}" if variant else "")))
+                                                self.identity + (f"|{variant}" if variant else "")))
+
+    @property
+    def identity(self) -> str:
+        """What its evidence depends on: the weights (by local files' sizes and times), prompts, threshold."""
+        return "|".join(["detector", local_identity(self.model), *(f"{p.text}={p.category}" for p in self.prompts),
+                         str(self.threshold)])
 
     def load(self, device: str | torch.device) -> DetectorEvidence:
         return DetectorEvidence(self.model, self.prompts, self.threshold, self.input_size, device)

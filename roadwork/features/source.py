@@ -26,6 +26,17 @@ from roadwork.storage import read_json, writable_folder
 ADAPTED_WEIGHTS, ADAPTED_MANIFEST = "backbone.safetensors", "adapted.json"   # what `roadwork adapt` writes
 
 
+class FeatureModel(Protocol):
+    """What a source's ``load`` gives: a backbone, or an expert (segmentation, detector, depth, night) that
+    extraction calls the same way."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def features(self, views: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` views in, a vector per view out (NaN in evidence is NULL where ``gives_null``)."""
+
+
 class FeatureSource(Protocol):
     name: str
     output: ClassVar[str]   # "views": a pooled vector per view of each photo; "evidence": one vector per photo
@@ -41,7 +52,7 @@ class FeatureSource(Protocol):
               variant: str | None = None) -> FeatureStore:
         """The cache of this source's features (``variant``: of transformed copies of the photos)."""
 
-    def load(self, device: str | torch.device) -> Backbone:
+    def load(self, device: str | torch.device) -> FeatureModel:
         """The model that computes the features."""
 
 

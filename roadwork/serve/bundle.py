@@ -33,6 +33,8 @@ from roadwork import __version__
 from roadwork.backbones.base import BackboneSpec
 from roadwork.config import BackboneTrainingConfig, HeadConfig, TrainConfig
 from roadwork.errors import RoadworkError
+from roadwork.experts.depth import PER_CONCEPT as DEPTH_PER_CONCEPT
+from roadwork.experts.depth import DepthSource
 from roadwork.experts.detector import PER_CONCEPT, DetectorSource
 from roadwork.experts.night import ENHANCEMENTS, NightSource
 from roadwork.experts.prompts import Prompt
@@ -72,8 +74,9 @@ class FeatureSourceEntry:
 @dataclass(frozen=True)
 class EvidenceSourceEntry:
     """An expert whose per-photo evidence heads read: a segmentation branch (``settings``: the feature
-    source it reads and its weights' file), a detector (its model, prompts, threshold, input size) or the
-    night stream (its brightness threshold and enhancement, over the base backbone)."""
+    source it reads and its weights' file), a detector (its model, prompts, threshold, input size), depth
+    over a detector's boxes (its model and the detector's settings) or the night stream (its brightness
+    threshold and enhancement, over the base backbone)."""
 
     name: str
     kind: str
@@ -84,16 +87,21 @@ class EvidenceSourceEntry:
         return {"name": self.name, "kind": self.kind, "fields": list(self.fields), **self.settings}
 
 
-def expert_entry(expert: DetectorSource | NightSource) -> EvidenceSourceEntry:
+def expert_entry(expert: DetectorSource | DepthSource | NightSource) -> EvidenceSourceEntry:
     described = expert.describe()
     settings = {k: v for k, v in described.items() if k not in ("name", "kind", "backbone")}
     return EvidenceSourceEntry(expert.name, described["kind"], expert.fields, settings)
 
 
-def _detector(entry: EvidenceSourceEntry) -> DetectorSource:
-    s = entry.settings
+def _detector(settings: dict[str, Any], name: str) -> DetectorSource:
+    s = settings
     return DetectorSource(s["model"], tuple(Prompt.parse(p) for p in s["prompts"]), float(s["threshold"]),
-                          int(s["input_size"]), entry.name)
+                          int(s["input_size"]), name)
+
+
+def _depth(settings: dict[str, Any], name: str) -> DepthSource:
+    detector = settings["detector"]
+    return DepthSource(settings["model"], _detector(detector, detector["name"]), name)
 
 
 @dataclass
@@ -121,12 +129,14 @@ class Bundle:
         return BackboneSource(self.backbone, self.sources[source].name, self.manifest["files"][weights],
                               self.path / weights)
 
-    def evidence_source(self, index: int) -> SegmentationSource | DetectorSource | NightSource:
+    def evidence_source(self, index: int) -> SegmentationSource | DetectorSource | DepthSource | NightSource:
         """Evidence source ``index``: a segmentation branch (its weights stored here, over the feature
-        source it reads), or a detector (named by hub id or folder, as the backbone is)."""
+        source it reads), or a detector or depth model (named by hub id or folder, as the backbone is)."""
         entry = self.evidence_sources[index]
         if entry.kind == "detector":
-            return _detector(entry)
+            return _detector(entry.settings, entry.name)
+        if entry.kind == "depth":
+            return _depth(entry.settings, entry.name)
         if entry.kind == "night":
             return NightSource(BackboneSource(self.backbone), float(entry.settings["brightness"]),
                                str(entry.settings["enhancement"]), entry.name)
@@ -181,15 +191,15 @@ def save_bundle(path: str | Path, *, head: HeadEnsemble, head_config: HeadConfig
                 backbone_training: BackboneTrainingConfig | None = None,
                 densities: list[FeatureDensity] | None = None,
                 segmenters: list[dict[str, torch.Tensor]] | None = None,
-                experts: list[DetectorSource | NightSource] | None = None) -> Path:
+                experts: list[DetectorSource | DepthSource | NightSource] | None = None) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place whole.
 
     ``adapted_backbones`` holds the weights fine-tuning changed in the base backbone, one source each
     (none: every head reads the base backbone); ``member_sources`` says which source each head reads
     (by default head i reads source i, or the only one); ``densities``, per head, its training-feature
     Gaussian; ``segmenters``, per adapted backbone, the segmentation branch trained with it, whose
-    evidence the heads reading that backbone also read; ``experts``, the image experts (a detector, the
-    night stream) whose evidence every head reads first."""
+    evidence the heads reading that backbone also read; ``experts``, the image experts (a detector, depth,
+    the night stream) whose evidence every head reads first."""
 
     def fill(staging: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -358,16 +368,19 @@ def _read_evidence(manifest: dict[str, Any], members: int, sources: int,
                     settings.get("weights") not in manifest["files"] or found.fields != SegmentationSource.fields:
                 raise ValueError(f"a segmentation branch must read one of the {sources} feature sources, name a "
                                  f"verified file and its fields; got {entry!r}")
-        elif found.kind == "detector":
+        elif found.kind in ("detector", "depth"):
+            per_concept = PER_CONCEPT if found.kind == "detector" else DEPTH_PER_CONCEPT
             try:
-                detector = _detector(found)
+                detector = _detector(settings, found.name) if found.kind == "detector" else \
+                    _depth(settings, found.name).detector
             except (KeyError, TypeError, ValueError, RoadworkError) as error:
-                raise ValueError(f"a detector entry needs model, prompts, threshold and input_size: {error}") \
-                    from None
+                raise ValueError(f"a {found.kind} entry needs its model and a detector's model, prompts, threshold "
+                                 f"and input_size: {error}") from None
             concepts = len({p.category for p in detector.prompts}) if detector.prompts else \
-                len(found.fields) // len(PER_CONCEPT)
-            if not found.fields or len(found.fields) != len(PER_CONCEPT) * concepts:
-                raise ValueError(f"a detector's fields must be {len(PER_CONCEPT)} per concept; got {entry!r}")
+                len(found.fields) // len(per_concept)
+            if not found.fields or len(found.fields) != len(per_concept) * concepts:
+                raise ValueError(f"a {found.kind} source's fields must be {len(per_concept)} per concept; "
+                                 f"got {entry!r}")
         elif found.kind == "night":
             if settings.get("enhancement") not in ENHANCEMENTS or not isinstance(settings.get("brightness"), float) \
                     or len(found.fields) != backbone_dim:

@@ -155,8 +155,8 @@ def _write_export(bundle: Bundle, out: Path) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     parity: dict[str, float] = {}
     if any(entry.kind != "segmentation" for entry in bundle.evidence_sources):
-        raise RoadworkError("ONNX export covers the segmentation branch's evidence; a bundle whose heads read a "
-                            "detector is served by the bundle itself")
+        raise RoadworkError("ONNX export covers the segmentation branch's evidence; a bundle whose heads read an "
+                            "image expert (detector, depth, night stream) is served by the bundle itself")
     evidence_of = _evidence_of(bundle)
     for source in range(predictor.sources):
         backbone = _BackboneGraph(predictor.backbone(source)).eval()

@@ -11,17 +11,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from roadwork.backbones.base import Backbone
 from roadwork.config import TtaConfig
 from roadwork.data.augment import TtaTransform, tta_transforms
 from roadwork.data.records import Sample
 from roadwork.data.views import image_views, plan_boxes, views_from_image
 from roadwork.errors import RoadworkError
-from roadwork.experts.detector import DetectorEvidence
-from roadwork.experts.segmentation import SegmentationEvidence, SegmentationSource
+from roadwork.experts.segmentation import SegmentationSource
 from roadwork.features.extract import content_keys, extract_and_load
 from roadwork.features.metadata import ServedInputs
-from roadwork.features.source import FeatureSource
+from roadwork.features.source import FeatureModel, FeatureSource
 from roadwork.features.store import FeatureStore
 from roadwork.features.table import FeatureTable, evidence_rows, head_outputs
 from roadwork.model.text import TextEncoder
@@ -67,7 +65,7 @@ class Predictor(Scorer):
         self.head = bundle.head.to(self.device).eval()
         self.feature_sources: list[FeatureSource] = [bundle.feature_source(i) for i in range(len(bundle.sources))]
         self.feature_sources += [bundle.evidence_source(j) for j in range(len(bundle.evidence_sources))]
-        self._backbones: dict[int, Backbone | SegmentationEvidence | DetectorEvidence] = {}
+        self._backbones: dict[int, FeatureModel] = {}
         self._lock = threading.RLock()
         self._text: TextEncoder | None = None
         self.tta = TtaConfig()
@@ -105,7 +103,7 @@ class Predictor(Scorer):
         """How many backbones produce features."""
         return len(self.bundle.sources)
 
-    def backbone(self, source: int = 0) -> Backbone | SegmentationEvidence | DetectorEvidence:
+    def backbone(self, source: int = 0) -> FeatureModel:
         with self._lock:
             return self._backbone(source)
 
@@ -118,7 +116,7 @@ class Predictor(Scorer):
         """Every (plan, size) some source reads, each decoded once per photo."""
         return list(dict.fromkeys(self._views(i) for i in range(len(self.feature_sources))))
 
-    def _backbone(self, source: int) -> Backbone | SegmentationEvidence | DetectorEvidence:
+    def _backbone(self, source: int) -> FeatureModel:
         if source not in self._backbones:
             self._backbones[source] = self.feature_sources[source].load(self.device)
         return self._backbones[source]

@@ -24,6 +24,7 @@ from roadwork.data.groups import Grouping, check_label_conflicts, group_samples,
 from roadwork.data.records import DatasetError, Sample
 from roadwork.data.sources import load_samples
 from roadwork.distributed import rank_and_world
+from roadwork.experts.depth import DepthSource
 from roadwork.experts.detector import DetectorSource, detector_source
 from roadwork.experts.night import NightSource
 from roadwork.features.extract import content_keys, extract_and_load
@@ -155,15 +156,19 @@ def prepare_data(data: str, config: TrainConfig, *, val_data: str | None, cache_
     return with_experts(prepared, experts, config, cache_dir=cache_dir, device=device, progress=progress)
 
 
-ImageExpert = DetectorSource | NightSource   # experts that read the photo, whatever the heads' backbone
+ImageExpert = DetectorSource | DepthSource | NightSource   # experts that read the photo, whatever the heads' backbone
 
 
 def image_experts(config: TrainConfig, backbone: BackboneSource) -> list[ImageExpert]:
-    """The experts ``experts.*`` turns on: a detector, the night stream (over the frozen ``backbone``)."""
+    """The experts ``experts.*`` turns on: a detector, depth over its boxes, the night stream (over the
+    frozen ``backbone``)."""
     settings, found = config.experts, []
     if settings.detector:
-        found.append(detector_source(settings.detector, settings.detector_prompts, settings.detector_threshold,
-                                     settings.detector_input_size))
+        detector = detector_source(settings.detector, settings.detector_prompts, settings.detector_threshold,
+                                   settings.detector_input_size)
+        found.append(detector)
+        if settings.depth:
+            found.append(DepthSource(settings.depth, detector))
     if settings.night:
         found.append(NightSource(backbone, settings.night_brightness, settings.night_enhancement))
     return found
