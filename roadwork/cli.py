@@ -22,6 +22,7 @@ from roadwork.config import (
     BackboneTrainingConfig,
     DataConfig,
     DetectorTrainingConfig,
+    ExpertsConfig,
     ServeConfig,
     TtaConfig,
     VlmTrainingConfig,
@@ -576,6 +577,7 @@ def distill(
 detector_app = typer.Typer(help="Object detectors as experts: fine-tune one on annotated photos.", no_args_is_help=True)
 app.add_typer(detector_app, name="detector")
 DETECTOR_TRAINING = DetectorTrainingConfig()
+EXPERTS = ExpertsConfig()
 
 
 @detector_app.command("train")
@@ -602,6 +604,31 @@ def detector_train(
     console.print(f"trained on {metrics['photos']} photos for {metrics['epochs']} epochs; use it with "
                   f"--set experts.detector={out / DETECTOR} --set experts.detector_input_size={input_size}",
                   highlight=False)
+
+
+@detector_app.command("evaluate")
+@_friendly
+def detector_evaluate(
+    data: DataOpt,
+    model: Annotated[str, typer.Option("--model", help="A detector as experts.detector names it: hub id or folder (`detector train` writes RUN/detector).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the result as JSON here too.")] = None,
+    prompts: Annotated[list[str] | None, typer.Option("--prompt", help="TEXT=CATEGORY for an open-vocabulary detector; repeatable (default: the work-zone prompts).")] = None,
+    input_size: Annotated[int, typer.Option("--input-size", help="Side of the square global view it sees (as experts.detector_input_size).")] = EXPERTS.detector_input_size,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Photos per forward pass.")] = 8,
+    device: DeviceOpt = "auto",
+) -> None:
+    """COCO mAP of a detector on DATA's annotated photos, scored on the view the detector expert serves it."""
+    from roadwork.evaluate.detection import detector_map
+    from roadwork.experts.detector import detector_source
+    from roadwork.storage import atomic_write_json
+
+    result = detector_map(detector_source(model, prompts, EXPERTS.detector_threshold, input_size), str(data),
+                          device=_device(device), batch_size=batch, progress=True)
+    if out is not None:
+        atomic_write_json(out, result)
+    per = ", ".join(f"{c} {ap:.3f}" for c, ap in result["map_per_category"].items())
+    console.print(f"mAP {result['map']:.3f}, mAP@0.5 {result['map_50']:.3f} on {result['photos']} photos "
+                  f"({result['boxes']} boxes); per category: {per}", highlight=False)
 
 
 @app.command("pseudo-masks")

@@ -3,6 +3,10 @@ models saved with save_pretrained), and a run whose heads read the evidence on e
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -109,7 +113,71 @@ def test_detector_train_learns_synthetic_boxes_and_the_result_is_an_expert(tiny_
     with open(tmp_path / "det" / "logs" / "version_1" / "metrics.csv") as handle:
         assert [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("train_loss")] == [4]
 
+    evaluated = runner.invoke(app, ["detector", "evaluate", "--data", str(data), "--model",
+                                    str(tmp_path / "det" / "detector"), "--input-size", "64", "--device", "cpu",
+                                    "--out", str(tmp_path / "map.json")])
+    assert evaluated.exit_code == 0, evaluated.output
+    scored = json.loads((tmp_path / "map.json").read_text())
+    assert scored["photos"] == 16 and 0.0 <= scored["map"] <= scored["map_50"] <= 1.0
+
     plain = orange_block_folder(tmp_path / "plain", 4, seed=1)   # no annotations.json
     refused = runner.invoke(app, ["detector", "train", "--data", str(plain), "--model", str(tiny_yolos_folder),
                                   "--out", str(tmp_path / "det2")])
     assert refused.exit_code == 2 and "annotations.json" in refused.output
+
+
+class _Answers:
+    """A stand-in detector expert that finds given boxes, photo after photo, in the evaluator's order."""
+
+    def __init__(self, concepts: tuple[str, ...], answers: list[list[Found]]) -> None:
+        self.concepts, self.answers = concepts, list(answers)
+
+    def detect(self, views):
+        found, self.answers = self.answers[: len(views)], self.answers[len(views):]
+        return found
+
+
+def test_map_is_one_for_the_truth_lower_for_shifted_boxes_and_ignores_what_was_not_labelled(tmp_path, monkeypatch):
+    from roadwork.data.annotations import CATEGORIES, coco_document, read_annotations
+    from roadwork.data.synth import write_synthetic_dataset
+    from roadwork.evaluate.detection import detector_map
+    from roadwork.experts.detector import DetectorSource
+    from roadwork.storage import atomic_write_json
+
+    data = write_synthetic_dataset(tmp_path / "synth", 12, seed=3, width=96, height=72)
+    images = read_annotations(data)
+    order = [s.file_name for s in load_samples(str(data))]
+    concepts = ("cone", "drum", "barrier", "worker", "orange_vehicle", "school_bus")
+    size = 64
+
+    def truth(shift: float = 0.0, extra: bool = False) -> list[list[Found]]:
+        answers = []
+        for name in order:
+            image, scale = images[name], (size / images[name].width, size / images[name].height)
+            found = [Found(concepts.index(o.category), 0.9, (o.box[0] * scale[0] + shift, o.box[1] * scale[1],
+                                                            o.box[2] * scale[0] + shift, o.box[3] * scale[1]))
+                     for o in image.objects if o.category in concepts]
+            if extra:   # a confident cone where there is none
+                found.append(Found(0, 0.99, (0.0, 0.0, 8.0, 8.0)))
+            answers.append(found)
+        return answers
+
+    source = DetectorSource("stand-in", input_size=size)
+
+    def scored(answers: list[list[Found]], folder=data) -> dict:
+        monkeypatch.setattr(DetectorSource, "load", lambda self, device: _Answers(concepts, answers))
+        return detector_map(source, str(folder), batch_size=5)
+
+    perfect = scored(truth())
+    assert perfect["map"] == pytest.approx(1.0) and perfect["photos"] == 12
+    assert set(perfect["map_per_category"]) <= set(concepts)   # categories it was not asked for are left out
+    assert scored(truth(shift=6.0))["map"] < 0.9
+    assert scored(truth(extra=True))["map"] < 1.0   # a false cone costs precision...
+    partial = tmp_path / "partial"   # ...except on photos where cones were not labelled
+    shutil.copytree(data / "images", partial / "images")
+    (partial / "metadata.csv").write_text((data / "metadata.csv").read_text())
+    unlabelled = [dataclasses.replace(images[n], labelled=tuple(c for c in CATEGORIES if c != "cone"),
+                                      objects=tuple(o for o in images[n].objects if o.category != "cone"))
+                  for n in order]
+    atomic_write_json(partial / "annotations.json", coco_document(unlabelled, "cones not labelled"))
+    assert scored(truth(extra=True), partial)["map"] == pytest.approx(1.0)   # its cones, true or false, unjudged

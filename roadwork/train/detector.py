@@ -20,38 +20,16 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from roadwork.config import DetectorTrainingConfig, OptimConfig, TrainConfig
-from roadwork.data.annotations import ANNOTATIONS, CATEGORIES, ImageAnnotations, read_annotations
-from roadwork.data.records import DatasetError, Sample
-from roadwork.data.sources import load_samples
-from roadwork.data.views import image_views
+from roadwork.data.annotations import CATEGORIES
+from roadwork.data.boxes import BoxedPhotos, annotated_photos
 from roadwork.errors import RoadworkError
 from roadwork.storage import atomic_write_json, write_folder
 from roadwork.train.trainer import build_trainer, check_run_folder, open_run_folder
 
 DETECTOR = "detector"   # the folder under the run that experts.detector names
-
-
-class BoxedPhotos(Dataset):
-    """(global view ``[3, S, S]`` uint8, its boxes ``[n, 4]`` as x0, y0, x1, y1 in view pixels, their
-    category indices ``[n]``) of each annotated photo."""
-
-    def __init__(self, samples: list[Sample], annotations: dict[str, ImageAnnotations], size: int) -> None:
-        self.samples, self.annotations, self.size = samples, annotations, size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        sample = self.samples[index]
-        image = self.annotations[sample.file_name]
-        view = image_views(sample.read_bytes(), "global", self.size, source=sample.file_name)[0]
-        scale = torch.tensor([self.size / image.width, self.size / image.height] * 2)
-        boxes = torch.tensor([o.box for o in image.objects], dtype=torch.float32).reshape(-1, 4) * scale
-        labels = torch.tensor([CATEGORIES.index(o.category) for o in image.objects], dtype=torch.long)
-        return view, boxes, labels
 
 
 def _collate(batch: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
@@ -82,26 +60,13 @@ class DetectorModule(L.LightningModule):
         return torch.optim.AdamW(self.model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
 
 
-def annotated_photos(data: str) -> tuple[list[Sample], dict[str, ImageAnnotations]]:
-    """The photos of DATA that its annotations.json boxes exhaustively (every category labelled)."""
-    if not (Path(data) / ANNOTATIONS).is_file():
-        raise DatasetError(f"{data}: no {ANNOTATIONS}; a detector learns from boxes (roadwork synth writes them, "
-                           "pseudo-masks gives them for real photos)")
-    annotations = read_annotations(data)
-    samples = [s for s in load_samples(data) if s.file_name in annotations and
-               set(CATEGORIES) <= set(annotations[s.file_name].labelled)]
-    if not samples:
-        raise DatasetError(f"{data}: no photo of {ANNOTATIONS} has every category labelled")
-    return samples, annotations
-
-
 def train_detector(data: str, model: str, out: str | Path, settings: DetectorTrainingConfig, *, device: str = "cpu",
                    resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``model`` on DATA's boxes; write RUN/detector/ and RUN/detector-metrics.json."""
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
     out = check_run_folder(out, resume=resume, overwrite=overwrite, inputs=[data])
-    samples, annotations = annotated_photos(data)
+    samples, annotations = annotated_photos(data, every_category=True)
     try:
         processor = AutoImageProcessor.from_pretrained(model)
         detector = AutoModelForObjectDetection.from_pretrained(

@@ -12,8 +12,8 @@ preferred to the wrong one, against the model it started from, and a classifier 
 mistakes weigh more. trl's DPOTrainer runs its own Trainer loop over tokenised answer sequences; the
 answer here is one token, where DPO's objective is exactly -log sigmoid(beta * s * (m - m_ref)) with m
 the yes/no margin, m_ref the start model's and s = +1 when "yes" is right, -1 when "no" is. So it is
-written here, in the same Lightning loop as LoRA (resumable, checkpointed), not through a second
-training stack with datasets and pyarrow behind it.
+written here, in the same Lightning loop as LoRA (resumable, checkpointed, one device policy), not
+through a second training stack.
 """
 
 from __future__ import annotations
