@@ -2,7 +2,8 @@
 
     python bench/bench_onnx.py --bundle RUN/bundle --work bench/out
 
-Exports the bundle (`roadwork export --format onnx`), then times `Predictor.predict_images` on one
+Exports the bundle (`roadwork export --format onnx`; a finished export in --work is reused), then times
+the request path (`predict_images` of each runtime's scorer) on one
 224x224 and one 1920x1080 JPEG, one request at a time, both runtimes in the same process, after warm-up.
 """
 
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import jpeg  # noqa: E402
 from common import machine, today  # noqa: E402
 from roadwork.serve.onnx import export_onnx  # noqa: E402
-from roadwork.serve.predictor import Predictor  # noqa: E402
+from roadwork.serve.scorer import load_scorer  # noqa: E402
 
 
 def main() -> None:
@@ -28,8 +29,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=40)
     args = parser.parse_args()
-    export_onnx(args.bundle, args.work / "onnx")
-    runtimes = {"PyTorch": Predictor.load(args.bundle), "onnxruntime": Predictor.load(args.work / "onnx")}
+    if not (args.work / "onnx" / "manifest.json").is_file():
+        export_onnx(args.bundle, args.work / "onnx")
+    runtimes = {"PyTorch": load_scorer(args.bundle), "onnxruntime": load_scorer(args.work / "onnx")}
     print(f"{machine()}, {today()}, `python bench/bench_onnx.py`; bundle {args.bundle}\n")
     print("| image | PyTorch p50 ms | p95 ms | onnxruntime p50 ms | p95 ms | largest probability difference |")
     print("|---|---|---|---|---|---|")
