@@ -126,7 +126,7 @@ class ValidationConfig(_Strict):
     # What a k-fold run serves: the k fold heads (each with its own fine-tuned backbone when the
     # backbone trains), or the chosen pipeline fitted once more on every photo ("refit": one backbone,
     # one head, k times less serving work), with the calibration the folds' held-out margins gave.
-    serve: Literal["folds", "refit"] = "folds"
+    serve: Literal["folds", "refit"] = "refit"
     fraction: float = Field(default=0.15, gt=0.0, lt=1.0)   # held out by a single split, and inside each fold
     # auto: a group/sequence/drive/session/video/trip column, else near-duplicate features;
     # a column name; or "rows" (every row alone: the old random split, for comparisons only).

@@ -93,8 +93,8 @@ def probe_bundle(tmp_path_factory) -> dict[str, Path]:
 
     base = tmp_path_factory.mktemp("probe-bundle")
     data = orange_block_folder(base / "data", 24, seed=5)
-    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "model.type=probe",
-                                "backbone_training.mode=frozen"])
+    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "validation.serve=folds",
+                                "model.type=probe", "backbone_training.mode=frozen"])
     train(str(data), base / "run", config, cache_dir=base / "cache", progress=False)
     return {"bundle": base / "run" / "bundle", "data": data, "cache": base / "cache"}
 

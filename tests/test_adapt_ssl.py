@@ -59,7 +59,8 @@ def test_train_fits_on_the_adapted_backbone_and_the_bundle_serves_it(tmp_path):
     photos = orange_block_folder(tmp_path / "data", 16, seed=6)
     adapt([str(photos)], tmp_path / "adapted", AdaptConfig(epochs=2, batch_size=8, augment="light"),
           backbone="efficientnet-lite0", input_size=64, device="cpu", progress=False)
-    common = ["validation.groups=rows", "validation.folds=2", "model.type=probe", "data.input_size=64",
+    common = ["validation.groups=rows", "validation.folds=2", "validation.serve=folds", "model.type=probe",
+              "data.input_size=64",
               f"data.adapted={tmp_path / 'adapted'}"]
     train(str(photos), tmp_path / "frozen", load_config(None, [*common, "backbone_training.mode=frozen"]),
           cache_dir=tmp_path / "cache", progress=False)

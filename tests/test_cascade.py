@@ -40,7 +40,8 @@ def tiers(tmp_path_factory):
     base = tmp_path_factory.mktemp("cascade")
     data = orange_block_folder(base / "train", 24, seed=7)
     held = orange_block_folder(base / "held", 40, seed=8)
-    common = ["validation.groups=rows", "validation.folds=2", "model.type=probe", "backbone_training.mode=frozen"]
+    common = ["validation.groups=rows", "validation.folds=2", "validation.serve=folds", "model.type=probe",
+              "backbone_training.mode=frozen"]
     for name, views in (("fast", "global"), ("slow", "auto")):
         train(str(data), base / name, load_config(None, [*common, f"data.views={views}"]), cache_dir=base / "cache",
               progress=False)
@@ -111,8 +112,8 @@ def test_a_probe_student_distils_a_cascade(tiers, tmp_path):
 
     build_cascade(tiers["fast"], tiers["slow"], str(tiers["held"]), tmp_path / "c", share=0.5,
                   cache_dir=tiers["base"] / "cache")
-    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "model.type=probe",
-                                "backbone_training.mode=frozen"])
+    config = load_config(None, ["validation.groups=rows", "validation.folds=2", "validation.serve=folds",
+                                "model.type=probe", "backbone_training.mode=frozen"])
     metrics = distill(tmp_path / "c", str(tiers["held"]), tmp_path / "student", config,
                       cache_dir=tiers["base"] / "cache")
     assert metrics["distillation"]["teacher"] == str(tmp_path / "c")

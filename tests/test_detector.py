@@ -21,7 +21,8 @@ from roadwork.train.run import train
 
 from conftest import orange_block_folder
 
-SMALL = ["validation.groups=rows", "validation.folds=2", "validation.fraction=0.5", "model.type=probe",
+SMALL = ["validation.groups=rows", "validation.folds=2", "validation.serve=folds", "validation.fraction=0.5",
+         "model.type=probe",
          "backbone_training.mode=frozen", "data.input_size=64", "experts.detector_input_size=64"]
 
 

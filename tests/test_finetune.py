@@ -22,7 +22,8 @@ from roadwork.train.run import train
 
 from conftest import orange_block_folder
 
-SMALL = ["validation.groups=rows", "validation.folds=2", "validation.fraction=0.5", "model.type=probe",
+SMALL = ["validation.groups=rows", "validation.folds=2", "validation.serve=folds", "validation.fraction=0.5",
+         "model.type=probe",
          "backbone_training.epochs=1", "backbone_training.batch_size=8", "backbone_training.blocks=1",
          "backbone_training.rank=4", "backbone_training.augment=light"]
 

@@ -400,7 +400,8 @@ def test_kfold_heads_never_see_the_rows_they_are_measured_on(trained, tmp_path, 
         return real_fit(config, head_config, dim, vocab, train_table, select_table, *args, **kwargs)
 
     monkeypatch.setattr(run_module, "fit_multiview", recording_fit)
-    config = load_config(None, [*TINY, "optim.epochs=1", "validation.folds=4", "model.type=auto"])
+    config = load_config(None, [*TINY, "optim.epochs=1", "validation.folds=4", "validation.serve=folds",
+                                "model.type=auto"])
     metrics = train(str(trained["data"]), tmp_path / "run", config, cache_dir=trained["cache"], progress=False)
     everything = {f"img/{i}.jpg" for i in range(40)}
     held_out = []
