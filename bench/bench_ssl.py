@@ -11,9 +11,11 @@ with the served bundle at its 0.5 cut:
 * transductive: adapted once on every real-dev photo, test folds included (what a miner adapting to the
   validator's pool would do), reported apart;
 * synthetic: adapted once on synthetic scenes only (`synth --seed 11`, 400 frames of 4-frame drives).
-The probe, not the default fine-tuning, sits on top: it shows what adaptation did to the features at
-seconds per fold, where five fine-tunings per variant are hours of these 2 cores. Reported: pooled
-held-out MCC with a group-bootstrap interval, AUROC, and adaptation seconds per epoch.
+On top (`--top`): `probe`, the frozen-backbone probe, which shows what adaptation did to the features
+at seconds per fold; or `finetune`, the default training (the backbone fine-tuned from the adapted
+weights) with one grouped validation split instead of five folds (`validation.folds=1`), so each test
+fold costs one fine-tuning, not six. Reported: pooled held-out MCC with a group-bootstrap interval,
+AUROC, and adaptation seconds per epoch.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from roadwork.serve.scorer import load_scorer  # noqa: E402
 from roadwork.train.adapt import adapt  # noqa: E402
 from roadwork.train.run import train  # noqa: E402
 
-PROBE = ["backbone_training.mode=frozen", "model.type=probe"]
+TOPS = {"probe": ["backbone_training.mode=frozen", "model.type=probe"], "finetune": ["validation.folds=1"]}
 
 
 def adapted(data: list[Path], out: Path, epochs: int) -> dict:
@@ -48,12 +50,13 @@ def adapted(data: list[Path], out: Path, epochs: int) -> dict:
     return json.loads(manifest.read_text())
 
 
-def scored(train_folder: Path, test_folder: Path, run: Path, cache: Path, adapted_folder: Path | None) -> dict:
-    """Train the probe (on the adapted backbone when given) and score the held-out fold; cached as JSON."""
+def scored(train_folder: Path, test_folder: Path, run: Path, cache: Path, adapted_folder: Path | None,
+           top: str) -> dict:
+    """Train ``top`` (on the adapted backbone when given) and score the held-out fold; cached as JSON."""
     result = run / "held-out.json"
     if result.is_file():
         return json.loads(result.read_text())
-    overrides = PROBE + ([f"data.adapted={adapted_folder}"] if adapted_folder else [])
+    overrides = TOPS[top] + ([f"data.adapted={adapted_folder}"] if adapted_folder else [])
     train(str(train_folder), run, load_config(None, overrides), cache_dir=cache, progress=False, overwrite=True)
     samples = load_samples(str(test_folder))
     probabilities, failures = load_scorer(run / "bundle").predict_samples(samples, cache_dir=cache)
@@ -71,9 +74,10 @@ def main() -> None:
     parser.add_argument("--real", type=Path, default=Path("../shared/data/real-dev"))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--only", action="append", choices=["none", "honest", "transductive", "synthetic"])
+    parser.add_argument("--top", choices=list(TOPS), default="probe")
     args = parser.parse_args()
     print(f"machine: {machine()}; date: {today()}; command: python bench/bench_ssl.py --work {args.work} "
-          f"--real {args.real} --epochs {args.epochs}", flush=True)
+          f"--real {args.real} --epochs {args.epochs} --top {args.top}", flush=True)
     found = splits(args.work, args.real)
     folds = [found[f"grouped:{k}"] for k in range(5)]
     root, cache = args.work / "ssl", args.work / "cache"
@@ -89,7 +93,8 @@ def main() -> None:
                 folder = root / "adapted" / (f"honest-fold{k}" if variant == "honest" else variant)
                 manifest = adapted(data, folder, args.epochs)
                 per_epoch.append(manifest["fit_s"] / max(manifest["epochs"], 1))
-            result = scored(train_folder, test_folder, root / "runs" / variant / f"fold{k}", cache, folder)
+            runs = root / ("runs" if args.top == "probe" else f"runs-{args.top}")
+            result = scored(train_folder, test_folder, runs / variant / f"fold{k}", cache, folder, args.top)
             for key in pooled:
                 pooled[key] += [f"{k}:{g}" for g in result[key]] if key == "groups" else result[key]
             print(f"{variant} fold {k}: done", flush=True)
