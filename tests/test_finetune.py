@@ -108,8 +108,9 @@ def test_adapted_features_never_reuse_frozen_cache_entries(photos, tmp_path, tin
 
 def test_resume_reuses_finished_fine_tuning_only_for_the_same_settings(photos, tmp_path, tiny_vit_folder):
     first, _ = _train(photos, tmp_path / "run", tmp_path / "cache", "convnet", "last_blocks", tiny_vit_folder)
+    # head and loader settings: the fine-tuned backbones still apply
     config = load_config(None, [*SMALL, "backbone_training.mode=last_blocks", "data.input_size=64",
-                                "optim.epochs=3"])   # a head setting: the fine-tuned backbones still apply
+                                "optim.epochs=3", "data.metadata_dropout=0.2", "data.num_workers=0"])
     resumed = train(str(photos), tmp_path / "run", config, cache_dir=tmp_path / "cache", progress=False, resume=True)
     assert all(f.get("resumed") for f in resumed["backbone_training"]["fits"])
     assert [f["digest"] for f in resumed["backbone_training"]["fits"]] == \

@@ -170,9 +170,9 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
         cache_dir=trained["cache"],
         progress=False,
     )
-    # A finished split is kept as it is by --resume ...
-    kept = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2"]), cache_dir=trained["cache"],
-                 progress=False, resume=True)
+    # A finished split is kept as it is by --resume, whatever the loader's worker count ...
+    kept = train(str(trained["data"]), out, load_config(None, [*TINY, "optim.epochs=2", "data.num_workers=1"]),
+                 cache_dir=trained["cache"], progress=False, resume=True)
     assert kept["fits"]["multiview"] == [{"resumed": True}]
     # ... but not one made with another seed (another split): that is fitted again.
     reseeded = train(str(trained["data"]), tmp_path / "reseeded-copy", load_config(None, [*TINY, "optim.epochs=1"]),

@@ -307,7 +307,11 @@ def adapted_splits(prep: PreparedData, rows_per_split: list[np.ndarray], config:
         split_folder = out / folder / f"backbone-{index}"
         split_weights = None if weights is None else weights[rows]
         identity = {"backbone_training": settings.model_dump(mode="json", exclude={"epochs"}), "seed": config.seed,
-                    "data": config.data.model_dump(mode="json"), "starts_from": prep.adapted_digest,
+                    # only the data settings fine-tuning reads: the loader's workers, the heads' metadata
+                    # dropout or feature bank do not change it
+                    "data": config.data.model_dump(mode="json", include={
+                        "backbone", "backbone_weights", "adapted", "views", "input_size"}),
+                    "starts_from": prep.adapted_digest,
                     # only what fine-tuning uses: the heads' epochs or rate do not change it
                     "optim": config.optim.model_dump(mode="json", include={
                         "precision", "gradient_clip", "accumulate_grad_batches", "warmup_fraction", "ema",

@@ -171,6 +171,7 @@ def _split_identity(name: str, head_config: HeadConfig, config: TrainConfig, pre
     settings["optim"].pop("patience")   # a more patient run may continue a less patient one's checkpoint
     settings["validation"].pop("calibration")   # fitted after the heads: --resume recalibrates saved heads
     settings["validation"].pop("serve")   # what is served after the folds does not change a fold's head
+    settings["data"].pop("num_workers")   # how many processes decode does not change what they decode
     return {"head": name, "head_config": head_config.model_dump(mode="json"), "config": settings,
             "adapted_backbone": prep.adapted_digest,
             "sampling_weights": None if weights is None else hashlib.sha256(weights.tobytes()).hexdigest(),
