@@ -1,11 +1,12 @@
 """Self-supervised adaptation on unlabelled photos (issue 24): does SimCLR before training help real photos?
 
     python bench/bench_ssl.py --work /work/bench-transfer --real ../shared/data/real-dev [--epochs 5]
+        [--top probe|finetune] [--folds 0 1 2 3 4] [--only VARIANT ...]
 
 real-dev (ambiguous rows left out) in the grouped 5 folds of `bench_transfer.py` (same folders, same
 --work). Each variant adapts the embedded backbone with `roadwork adapt --method simclr` (labels never
-read), then trains the frozen-backbone probe on it (`data.adapted`) on four folds and scores the fifth
-with the served bundle at its 0.5 cut:
+read), then trains on it (`data.adapted`) on four folds and scores the fifth with the served bundle at
+its 0.5 cut:
 * none: the backbone as shipped;
 * honest: adapted on the training folds' photos only, one adaptation per fold (new photos never seen);
 * transductive: adapted once on every real-dev photo, test folds included (what a miner adapting to the
@@ -75,18 +76,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--only", action="append", choices=["none", "honest", "transductive", "synthetic"])
     parser.add_argument("--top", choices=list(TOPS), default="probe")
+    parser.add_argument("--folds", type=int, nargs="+", choices=range(5), default=list(range(5)),
+                        help="test folds to score (pooled over these only): fewer when each costs a fine-tuning")
     args = parser.parse_args()
     print(f"machine: {machine()}; date: {today()}; command: python bench/bench_ssl.py --work {args.work} "
-          f"--real {args.real} --epochs {args.epochs} --top {args.top}", flush=True)
+          f"--real {args.real} --epochs {args.epochs} --top {args.top} "
+          f"--folds {' '.join(map(str, args.folds))}", flush=True)
     found = splits(args.work, args.real)
-    folds = [found[f"grouped:{k}"] for k in range(5)]
+    folds = {k: found[f"grouped:{k}"] for k in args.folds}
     root, cache = args.work / "ssl", args.work / "cache"
     shared = {"transductive": [found["crossfit"][0]], "synthetic": [found["synthetic"][0]]}
     rows = []
     for variant in args.only or ["none", "honest", "transductive", "synthetic"]:
         pooled: dict[str, list] = {"probabilities": [], "labels": [], "groups": []}
         per_epoch = []
-        for k, (train_folder, test_folder) in enumerate(folds):
+        for k, (train_folder, test_folder) in folds.items():
             folder = None
             if variant != "none":
                 data = [train_folder] if variant == "honest" else shared[variant]
