@@ -14,8 +14,8 @@ its 0.5 cut:
 * synthetic: adapted once on synthetic scenes only (`synth --seed 11`, 400 frames of 4-frame drives).
 On top (`--top`): `probe`, the frozen-backbone probe, which shows what adaptation did to the features
 at seconds per fold; or `finetune`, the default training (the backbone fine-tuned from the adapted
-weights) with one grouped validation split instead of five folds (`validation.folds=1`), so each test
-fold costs one fine-tuning, not six. Reported: pooled held-out MCC with a group-bootstrap interval,
+weights) with one grouped validation split instead of five folds (`validation.folds=1`), then the
+served refit on every training photo: two fine-tunings per test fold, not six. Reported: pooled held-out MCC with a group-bootstrap interval,
 AUROC, and adaptation seconds per epoch.
 """
 
